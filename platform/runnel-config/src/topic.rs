@@ -205,16 +205,23 @@ impl TopicConfig {
         };
         let value = value.trim();
         match key {
-            "cleanup.policy" => self.cleanup_policy = CleanupPolicy::parse(value).map_err(invalid)?,
-            "segment.bytes" => self.segment_bytes = parse_u64(value, 14, i32::MAX as u64).map_err(invalid)?,
-            "segment.ms" => self.segment_ms = parse_u64(value, 1, i64::MAX as u64).map_err(invalid)?,
+            "cleanup.policy" => {
+                self.cleanup_policy = CleanupPolicy::parse(value).map_err(invalid)?
+            }
+            "segment.bytes" => {
+                self.segment_bytes = parse_u64(value, 14, i32::MAX as u64).map_err(invalid)?
+            }
+            "segment.ms" => {
+                self.segment_ms = parse_u64(value, 1, i64::MAX as u64).map_err(invalid)?
+            }
             "retention.ms" => self.retention_ms = parse_limit(value).map_err(invalid)?,
             "retention.bytes" => self.retention_bytes = parse_limit(value).map_err(invalid)?,
             "delete.retention.ms" => {
                 self.delete_retention_ms = parse_u64(value, 0, i64::MAX as u64).map_err(invalid)?
             }
             "min.compaction.lag.ms" => {
-                self.min_compaction_lag_ms = parse_u64(value, 0, i64::MAX as u64).map_err(invalid)?
+                self.min_compaction_lag_ms =
+                    parse_u64(value, 0, i64::MAX as u64).map_err(invalid)?
             }
             "flush.messages" => self.flush_messages = parse_flush(value, 1).map_err(invalid)?,
             "flush.ms" => self.flush_ms = parse_flush(value, 0).map_err(invalid)?,
@@ -232,26 +239,34 @@ impl TopicConfig {
                 }
             }
             "min.insync.replicas" => {
-                self.min_insync_replicas = parse_u64(value, 1, i32::MAX as u64).map_err(invalid)? as u32
+                self.min_insync_replicas =
+                    parse_u64(value, 1, i32::MAX as u64).map_err(invalid)? as u32
             }
             "unclean.leader.election.enable" => {
                 self.unclean_leader_election_enable = parse_bool(value).map_err(invalid)?
             }
             "compression.type" => {
                 if !COMPRESSION_TYPES.contains(&value) {
-                    return Err(invalid(format!("expected one of {}", COMPRESSION_TYPES.join(", "))));
+                    return Err(invalid(format!(
+                        "expected one of {}",
+                        COMPRESSION_TYPES.join(", ")
+                    )));
                 }
                 self.compression_type = value.to_string();
             }
-            "remote.storage.enable" => self.remote_storage_enable = parse_bool(value).map_err(invalid)?,
-            "local.retention.ms" => self.local_retention_ms = parse_local_limit(value).map_err(invalid)?,
+            "remote.storage.enable" => {
+                self.remote_storage_enable = parse_bool(value).map_err(invalid)?
+            }
+            "local.retention.ms" => {
+                self.local_retention_ms = parse_local_limit(value).map_err(invalid)?
+            }
             "local.retention.bytes" => {
                 self.local_retention_bytes = parse_local_limit(value).map_err(invalid)?
             }
             _ => {
                 return Err(TopicConfigError::UnknownKey {
                     key: key.to_string(),
-                })
+                });
             }
         }
         Ok(())
@@ -357,7 +372,9 @@ mod tests {
         for key in TOPIC_CONFIG_KEYS {
             let value = defaults.get(key).expect("known key");
             let mut config = defaults.clone();
-            config.set(key, &value).unwrap_or_else(|e| panic!("{key}: {e}"));
+            config
+                .set(key, &value)
+                .unwrap_or_else(|e| panic!("{key}: {e}"));
             assert_eq!(config, defaults, "{key}");
         }
     }
@@ -367,15 +384,30 @@ mod tests {
         let err = TopicConfig::with_overrides(&TopicConfig::default(), [("retention.ms", "soon")])
             .unwrap_err();
         assert!(err.to_string().contains("retention.ms"), "{err}");
-        let err = TopicConfig::with_overrides(&TopicConfig::default(), [("colour", "blue")])
-            .unwrap_err();
-        assert_eq!(err, TopicConfigError::UnknownKey { key: "colour".into() });
+        let err =
+            TopicConfig::with_overrides(&TopicConfig::default(), [("colour", "blue")]).unwrap_err();
+        assert_eq!(
+            err,
+            TopicConfigError::UnknownKey {
+                key: "colour".into()
+            }
+        );
         let config = TopicConfig::with_overrides(
             &TopicConfig::default(),
-            [("cleanup.policy", "compact,delete"), ("retention.bytes", "-1"), ("flush.messages", "1")],
+            [
+                ("cleanup.policy", "compact,delete"),
+                ("retention.bytes", "-1"),
+                ("flush.messages", "1"),
+            ],
         )
         .unwrap();
-        assert_eq!(config.cleanup_policy, CleanupPolicy { delete: true, compact: true });
+        assert_eq!(
+            config.cleanup_policy,
+            CleanupPolicy {
+                delete: true,
+                compact: true
+            }
+        );
         assert_eq!(config.retention_bytes, None);
         assert_eq!(config.flush_messages, Some(1));
     }

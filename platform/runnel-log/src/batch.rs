@@ -1,0 +1,659 @@
+//! Kafka record batches (magic v2), exactly as they travel on the wire and lie on disk.
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  base offset            stamped by the log on append
+//!      8     4  batch length           bytes after this field
+//!     12     4  partition leader epoch stamped by the log on append
+//!     16     1  magic                  always 2
+//!     17     4  crc                    CRC-32C of bytes 21.. (attributes to the end)
+//!     21     2  attributes             bits 0-2 compression, 3 timestamp type,
+//!                                      4 transactional, 5 control
+//!     23     4  last offset delta
+//!     27     8  base timestamp
+//!     35     8  max timestamp
+//!     43     8  producer id
+//!     51     2  producer epoch
+//!     53     4  base sequence
+//!     57     4  records count
+//!     61     …  records (compressed as a whole when attributes say so)
+//! ```
+//!
+//! Each record is `length varint, attributes i8, timestamp delta varlong, offset delta
+//! varint, key length varint, key, value length varint, value, header count varint,
+//! headers`, with zig-zag varints and `-1` lengths for null.
+//!
+//! The base offset and leader epoch lie outside the CRC, so the log stamps them without
+//! recomputing it. Every parser here checks lengths before it slices or allocates: the bytes
+//! come from the network or from disk and may be anything.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::compression::{self, Compression};
+
+/// Bytes before the batch length field's coverage starts: base offset and batch length.
+pub const LOG_OVERHEAD: usize = 12;
+/// The fixed part of a v2 batch, up to and including the records count.
+pub const BATCH_HEADER_LEN: usize = 61;
+/// Where the bytes covered by the CRC start.
+const CRC_START: usize = 21;
+
+const ATTR_COMPRESSION_MASK: i16 = 0x07;
+const ATTR_TIMESTAMP_TYPE: i16 = 0x08;
+const ATTR_TRANSACTIONAL: i16 = 0x10;
+const ATTR_CONTROL: i16 = 0x20;
+
+/// A record batch that cannot be accepted, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch of {len} bytes is shorter than the {BATCH_HEADER_LEN}-byte v2 header")]
+    TooShort { len: usize },
+    #[error("batch length field says {declared} bytes but {actual} are present")]
+    LengthMismatch { declared: i64, actual: usize },
+    #[error("unsupported record batch magic {magic}, only v2 is supported")]
+    UnsupportedMagic { magic: i8 },
+    #[error("crc mismatch: batch says {stored:#010x}, contents give {computed:#010x}")]
+    CrcMismatch { stored: u32, computed: u32 },
+    #[error("inconsistent batch: {0}")]
+    Inconsistent(String),
+    #[error("malformed record: {0}")]
+    MalformedRecord(String),
+    #[error("{0}")]
+    Compression(String),
+}
+
+/// The fixed header of a v2 record batch, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    pub batch_length: i32,
+    pub partition_leader_epoch: i32,
+    pub magic: i8,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub records_count: i32,
+}
+
+fn be_i16(bytes: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([bytes[at], bytes[at + 1]])
+}
+fn be_i32(bytes: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+fn be_i64(bytes: &[u8], at: usize) -> i64 {
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(&bytes[at..at + 8]);
+    i64::from_be_bytes(raw)
+}
+
+impl BatchHeader {
+    /// Decodes the fixed header from the first [`BATCH_HEADER_LEN`] bytes of `bytes`.
+    /// Checks only that the header is there and the magic is 2.
+    pub fn parse(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+        if bytes.len() < BATCH_HEADER_LEN {
+            return Err(BatchError::TooShort { len: bytes.len() });
+        }
+        let magic = bytes[16] as i8;
+        if magic != 2 {
+            return Err(BatchError::UnsupportedMagic { magic });
+        }
+        Ok(BatchHeader {
+            base_offset: be_i64(bytes, 0),
+            batch_length: be_i32(bytes, 8),
+            partition_leader_epoch: be_i32(bytes, 12),
+            magic,
+            crc: be_i32(bytes, 17) as u32,
+            attributes: be_i16(bytes, 21),
+            last_offset_delta: be_i32(bytes, 23),
+            base_timestamp: be_i64(bytes, 27),
+            max_timestamp: be_i64(bytes, 35),
+            producer_id: be_i64(bytes, 43),
+            producer_epoch: be_i16(bytes, 51),
+            base_sequence: be_i32(bytes, 53),
+            records_count: be_i32(bytes, 57),
+        })
+    }
+
+    /// The whole batch's size in bytes, as its length field declares it. Negative or
+    /// too-small lengths give a value below [`BATCH_HEADER_LEN`], which callers reject.
+    pub fn total_len(&self) -> u64 {
+        (self.batch_length.max(0) as u64) + LOG_OVERHEAD as u64
+    }
+
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset + i64::from(self.last_offset_delta)
+    }
+
+    pub fn compression(&self) -> Result<Compression, BatchError> {
+        Compression::from_attribute(self.attributes & ATTR_COMPRESSION_MASK)
+    }
+
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes & ATTR_TIMESTAMP_TYPE != 0
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & ATTR_TRANSACTIONAL != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTR_CONTROL != 0
+    }
+}
+
+/// Checks a whole batch: header, exact length, CRC and offset bookkeeping.
+/// `bytes` must hold exactly one batch.
+pub fn validate(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = BatchHeader::parse(bytes)?;
+    let declared = i64::from(header.batch_length) + LOG_OVERHEAD as i64;
+    if declared != bytes.len() as i64 {
+        return Err(BatchError::LengthMismatch {
+            declared,
+            actual: bytes.len(),
+        });
+    }
+    let computed = crc32c::crc32c(&bytes[CRC_START..]);
+    if computed != header.crc {
+        return Err(BatchError::CrcMismatch {
+            stored: header.crc,
+            computed,
+        });
+    }
+    if header.last_offset_delta < 0 {
+        return Err(BatchError::Inconsistent(format!(
+            "negative last offset delta {}",
+            header.last_offset_delta
+        )));
+    }
+    if header.records_count < 0 || header.records_count > header.last_offset_delta.saturating_add(1)
+    {
+        return Err(BatchError::Inconsistent(format!(
+            "{} records in a batch spanning {} offsets",
+            header.records_count,
+            i64::from(header.last_offset_delta) + 1
+        )));
+    }
+    header.compression()?;
+    Ok(header)
+}
+
+/// Checks a batch a producer sent: on top of [`validate`], it must hold at least one record
+/// and one record per offset it spans (only compaction leaves gaps).
+pub fn validate_produced(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = validate(bytes)?;
+    if header.records_count == 0 || header.records_count != header.last_offset_delta + 1 {
+        return Err(BatchError::Inconsistent(format!(
+            "{} records but last offset delta {}",
+            header.records_count, header.last_offset_delta
+        )));
+    }
+    Ok(header)
+}
+
+/// Stamps the offsets of an appended batch; both fields lie outside the CRC.
+pub fn stamp_offsets(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
+    batch[0..8].copy_from_slice(&base_offset.to_be_bytes());
+    batch[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
+}
+
+/// Marks a batch as LogAppendTime with `now_ms` as its max timestamp and recomputes the CRC.
+pub fn stamp_log_append_time(batch: &mut [u8], now_ms: i64) {
+    let attributes = be_i16(batch, 21) | ATTR_TIMESTAMP_TYPE;
+    batch[21..23].copy_from_slice(&attributes.to_be_bytes());
+    batch[35..43].copy_from_slice(&now_ms.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// One record inside a batch, borrowed from the (decompressed) records section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub offset_delta: i32,
+    pub timestamp_delta: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    /// The encoded headers (count and entries) as they lie in the record.
+    pub headers: &'a [u8],
+    /// The whole record including its length prefix, to copy it unchanged.
+    pub encoded: &'a [u8],
+}
+
+/// A cursor over zig-zag varints and length-prefixed byte strings.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    position: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn varlong(&mut self) -> Result<i64, BatchError> {
+        let mut value: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let byte = *self
+                .bytes
+                .get(self.position)
+                .ok_or_else(|| BatchError::MalformedRecord("truncated varint".into()))?;
+            self.position += 1;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(((value >> 1) as i64) ^ -((value & 1) as i64));
+            }
+        }
+        Err(BatchError::MalformedRecord(
+            "varint longer than 10 bytes".into(),
+        ))
+    }
+
+    fn varint(&mut self) -> Result<i32, BatchError> {
+        let value = self.varlong()?;
+        i32::try_from(value)
+            .map_err(|_| BatchError::MalformedRecord("varint out of i32 range".into()))
+    }
+
+    fn i8(&mut self) -> Result<i8, BatchError> {
+        let byte = *self
+            .bytes
+            .get(self.position)
+            .ok_or_else(|| BatchError::MalformedRecord("truncated record".into()))?;
+        self.position += 1;
+        Ok(byte as i8)
+    }
+
+    fn bytes(&mut self, len: usize) -> Result<&'a [u8], BatchError> {
+        let end = self
+            .position
+            .checked_add(len)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or_else(|| {
+                BatchError::MalformedRecord(format!("field of {len} bytes runs past the record"))
+            })?;
+        let slice = &self.bytes[self.position..end];
+        self.position = end;
+        Ok(slice)
+    }
+
+    /// A varint length then that many bytes; `-1` is null.
+    fn nullable_bytes(&mut self) -> Result<Option<&'a [u8]>, BatchError> {
+        let len = self.varint()?;
+        if len < 0 {
+            if len != -1 {
+                return Err(BatchError::MalformedRecord(format!(
+                    "negative length {len}"
+                )));
+            }
+            return Ok(None);
+        }
+        self.bytes(len as usize).map(Some)
+    }
+}
+
+/// Iterates the records of an uncompressed records section (the bytes after the header).
+pub struct Records<'a> {
+    reader: Reader<'a>,
+    remaining: i32,
+}
+
+impl<'a> Records<'a> {
+    pub fn new(records_section: &'a [u8], count: i32) -> Records<'a> {
+        Records {
+            reader: Reader {
+                bytes: records_section,
+                position: 0,
+            },
+            remaining: count.max(0),
+        }
+    }
+
+    fn next_record(&mut self) -> Result<Record<'a>, BatchError> {
+        let start = self.reader.position;
+        let len = self.reader.varint()?;
+        if len < 0 {
+            return Err(BatchError::MalformedRecord(format!(
+                "negative record length {len}"
+            )));
+        }
+        let body = self.reader.bytes(len as usize)?;
+        let encoded = &self.reader.bytes[start..self.reader.position];
+        let mut body = Reader {
+            bytes: body,
+            position: 0,
+        };
+        let _attributes = body.i8()?;
+        let timestamp_delta = body.varlong()?;
+        let offset_delta = body.varint()?;
+        let key = body.nullable_bytes()?;
+        let value = body.nullable_bytes()?;
+        let headers = &body.bytes[body.position..];
+        let header_count = body.varint()?;
+        for _ in 0..header_count.max(0) {
+            let key_len = body.varint()?;
+            body.bytes(key_len.max(0) as usize)?;
+            body.nullable_bytes()?;
+        }
+        if body.position != body.bytes.len() {
+            return Err(BatchError::MalformedRecord(
+                "trailing bytes after headers".into(),
+            ));
+        }
+        Ok(Record {
+            offset_delta,
+            timestamp_delta,
+            key,
+            value,
+            headers,
+            encoded,
+        })
+    }
+
+    /// Whether every record was consumed and no bytes are left over.
+    pub fn finished_cleanly(&self) -> bool {
+        self.remaining == 0 && self.reader.position == self.reader.bytes.len()
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<Record<'a>, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let record = self.next_record();
+        if record.is_err() {
+            self.remaining = 0;
+        }
+        Some(record)
+    }
+}
+
+/// The records section of a batch, decompressed if needed. `max_size` bounds the
+/// decompressed size so a small hostile batch cannot exhaust memory.
+pub fn records_section(
+    batch: &[u8],
+    max_size: usize,
+) -> Result<std::borrow::Cow<'_, [u8]>, BatchError> {
+    let header = BatchHeader::parse(batch)?;
+    let section = &batch[BATCH_HEADER_LEN..];
+    match header.compression()? {
+        Compression::None => Ok(std::borrow::Cow::Borrowed(section)),
+        codec => compression::decompress(codec, section, max_size).map(std::borrow::Cow::Owned),
+    }
+}
+
+/// A record to encode with [`BatchBuilder`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NewRecord {
+    pub timestamp: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+fn put_varlong(out: &mut Vec<u8>, value: i64) {
+    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
+    while zigzag >= 0x80 {
+        out.push((zigzag as u8) | 0x80);
+        zigzag >>= 7;
+    }
+    out.push(zigzag as u8);
+}
+
+fn put_nullable(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => put_varlong(out, -1),
+        Some(bytes) => {
+            put_varlong(out, bytes.len() as i64);
+            out.extend_from_slice(bytes);
+        }
+    }
+}
+
+/// Builds v2 record batches: what producers send, used by tests, benchmarks and the
+/// compactor.
+#[derive(Debug, Clone)]
+pub struct BatchBuilder {
+    pub compression: Compression,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        BatchBuilder {
+            compression: Compression::None,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+        }
+    }
+}
+
+impl BatchBuilder {
+    /// Encodes `records` with consecutive offset deltas from 0. Base offset is 0 (the log
+    /// stamps the real one). `records` must not be empty.
+    pub fn build(&self, records: &[NewRecord]) -> Result<BytesMut, BatchError> {
+        let base_timestamp = records.first().map_or(0, |r| r.timestamp);
+        let max_timestamp = records
+            .iter()
+            .map(|r| r.timestamp)
+            .max()
+            .unwrap_or(base_timestamp);
+        let mut section = Vec::new();
+        let mut record = Vec::new();
+        for (delta, new) in records.iter().enumerate() {
+            record.clear();
+            record.push(0); // attributes
+            put_varlong(&mut record, new.timestamp - base_timestamp);
+            put_varlong(&mut record, delta as i64);
+            put_nullable(&mut record, new.key.as_deref());
+            put_nullable(&mut record, new.value.as_deref());
+            put_varlong(&mut record, new.headers.len() as i64);
+            for (key, value) in &new.headers {
+                put_nullable(&mut record, Some(key.as_bytes()));
+                put_nullable(&mut record, value.as_deref());
+            }
+            put_varlong(&mut section, record.len() as i64);
+            section.extend_from_slice(&record);
+        }
+        let fields = HeaderFields {
+            base_offset: 0,
+            partition_leader_epoch: -1,
+            attributes: self.compression.attribute(),
+            last_offset_delta: records.len().saturating_sub(1) as i32,
+            base_timestamp,
+            max_timestamp,
+            producer_id: self.producer_id,
+            producer_epoch: self.producer_epoch,
+            base_sequence: self.base_sequence,
+            records_count: records.len() as i32,
+        };
+        assemble(&fields, &section)
+    }
+}
+
+/// The header fields of a batch to assemble; length and CRC are computed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeaderFields {
+    pub base_offset: i64,
+    pub partition_leader_epoch: i32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub records_count: i32,
+}
+
+impl From<&BatchHeader> for HeaderFields {
+    fn from(header: &BatchHeader) -> Self {
+        HeaderFields {
+            base_offset: header.base_offset,
+            partition_leader_epoch: header.partition_leader_epoch,
+            attributes: header.attributes,
+            last_offset_delta: header.last_offset_delta,
+            base_timestamp: header.base_timestamp,
+            max_timestamp: header.max_timestamp,
+            producer_id: header.producer_id,
+            producer_epoch: header.producer_epoch,
+            base_sequence: header.base_sequence,
+            records_count: header.records_count,
+        }
+    }
+}
+
+/// Assembles a batch from header fields and an uncompressed records section, compressing
+/// the section with the codec the attributes name.
+pub(crate) fn assemble(
+    fields: &HeaderFields,
+    uncompressed_records: &[u8],
+) -> Result<BytesMut, BatchError> {
+    let codec = Compression::from_attribute(fields.attributes & ATTR_COMPRESSION_MASK)?;
+    let compressed;
+    let section = match codec {
+        Compression::None => uncompressed_records,
+        codec => {
+            compressed = compression::compress(codec, uncompressed_records)?;
+            &compressed
+        }
+    };
+    let total = BATCH_HEADER_LEN + section.len();
+    let batch_length = i32::try_from(total - LOG_OVERHEAD)
+        .map_err(|_| BatchError::Inconsistent(format!("batch of {total} bytes is too large")))?;
+    let mut out = BytesMut::with_capacity(total);
+    out.put_i64(fields.base_offset);
+    out.put_i32(batch_length);
+    out.put_i32(fields.partition_leader_epoch);
+    out.put_i8(2);
+    out.put_u32(0); // crc, filled below
+    out.put_i16(fields.attributes);
+    out.put_i32(fields.last_offset_delta);
+    out.put_i64(fields.base_timestamp);
+    out.put_i64(fields.max_timestamp);
+    out.put_i64(fields.producer_id);
+    out.put_i16(fields.producer_epoch);
+    out.put_i32(fields.base_sequence);
+    out.put_i32(fields.records_count);
+    out.put_slice(section);
+    let crc = crc32c::crc32c(&out[CRC_START..]);
+    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    Ok(out)
+}
+
+/// Walks concatenated batches, yielding `(position, header)` for each batch that lies
+/// wholly inside `bytes`; stops at the first incomplete or unparsable one.
+pub fn batch_positions(bytes: &[u8]) -> impl Iterator<Item = (usize, BatchHeader)> + '_ {
+    let mut position = 0usize;
+    std::iter::from_fn(move || {
+        let rest = bytes.get(position..)?;
+        let header = BatchHeader::parse(rest).ok()?;
+        let len = header.total_len() as usize;
+        if len < BATCH_HEADER_LEN || len > rest.len() {
+            return None;
+        }
+        let at = position;
+        position += len;
+        Some((at, header))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(n: usize) -> Vec<NewRecord> {
+        (0..n)
+            .map(|i| NewRecord {
+                timestamp: 1_000 + i as i64,
+                key: Some(format!("k{i}").into_bytes()),
+                value: if i % 3 == 2 {
+                    None
+                } else {
+                    Some(vec![i as u8; i * 7])
+                },
+                headers: vec![("h".into(), Some(b"v".to_vec())), ("n".into(), None)],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn built_batches_validate_and_decode_for_every_codec() {
+        for codec in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let records = sample(20);
+            let builder = BatchBuilder {
+                compression: codec,
+                ..BatchBuilder::default()
+            };
+            let batch = builder.build(&records).unwrap();
+            let header = validate_produced(&batch).unwrap();
+            assert_eq!(header.records_count, 20);
+            assert_eq!(header.max_timestamp, 1_019);
+            let section = records_section(&batch, 1 << 20).unwrap();
+            let decoded: Vec<_> = Records::new(&section, header.records_count)
+                .collect::<Result<_, _>>()
+                .unwrap();
+            for (i, record) in decoded.iter().enumerate() {
+                assert_eq!(record.offset_delta, i as i32);
+                assert_eq!(record.key, records[i].key.as_deref());
+                assert_eq!(record.value, records[i].value.as_deref());
+            }
+        }
+    }
+
+    #[test]
+    fn stamping_offsets_keeps_the_crc_valid() {
+        let mut batch = BatchBuilder::default().build(&sample(3)).unwrap();
+        stamp_offsets(&mut batch, 42, 7);
+        let header = validate(&batch).unwrap();
+        assert_eq!((header.base_offset, header.last_offset()), (42, 44));
+        stamp_log_append_time(&mut batch, 99);
+        let header = validate(&batch).unwrap();
+        assert!(header.is_log_append_time());
+        assert_eq!(header.max_timestamp, 99);
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_caught() {
+        let batch = BatchBuilder::default().build(&sample(4)).unwrap();
+        for byte in 0..batch.len() {
+            for bit in 0..8 {
+                let mut flipped = batch.clone();
+                flipped[byte] ^= 1 << bit;
+                // base offset and leader epoch are outside the CRC by design
+                if byte < 8 || (12..16).contains(&byte) {
+                    continue;
+                }
+                assert!(
+                    validate(&flipped).is_err(),
+                    "flip of bit {bit} in byte {byte} accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let batch = BatchBuilder::default().build(&sample(5)).unwrap();
+        for len in 0..batch.len() {
+            let _ = validate(&batch[..len]);
+            let _ = BatchHeader::parse(&batch[..len]);
+            for record in Records::new(&batch[BATCH_HEADER_LEN.min(len)..len], 5) {
+                let _ = record;
+            }
+        }
+    }
+}

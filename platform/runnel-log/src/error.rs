@@ -1,0 +1,58 @@
+//! The errors of the partition log.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::batch::BatchError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The batch was refused; nothing of it was written.
+    #[error("invalid record batch: {0}")]
+    InvalidBatch(#[from] BatchError),
+    /// The batch was refused; nothing of it was written.
+    #[error("record batch of {size} bytes exceeds max.message.bytes ({max})")]
+    BatchTooLarge { size: usize, max: u64 },
+    #[error("offset {offset} is out of range: the log holds [{log_start}, {log_end})")]
+    OffsetOutOfRange {
+        offset: u64,
+        log_start: u64,
+        log_end: u64,
+    },
+    /// A sealed segment (or a batch about to be served) failed validation. The partition
+    /// refuses to serve rather than return bad data.
+    #[error("corrupt segment {path} at byte {position}: {reason}")]
+    CorruptSegment {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
+    #[error("i/o error: {action}: {source}")]
+    Io { action: String, source: io::Error },
+    /// An earlier write, fsync or corruption failure took the partition offline; it serves
+    /// nothing until it is reopened (and so recovered).
+    #[error("partition is offline after an earlier failure: {reason}")]
+    Offline { reason: String },
+    #[error("invalid topic name `{0}`: use 1 to 249 of [a-zA-Z0-9._-], not `.` or `..`")]
+    InvalidTopicName(String),
+    #[error("partition log is closed")]
+    Closed,
+}
+
+impl LogError {
+    pub(crate) fn io(action: impl Into<String>, source: io::Error) -> LogError {
+        LogError::Io {
+            action: action.into(),
+            source,
+        }
+    }
+
+    /// Whether the request may succeed if sent again unchanged. Invalid input never will;
+    /// an offline or closed partition may once it is reopened elsewhere.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            LogError::Offline { .. } | LogError::Closed | LogError::Io { .. }
+        )
+    }
+}

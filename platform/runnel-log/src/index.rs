@@ -1,0 +1,198 @@
+//! The sparse indexes of a segment: offset -> file position, and timestamp -> offset.
+//!
+//! On disk, next to `<base>.log`, like Kafka:
+//! - `<base>.index`: 8-byte entries, big-endian `relative offset u32, position u32`, one per
+//!   `index.interval.bytes` of batches, pointing at the start of a batch (its base offset).
+//! - `<base>.timeindex`: 12-byte entries, big-endian `timestamp i64, relative offset u32`:
+//!   the largest batch timestamp seen up to and including the batch at that offset, added
+//!   with an offset entry whenever that maximum grew.
+//!
+//! The active segment's indexes live in memory and are written when the segment is sealed
+//! or the log is closed cleanly. An index file is only a hint: [`SegmentIndex::decode`]
+//! refuses anything inconsistent, and the segment is then scanned to rebuild it.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OffsetEntry {
+    pub relative_offset: u32,
+    pub position: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimeEntry {
+    pub timestamp: i64,
+    pub relative_offset: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SegmentIndex {
+    pub offsets: Vec<OffsetEntry>,
+    pub times: Vec<TimeEntry>,
+    bytes_since_entry: u64,
+}
+
+pub(crate) const OFFSET_ENTRY_LEN: usize = 8;
+pub(crate) const TIME_ENTRY_LEN: usize = 12;
+
+impl SegmentIndex {
+    /// Records a batch appended at `position`; adds entries every `interval` bytes.
+    pub fn on_batch(
+        &mut self,
+        relative_offset: u32,
+        position: u32,
+        len: u64,
+        max_timestamp: i64,
+        interval: u64,
+    ) {
+        if self.offsets.is_empty() || self.bytes_since_entry >= interval {
+            self.offsets.push(OffsetEntry {
+                relative_offset,
+                position,
+            });
+            if self
+                .times
+                .last()
+                .is_none_or(|last| max_timestamp > last.timestamp)
+            {
+                self.times.push(TimeEntry {
+                    timestamp: max_timestamp,
+                    relative_offset,
+                });
+            }
+            self.bytes_since_entry = 0;
+        }
+        self.bytes_since_entry += len;
+    }
+
+    /// The position of the last indexed batch whose base offset is at most `relative_offset`.
+    pub fn position_for(&self, relative_offset: u32) -> u32 {
+        let at = self
+            .offsets
+            .partition_point(|e| e.relative_offset <= relative_offset);
+        if at == 0 {
+            0
+        } else {
+            self.offsets[at - 1].position
+        }
+    }
+
+    /// A relative offset from which a scan finds the first record at or after `timestamp`:
+    /// every batch before it has only older records.
+    pub fn scan_start_for_timestamp(&self, timestamp: i64) -> u32 {
+        let at = self.times.partition_point(|e| e.timestamp < timestamp);
+        if at == 0 {
+            0
+        } else {
+            self.times[at - 1].relative_offset
+        }
+    }
+
+    pub fn encode_offsets(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.offsets.len() * OFFSET_ENTRY_LEN);
+        for entry in &self.offsets {
+            out.extend_from_slice(&entry.relative_offset.to_be_bytes());
+            out.extend_from_slice(&entry.position.to_be_bytes());
+        }
+        out
+    }
+
+    pub fn encode_times(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.times.len() * TIME_ENTRY_LEN);
+        for entry in &self.times {
+            out.extend_from_slice(&entry.timestamp.to_be_bytes());
+            out.extend_from_slice(&entry.relative_offset.to_be_bytes());
+        }
+        out
+    }
+
+    /// Decodes both files, refusing entries that are not strictly ordered or that point past
+    /// `segment_len`. The caller still checks the last offset entry against the segment.
+    pub fn decode(offsets: &[u8], times: &[u8], segment_len: u64) -> Result<SegmentIndex, String> {
+        if !offsets.len().is_multiple_of(OFFSET_ENTRY_LEN) {
+            return Err(format!(
+                "offset index of {} bytes is not whole entries",
+                offsets.len()
+            ));
+        }
+        if !times.len().is_multiple_of(TIME_ENTRY_LEN) {
+            return Err(format!(
+                "time index of {} bytes is not whole entries",
+                times.len()
+            ));
+        }
+        let mut index = SegmentIndex::default();
+        for chunk in offsets.chunks_exact(OFFSET_ENTRY_LEN) {
+            let entry = OffsetEntry {
+                relative_offset: u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]),
+                position: u32::from_be_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]),
+            };
+            if u64::from(entry.position) >= segment_len {
+                return Err(format!(
+                    "offset index points at byte {} of a {segment_len}-byte segment",
+                    entry.position
+                ));
+            }
+            if let Some(last) = index.offsets.last()
+                && (entry.relative_offset <= last.relative_offset
+                    || entry.position <= last.position)
+            {
+                return Err("offset index entries are not increasing".to_string());
+            }
+            if index.offsets.is_empty() && entry.position != 0 {
+                return Err("offset index does not start at the first batch".to_string());
+            }
+            index.offsets.push(entry);
+        }
+        for chunk in times.chunks_exact(TIME_ENTRY_LEN) {
+            let mut timestamp = [0u8; 8];
+            timestamp.copy_from_slice(&chunk[..8]);
+            let entry = TimeEntry {
+                timestamp: i64::from_be_bytes(timestamp),
+                relative_offset: u32::from_be_bytes([chunk[8], chunk[9], chunk[10], chunk[11]]),
+            };
+            if let Some(last) = index.times.last()
+                && (entry.timestamp <= last.timestamp
+                    || entry.relative_offset < last.relative_offset)
+            {
+                return Err("time index entries are not increasing".to_string());
+            }
+            index.times.push(entry);
+        }
+        if index.offsets.is_empty() != (segment_len == 0) {
+            return Err("offset index does not match the segment".to_string());
+        }
+        Ok(index)
+    }
+
+    /// Continues indexing after a loaded index: the bytes since the last entry are unknown
+    /// until the tail is scanned, which calls [`Self::on_batch`].
+    pub fn resume_after(&mut self, bytes_since_entry: u64) {
+        self.bytes_since_entry = bytes_since_entry;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_find_the_entry_at_or_before() {
+        let mut index = SegmentIndex::default();
+        for i in 0..10u32 {
+            index.on_batch(i * 10, i * 100, 100, i64::from(i) * 5, 250);
+        }
+        // interval 250 with 100-byte batches: entries at batches 0, 3, 6, 9
+        assert_eq!(index.offsets.len(), 4);
+        assert_eq!(index.position_for(0), 0);
+        assert_eq!(index.position_for(35), 300);
+        assert_eq!(index.position_for(95), 900);
+        assert_eq!(index.scan_start_for_timestamp(0), 0);
+        assert_eq!(index.scan_start_for_timestamp(31), 60);
+        assert_eq!(index.scan_start_for_timestamp(30), 30);
+        let decoded =
+            SegmentIndex::decode(&index.encode_offsets(), &index.encode_times(), 1000).unwrap();
+        assert_eq!(decoded.offsets, index.offsets);
+        assert_eq!(decoded.times, index.times);
+        assert!(SegmentIndex::decode(&index.encode_offsets(), &index.encode_times(), 900).is_err());
+        assert!(SegmentIndex::decode(&index.encode_offsets()[..7], &[], 1000).is_err());
+    }
+}

@@ -1,0 +1,285 @@
+//! The node's partitions: opening them at start, creating and deleting them, the periodic
+//! retention and compaction passes, and closing everything cleanly.
+//!
+//! Layout: `<data dir>/partitions/<topic>-<partition>/` per partition, like Kafka's log
+//! directories. A partition that fails to open (a corrupt sealed segment, say) is reported
+//! and left offline; the node and every other partition keep running.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use runnel_config::TopicConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::LogError;
+use crate::metrics::LogMetrics;
+use crate::partition::{PartitionLog, now_ms};
+
+/// A topic name and partition number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: u32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: impl Into<String>, partition: u32) -> TopicPartition {
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
+    }
+
+    fn dir_name(&self) -> String {
+        format!("{}-{}", self.topic, self.partition)
+    }
+
+    /// Parses a directory name `<topic>-<partition>`; topic names may contain `-`.
+    fn from_dir_name(name: &str) -> Option<TopicPartition> {
+        let (topic, partition) = name.rsplit_once('-')?;
+        let partition = partition.parse().ok()?;
+        is_safe_topic_name(topic).then(|| TopicPartition::new(topic, partition))
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.topic, self.partition)
+    }
+}
+
+/// Kafka's rule for topic names, which also keeps them safe as directory names.
+pub fn is_safe_topic_name(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// What one maintenance pass did over all partitions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    pub deleted_segments: usize,
+    pub compacted_segments: usize,
+    pub failures: usize,
+}
+
+pub struct LogManager {
+    root: PathBuf,
+    defaults: TopicConfig,
+    partitions: RwLock<BTreeMap<TopicPartition, Arc<PartitionLog>>>,
+    offline: RwLock<BTreeMap<TopicPartition, String>>,
+    metrics: Arc<LogMetrics>,
+}
+
+impl LogManager {
+    /// Opens every partition under `<data_dir>/partitions`, recovering each.
+    pub async fn open(
+        data_dir: &Path,
+        defaults: TopicConfig,
+        metrics: Arc<LogMetrics>,
+    ) -> Result<LogManager, LogError> {
+        let root = data_dir.join("partitions");
+        std::fs::create_dir_all(&root)
+            .map_err(|source| LogError::io(format!("create {}", root.display()), source))?;
+        let manager = LogManager {
+            root,
+            defaults,
+            partitions: RwLock::new(BTreeMap::new()),
+            offline: RwLock::new(BTreeMap::new()),
+            metrics,
+        };
+        let entries = std::fs::read_dir(&manager.root)
+            .map_err(|source| LogError::io(format!("list {}", manager.root.display()), source))?;
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| {
+                LogError::io(format!("list {}", manager.root.display()), source)
+            })?;
+            if let Some(tp) = entry
+                .file_name()
+                .to_str()
+                .and_then(TopicPartition::from_dir_name)
+            {
+                found.push(tp);
+            }
+        }
+        found.sort();
+        for tp in found {
+            let dir = manager.root.join(tp.dir_name());
+            match PartitionLog::open(&dir, manager.defaults.clone(), manager.metrics.clone()).await
+            {
+                Ok(log) => {
+                    manager.metrics.partitions.inc();
+                    manager.write_partitions().insert(tp, Arc::new(log));
+                }
+                Err(error) => {
+                    tracing::error!(partition = %tp, %error, "partition failed to open and stays offline");
+                    manager
+                        .offline
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(tp, error.to_string());
+                }
+            }
+        }
+        Ok(manager)
+    }
+
+    fn write_partitions(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<TopicPartition, Arc<PartitionLog>>> {
+        self.partitions.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn defaults(&self) -> &TopicConfig {
+        &self.defaults
+    }
+
+    pub fn metrics(&self) -> &Arc<LogMetrics> {
+        &self.metrics
+    }
+
+    /// The partition's log, creating it with `config` if it does not exist yet. An existing
+    /// log gets `config` applied.
+    pub async fn create(
+        &self,
+        tp: &TopicPartition,
+        config: TopicConfig,
+    ) -> Result<Arc<PartitionLog>, LogError> {
+        if !is_safe_topic_name(&tp.topic) {
+            return Err(LogError::InvalidTopicName(tp.topic.clone()));
+        }
+        if let Some(existing) = self.get(tp) {
+            existing.set_config(config);
+            return Ok(existing);
+        }
+        let log = Arc::new(
+            PartitionLog::open(self.root.join(tp.dir_name()), config, self.metrics.clone()).await?,
+        );
+        let mut partitions = self.write_partitions();
+        if let Some(raced) = partitions.get(tp) {
+            return Ok(raced.clone());
+        }
+        partitions.insert(tp.clone(), log.clone());
+        self.metrics.partitions.inc();
+        Ok(log)
+    }
+
+    pub fn get(&self, tp: &TopicPartition) -> Option<Arc<PartitionLog>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tp)
+            .cloned()
+    }
+
+    pub fn partitions(&self) -> Vec<(TopicPartition, Arc<PartitionLog>)> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(tp, log)| (tp.clone(), log.clone()))
+            .collect()
+    }
+
+    /// Partitions that failed to open, with the reason.
+    pub fn offline_partitions(&self) -> Vec<(TopicPartition, String)> {
+        self.offline
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(tp, reason)| (tp.clone(), reason.clone()))
+            .collect()
+    }
+
+    /// Closes the partition and removes its directory.
+    pub async fn delete(&self, tp: &TopicPartition) -> Result<(), LogError> {
+        let removed = self.write_partitions().remove(tp);
+        self.offline
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(tp);
+        if let Some(log) = removed {
+            log.close().await?;
+            self.metrics.partitions.dec();
+            self.metrics.segments.dec_by(log.segments().len() as i64);
+        }
+        let dir = self.root.join(tp.dir_name());
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(LogError::io(format!("remove {}", dir.display()), source)),
+        }
+    }
+
+    /// One pass of segment.ms rolls, retention and compaction over every partition.
+    pub async fn run_maintenance(&self, compact: bool) -> MaintenanceReport {
+        let mut report = MaintenanceReport::default();
+        for (tp, log) in self.partitions() {
+            if log.offline_reason().is_some() {
+                continue;
+            }
+            let now = now_ms();
+            let result = async {
+                log.roll_if_expired().await?;
+                report.deleted_segments += log.enforce_retention(now).await?.deleted_segments;
+                if compact {
+                    report.compacted_segments += log.compact(now).await?.segments_rewritten;
+                }
+                Ok::<_, LogError>(())
+            }
+            .await;
+            if let Err(error) = result
+                && !matches!(error, LogError::Closed)
+            {
+                tracing::warn!(partition = %tp, %error, "log maintenance failed");
+                report.failures += 1;
+            }
+        }
+        report
+    }
+
+    /// Runs retention every `retention_interval` and compaction every `cleaner_interval`
+    /// until `cancel` fires.
+    pub fn spawn_maintenance(
+        self: &Arc<Self>,
+        retention_interval: Duration,
+        cleaner_interval: Duration,
+        cancel: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let manager = self.clone();
+        tokio::spawn(async move {
+            let mut retention = tokio::time::interval(retention_interval);
+            let mut cleaner = tokio::time::interval(cleaner_interval);
+            retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            cleaner.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let compact = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = retention.tick() => false,
+                    _ = cleaner.tick() => true,
+                };
+                manager.run_maintenance(compact).await;
+            }
+        })
+    }
+
+    /// Flushes and closes every partition; the first error is returned after all were tried.
+    pub async fn close_all(&self) -> Result<(), LogError> {
+        let mut first_error = None;
+        for (tp, log) in self.partitions() {
+            if let Err(error) = log.close().await {
+                tracing::error!(partition = %tp, %error, "closing partition failed");
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,908 @@
+//! One partition's log: a directory of segments with one writer and any number of readers.
+//!
+//! # Overview
+//! Appends go through a channel to the partition's writer task, which owns the active
+//! segment. It takes every append waiting in the channel as one group, validates and stamps
+//! each batch (offsets assigned contiguously from the log end), writes them, publishes the
+//! new log end and high watermark, and then, if any append of the group asked for
+//! durability or the flush policy (`flush.messages`, `flush.ms`) says so, runs one fsync for
+//! the whole group (group commit). File I/O runs on the blocking pool, never on the async
+//! runtime. Readers take a snapshot of the segment list and read with positional reads; they
+//! never wait for the writer.
+//!
+//! # Offsets
+//! - log start: the first offset still held (moves forward when retention deletes segments);
+//! - log end: the offset the next appended record gets;
+//! - high watermark: readers see only whole batches below it. On a single node it follows
+//!   the log end as soon as the bytes are written; replication will hold it back.
+//! - durable end: every offset below it has been fsynced.
+//!
+//! # Failures
+//! A failed write or fsync, or a corrupt batch met by a reader, takes the partition
+//! offline: every later call fails with [`LogError::Offline`] until it is reopened, which
+//! runs recovery. After a failed fsync the page cache cannot be trusted, so nothing is
+//! retried in place.
+//!
+//! # Crash consistency
+//! A clean close writes the active segment's index files and a `.clean-shutdown` marker.
+//! On open the marker is removed and every segment validated (see [`crate::segment`]); a
+//! torn tail of the active segment is truncated. Sealed segments were fsynced, with their
+//! indexes, before the next segment was created, so damage there is corruption: opening fails
+//! with [`LogError::CorruptSegment`].
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use runnel_config::{TimestampType, TopicConfig};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::batch;
+use crate::error::LogError;
+use crate::metrics::LogMetrics;
+use crate::segment::{self, Segment};
+
+const CLEAN_SHUTDOWN_MARKER: &str = ".clean-shutdown";
+/// Appends taken as one group at most; more wait for the next group.
+const MAX_GROUP_APPENDS: usize = 1024;
+const MAX_GROUP_BYTES: usize = 16 << 20;
+const COMMAND_QUEUE: usize = 1024;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    /// The broker's timestamp, when the topic uses LogAppendTime.
+    pub log_append_time: Option<i64>,
+    /// Whether the batch was fsynced before this reply.
+    pub durable: bool,
+}
+
+/// Batches read from the log and the offsets at the time of the read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    /// Whole record batches, possibly starting before the requested offset (a batch is never
+    /// split), empty if there is nothing at or after it below the high watermark.
+    pub records: Bytes,
+    pub high_watermark: u64,
+    pub log_start: u64,
+}
+
+/// A segment as the outside sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub base_offset: u64,
+    pub next_offset: u64,
+    pub size: u64,
+    pub max_timestamp: i64,
+    pub sealed: bool,
+}
+
+/// What a retention pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    pub deleted_segments: usize,
+    pub deleted_bytes: u64,
+}
+
+pub(crate) struct Segments {
+    pub list: Vec<Arc<Segment>>,
+    pub log_start: u64,
+}
+
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    config: RwLock<Arc<TopicConfig>>,
+    pub segments: RwLock<Segments>,
+    log_end: AtomicU64,
+    high_watermark: watch::Sender<u64>,
+    durable_end: watch::Sender<u64>,
+    leader_epoch: AtomicI32,
+    offline: OnceLock<String>,
+    closed: std::sync::atomic::AtomicBool,
+    /// Serializes retention and compaction, which both replace sealed segments.
+    pub maintenance: Mutex<()>,
+    pub metrics: Arc<LogMetrics>,
+}
+
+impl Shared {
+    pub fn config(&self) -> Arc<TopicConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn snapshot(&self) -> (Vec<Arc<Segment>>, u64) {
+        let segments = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        (segments.list.clone(), segments.log_start)
+    }
+
+    fn check_online(&self) -> Result<(), LogError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(LogError::Closed);
+        }
+        match self.offline.get() {
+            Some(reason) => Err(LogError::Offline {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the partition offline for good (until reopened); returns the error to report.
+    pub fn go_offline(&self, error: LogError) -> LogError {
+        if let LogError::Offline { .. } | LogError::Closed = error {
+            return error;
+        }
+        let reason = error.to_string();
+        if self.offline.set(reason.clone()).is_ok() {
+            tracing::error!(partition = %self.dir.display(), %reason, "partition log going offline");
+        }
+        error
+    }
+}
+
+enum Command {
+    Append {
+        batch: BytesMut,
+        durable: bool,
+        reply: oneshot::Sender<Result<Appended, LogError>>,
+    },
+    Sync {
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+    Roll {
+        /// Roll only if the active segment's first append is at least this old.
+        older_than: Option<Duration>,
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+    Close {
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+}
+
+/// A partition's log. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct PartitionLog {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl PartitionLog {
+    /// Opens (creating if needed) the log in `dir`, recovering it as the module docs say.
+    pub async fn open(
+        dir: impl Into<PathBuf>,
+        config: TopicConfig,
+        metrics: Arc<LogMetrics>,
+    ) -> Result<PartitionLog, LogError> {
+        let dir = dir.into();
+        let (shared, active) =
+            tokio::task::spawn_blocking(move || open_blocking(dir, config, metrics))
+                .await
+                .map_err(|e| LogError::io("open partition", std::io::Error::other(e)))??;
+        let shared = Arc::new(shared);
+        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
+        let writer = Writer {
+            shared: shared.clone(),
+            active,
+            unflushed_records: 0,
+            oldest_unflushed: None,
+        };
+        tokio::spawn(writer.run(receiver));
+        Ok(PartitionLog { shared, commands })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, LogError>>) -> Command,
+    ) -> Result<T, LogError> {
+        self.shared.check_online()?;
+        let (reply, receive) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| LogError::Closed)?;
+        receive.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Appends one record batch as a producer sent it. Returns once it is written (readable
+    /// up to the high watermark); it is durable only if `durable` in the answer says so.
+    pub async fn append(&self, batch: BytesMut) -> Result<Appended, LogError> {
+        self.call(|reply| Command::Append {
+            batch,
+            durable: false,
+            reply,
+        })
+        .await
+    }
+
+    /// Appends one record batch and returns only after an fsync covers it.
+    pub async fn append_durable(&self, batch: BytesMut) -> Result<Appended, LogError> {
+        self.call(|reply| Command::Append {
+            batch,
+            durable: true,
+            reply,
+        })
+        .await
+    }
+
+    /// fsyncs everything appended so far.
+    pub async fn sync(&self) -> Result<(), LogError> {
+        self.call(|reply| Command::Sync { reply }).await
+    }
+
+    /// Seals the active segment (if it holds anything) and starts a new one.
+    pub async fn roll(&self) -> Result<(), LogError> {
+        self.call(|reply| Command::Roll {
+            older_than: None,
+            reply,
+        })
+        .await
+    }
+
+    /// Seals the active segment if it is older than `segment.ms`, so an idle partition's
+    /// data becomes subject to retention.
+    pub async fn roll_if_expired(&self) -> Result<(), LogError> {
+        let older_than = Some(self.shared.config().segment_age_limit());
+        self.call(|reply| Command::Roll { older_than, reply }).await
+    }
+
+    /// Flushes, writes the indexes and the clean-shutdown marker, and stops the writer.
+    /// Calls after this fail with [`LogError::Closed`].
+    pub async fn close(&self) -> Result<(), LogError> {
+        let (reply, receive) = oneshot::channel();
+        if self.commands.send(Command::Close { reply }).await.is_err() {
+            return Ok(()); // already closed
+        }
+        receive.await.map_err(|_| LogError::Closed)?
+    }
+
+    pub fn log_start(&self) -> u64 {
+        self.shared
+            .segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .log_start
+    }
+
+    pub fn log_end(&self) -> u64 {
+        self.shared.log_end.load(Ordering::Acquire)
+    }
+
+    pub fn high_watermark(&self) -> u64 {
+        *self.shared.high_watermark.borrow()
+    }
+
+    pub fn durable_end(&self) -> u64 {
+        *self.shared.durable_end.borrow()
+    }
+
+    pub fn config(&self) -> Arc<TopicConfig> {
+        self.shared.config()
+    }
+
+    /// Applies a new configuration; it takes effect from the next append or maintenance pass.
+    pub fn set_config(&self, config: TopicConfig) {
+        *self
+            .shared
+            .config
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+
+    /// The leader epoch stamped into appended batches.
+    pub fn set_leader_epoch(&self, epoch: i32) {
+        self.shared.leader_epoch.store(epoch, Ordering::Release);
+    }
+
+    /// Whether the partition went offline, and why.
+    pub fn offline_reason(&self) -> Option<String> {
+        self.shared.offline.get().cloned()
+    }
+
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let (list, _) = self.shared.snapshot();
+        let last = list.len().saturating_sub(1);
+        list.iter()
+            .enumerate()
+            .map(|(i, s)| SegmentInfo {
+                base_offset: s.base_offset,
+                next_offset: s.next_offset(),
+                size: s.size(),
+                max_timestamp: s.max_timestamp(),
+                sealed: i != last,
+            })
+            .collect()
+    }
+
+    /// Bytes held on disk by all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.shared.snapshot().0.iter().map(|s| s.size()).sum()
+    }
+
+    /// Reads whole batches from `offset` on, about `max_bytes` of them (at least one batch
+    /// if any is there). Offsets outside `[log start, log end]` are out of range; at or past
+    /// the high watermark the answer is empty.
+    pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult, LogError> {
+        self.shared.check_online()?;
+        let high_watermark = self.high_watermark();
+        let (segments, log_start) = self.shared.snapshot();
+        let log_end = self.log_end();
+        if offset < log_start || offset > log_end {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start,
+                log_end,
+            });
+        }
+        let empty = ReadResult {
+            records: Bytes::new(),
+            high_watermark,
+            log_start,
+        };
+        if offset >= high_watermark {
+            return Ok(empty);
+        }
+        let first = segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1);
+        let shared = self.shared.clone();
+        let records = tokio::task::spawn_blocking(move || -> Result<Bytes, LogError> {
+            for segment in &segments[first..] {
+                if segment.base_offset >= high_watermark {
+                    break;
+                }
+                if let Some(bytes) = segment.read(offset, high_watermark, max_bytes, true)? {
+                    return Ok(bytes);
+                }
+            }
+            Ok(Bytes::new())
+        })
+        .await
+        .map_err(|e| LogError::io("read", std::io::Error::other(e)))?
+        .map_err(|e| match e {
+            LogError::CorruptSegment { .. } => shared.go_offline(e),
+            other => other,
+        })?;
+        self.shared.metrics.read_bytes.inc_by(records.len() as u64);
+        Ok(ReadResult { records, ..empty })
+    }
+
+    /// Waits until the high watermark passes `offset` or `timeout` elapses; returns the
+    /// high watermark. The long poll of a fetch: no sleeping loop, a notification per write.
+    pub async fn wait_for_data(&self, offset: u64, timeout: Duration) -> u64 {
+        let mut receiver = self.shared.high_watermark.subscribe();
+        let _ = tokio::time::timeout(timeout, receiver.wait_for(|hw| *hw > offset)).await;
+        self.high_watermark()
+    }
+
+    /// The first offset whose record timestamp is at least `timestamp`, or `None` if every
+    /// record below the high watermark is older (Kafka's ListOffsets by timestamp).
+    pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<u64>, LogError> {
+        self.shared.check_online()?;
+        let upper = self.high_watermark();
+        let (segments, log_start) = self.shared.snapshot();
+        let max_batch = decompression_limit(&self.shared.config());
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || -> Result<Option<u64>, LogError> {
+            for segment in &segments {
+                if segment.base_offset >= upper {
+                    break;
+                }
+                if let Some(offset) = segment.offset_for_timestamp(timestamp, upper, max_batch)? {
+                    return Ok(Some(offset.max(log_start)));
+                }
+            }
+            Ok(None)
+        })
+        .await
+        .map_err(|e| LogError::io("offset for timestamp", std::io::Error::other(e)))?
+        .map_err(|e| match e {
+            LogError::CorruptSegment { .. } => shared.go_offline(e),
+            other => other,
+        })
+    }
+
+    /// Deletes whole sealed segments past `retention.ms` or beyond `retention.bytes`, oldest
+    /// first, never the active one. Does nothing unless `cleanup.policy` includes delete.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<RetentionOutcome, LogError> {
+        self.shared.check_online()?;
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || enforce_retention_blocking(&shared, now_ms))
+            .await
+            .map_err(|e| LogError::io("retention", std::io::Error::other(e)))?
+    }
+
+    /// Compacts the sealed segments (see [`crate::cleaner`]); does nothing unless
+    /// `cleanup.policy` includes compact.
+    pub async fn compact(
+        &self,
+        now_ms: i64,
+    ) -> Result<crate::cleaner::CompactionOutcome, LogError> {
+        self.shared.check_online()?;
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || crate::cleaner::compact(&shared, now_ms))
+            .await
+            .map_err(|e| LogError::io("compaction", std::io::Error::other(e)))?
+            .map_err(|e| match e {
+                LogError::CorruptSegment { .. } => self.shared.go_offline(e),
+                other => other,
+            })
+    }
+}
+
+/// The largest decompressed records section the log will look inside.
+pub(crate) fn decompression_limit(config: &TopicConfig) -> usize {
+    (config.max_message_bytes as usize)
+        .saturating_mul(16)
+        .max(64 << 20)
+}
+
+fn open_blocking(
+    dir: PathBuf,
+    config: TopicConfig,
+    metrics: Arc<LogMetrics>,
+) -> Result<(Shared, Arc<Segment>), LogError> {
+    std::fs::create_dir_all(&dir)
+        .map_err(|source| LogError::io(format!("create {}", dir.display()), source))?;
+    let marker = dir.join(CLEAN_SHUTDOWN_MARKER);
+    let clean = marker.exists();
+    if clean {
+        std::fs::remove_file(&marker)
+            .map_err(|source| LogError::io(format!("remove {}", marker.display()), source))?;
+    }
+    let mut bases = Vec::new();
+    let entries = std::fs::read_dir(&dir)
+        .map_err(|source| LogError::io(format!("list {}", dir.display()), source))?;
+    for entry in entries {
+        let entry =
+            entry.map_err(|source| LogError::io(format!("list {}", dir.display()), source))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".cleaned") || name.ends_with(".tmp") {
+            // Left by a compaction or index write that did not finish.
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        }
+        if let Some(stem) = name.strip_suffix(".log")
+            && stem.len() == 20
+            && let Ok(base) = stem.parse::<u64>()
+        {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+
+    let mut list = Vec::with_capacity(bases.len().max(1));
+    for (i, base) in bases.iter().enumerate() {
+        let active = i + 1 == bases.len();
+        let (segment, report) = Segment::open(&dir, *base, active, config.index_interval_bytes)?;
+        if report.truncated_bytes > 0 || (report.index_rebuilt && clean) {
+            tracing::warn!(partition = %dir.display(), segment = base, truncated_bytes = report.truncated_bytes, index_rebuilt = report.index_rebuilt, "recovered segment");
+        }
+        if let Some(previous) = list.last().map(|s: &Arc<Segment>| s.next_offset())
+            && segment.base_offset < previous
+        {
+            return Err(LogError::CorruptSegment {
+                path: segment.log_path(),
+                position: 0,
+                reason: format!(
+                    "segment starts at offset {} before the previous one ends ({previous})",
+                    segment.base_offset
+                ),
+            });
+        }
+        list.push(Arc::new(segment));
+    }
+    if list.is_empty() {
+        list.push(Arc::new(Segment::create(&dir, 0)?));
+        segment::sync_dir(&dir)
+            .map_err(|source| LogError::io(format!("fsync {}", dir.display()), source))?;
+    }
+    let active = list.last().cloned().expect("at least one segment");
+    // Whatever survived the crash may still sit only in the page cache.
+    active.sync()?;
+    if !active.is_empty() {
+        active.mark_first_append(now_ms());
+    }
+    let log_start = list.first().map_or(0, |s| s.base_offset);
+    let log_end = active.next_offset();
+    metrics.segments.inc_by(list.len() as i64);
+    let shared = Shared {
+        dir,
+        config: RwLock::new(Arc::new(config)),
+        segments: RwLock::new(Segments { list, log_start }),
+        log_end: AtomicU64::new(log_end),
+        high_watermark: watch::Sender::new(log_end),
+        durable_end: watch::Sender::new(log_end),
+        leader_epoch: AtomicI32::new(0),
+        offline: OnceLock::new(),
+        closed: std::sync::atomic::AtomicBool::new(false),
+        maintenance: Mutex::new(()),
+        metrics,
+    };
+    Ok((shared, active))
+}
+
+fn enforce_retention_blocking(shared: &Shared, now_ms: i64) -> Result<RetentionOutcome, LogError> {
+    let _maintenance = shared.maintenance.lock().unwrap_or_else(|e| e.into_inner());
+    let config = shared.config();
+    let mut outcome = RetentionOutcome::default();
+    if !config.cleanup_policy.delete {
+        return Ok(outcome);
+    }
+    let (list, _) = shared.snapshot();
+    let mut total: u64 = list.iter().map(|s| s.size()).sum();
+    let mut doomed = Vec::new();
+    for segment in list.iter().take(list.len().saturating_sub(1)) {
+        let newest = match segment.max_timestamp() {
+            ts if ts >= 0 => ts,
+            _ => segment.modified_ms().unwrap_or(now_ms),
+        };
+        let expired = config
+            .retention_ms
+            .is_some_and(|limit| now_ms.saturating_sub(newest) > limit as i64);
+        let oversize = config
+            .retention_bytes
+            .is_some_and(|limit| total.saturating_sub(segment.size()) >= limit);
+        if !expired && !oversize {
+            break;
+        }
+        total -= segment.size();
+        doomed.push(segment.clone());
+    }
+    if doomed.is_empty() {
+        return Ok(outcome);
+    }
+    {
+        let mut segments = shared.segments.write().unwrap_or_else(|e| e.into_inner());
+        segments
+            .list
+            .retain(|s| !doomed.iter().any(|d| Arc::ptr_eq(d, s)));
+        let new_start = segments
+            .list
+            .first()
+            .map_or(segments.log_start, |s| s.base_offset);
+        segments.log_start = segments.log_start.max(new_start);
+    }
+    for segment in &doomed {
+        segment.delete_files()?;
+        outcome.deleted_segments += 1;
+        outcome.deleted_bytes += segment.size();
+        shared.metrics.segments.dec();
+    }
+    tracing::info!(partition = %shared.dir.display(), segments = outcome.deleted_segments, bytes = outcome.deleted_bytes, "retention deleted segments");
+    Ok(outcome)
+}
+
+/// The partition's single writer. Owns the active segment; runs on a tokio task and moves
+/// itself onto the blocking pool for each group's I/O.
+struct Writer {
+    shared: Arc<Shared>,
+    active: Arc<Segment>,
+    unflushed_records: u64,
+    oldest_unflushed: Option<Instant>,
+}
+
+enum Reply {
+    Append(
+        oneshot::Sender<Result<Appended, LogError>>,
+        Result<Appended, LogError>,
+        bool,
+    ),
+    Done(oneshot::Sender<Result<(), LogError>>, Result<(), LogError>),
+}
+
+impl Writer {
+    async fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
+        loop {
+            let flush_deadline = self.flush_deadline();
+            let first = tokio::select! {
+                command = receiver.recv() => command,
+                _ = sleep_until(flush_deadline) => {
+                    let Some((writer, result)) = self.blocking(|w| w.flush()).await else { break };
+                    self = writer;
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "scheduled fsync failed");
+                    }
+                    continue;
+                }
+            };
+            let Some(first) = first else {
+                // Every handle dropped without close: flush what we have and stop.
+                let _ = self.blocking(|w| w.close()).await;
+                return;
+            };
+            let mut group = vec![first];
+            let mut bytes = 0;
+            while group.len() < MAX_GROUP_APPENDS && bytes < MAX_GROUP_BYTES {
+                match receiver.try_recv() {
+                    Ok(command) => {
+                        if let Command::Append { batch, .. } = &command {
+                            bytes += batch.len();
+                        }
+                        group.push(command);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let closing = group.iter().any(|c| matches!(c, Command::Close { .. }));
+            let Some((writer, replies)) = self.blocking(move |w| w.apply(group)).await else {
+                break;
+            };
+            self = writer;
+            for reply in replies {
+                match reply {
+                    Reply::Append(sender, result, _) => drop(sender.send(result)),
+                    Reply::Done(sender, result) => drop(sender.send(result)),
+                }
+            }
+            if closing {
+                break;
+            }
+        }
+        receiver.close();
+        while let Ok(command) = receiver.try_recv() {
+            reject_closed(command);
+        }
+    }
+
+    /// Runs `work` on the blocking pool with the writer moved there and back. `None` if the
+    /// work panicked, which takes the partition offline.
+    async fn blocking<T: Send + 'static>(
+        self,
+        work: impl FnOnce(&mut Writer) -> T + Send + 'static,
+    ) -> Option<(Writer, T)> {
+        let shared = self.shared.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut writer = self;
+            let result = work(&mut writer);
+            (writer, result)
+        })
+        .await;
+        match done {
+            Ok(done) => Some(done),
+            Err(join_error) => {
+                shared.go_offline(LogError::io(
+                    "partition writer",
+                    std::io::Error::other(join_error.to_string()),
+                ));
+                None
+            }
+        }
+    }
+
+    fn flush_deadline(&self) -> Option<Instant> {
+        let flush_ms = self.shared.config().flush_ms?;
+        self.oldest_unflushed
+            .map(|t| t + Duration::from_millis(flush_ms))
+    }
+
+    fn apply(&mut self, group: Vec<Command>) -> Vec<Reply> {
+        let config = self.shared.config();
+        let now = now_ms();
+        let mut replies = Vec::with_capacity(group.len());
+        let mut sync_requested = false;
+        let mut closing = false;
+        let written_before = self.shared.log_end.load(Ordering::Acquire);
+        for command in group {
+            match command {
+                Command::Append {
+                    batch,
+                    durable,
+                    reply,
+                } => {
+                    let result = self.append(batch, &config, now);
+                    sync_requested |= durable && result.is_ok();
+                    replies.push(Reply::Append(reply, result, durable));
+                }
+                Command::Sync { reply } => {
+                    sync_requested = true;
+                    replies.push(Reply::Done(reply, Ok(())));
+                }
+                Command::Roll { older_than, reply } => {
+                    let result = self.roll_if(older_than, now);
+                    replies.push(Reply::Done(reply, result));
+                }
+                Command::Close { reply } => {
+                    closing = true;
+                    replies.push(Reply::Done(reply, Ok(())));
+                }
+            }
+        }
+        let log_end = self.shared.log_end.load(Ordering::Acquire);
+        if log_end != written_before {
+            self.shared.high_watermark.send_replace(log_end);
+        }
+        let policy_due = config
+            .flush_messages
+            .is_some_and(|n| self.unflushed_records >= n)
+            || (config.flush_ms == Some(0) && self.unflushed_records > 0);
+        let flushed = if closing {
+            self.close()
+        } else if sync_requested || policy_due {
+            self.flush()
+        } else {
+            Ok(())
+        };
+        let durable_end = *self.shared.durable_end.borrow();
+        for reply in &mut replies {
+            match reply {
+                Reply::Append(_, result, needs_sync) => {
+                    if let Ok(appended) = result {
+                        appended.durable = appended.last_offset < durable_end;
+                        if *needs_sync && let Err(e) = &flushed {
+                            *result = Err(LogError::Offline {
+                                reason: e.to_string(),
+                            });
+                        }
+                    }
+                }
+                Reply::Done(_, result) => {
+                    if result.is_ok()
+                        && let Err(e) = &flushed
+                    {
+                        *result = Err(LogError::Offline {
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        replies
+    }
+
+    fn append(
+        &mut self,
+        mut batch: BytesMut,
+        config: &TopicConfig,
+        now: i64,
+    ) -> Result<Appended, LogError> {
+        self.shared.check_online()?;
+        if batch.len() as u64 > config.max_message_bytes {
+            return Err(LogError::BatchTooLarge {
+                size: batch.len(),
+                max: config.max_message_bytes,
+            });
+        }
+        let header = batch::validate_produced(&batch)?;
+        let base_offset = self.shared.log_end.load(Ordering::Acquire);
+        let last_offset = base_offset + header.last_offset_delta as u64;
+        let too_big = self.active.size() + batch.len() as u64 > config.segment_bytes;
+        let too_old = self
+            .active
+            .first_append_ms()
+            .is_some_and(|first| now.saturating_sub(first) >= config.segment_ms as i64);
+        let offsets_overflow = last_offset - self.active.base_offset > u64::from(u32::MAX);
+        if !self.active.is_empty() && (too_big || too_old || offsets_overflow) {
+            self.roll().map_err(|e| self.shared.go_offline(e))?;
+        }
+        batch::stamp_offsets(
+            &mut batch,
+            base_offset as i64,
+            self.shared.leader_epoch.load(Ordering::Acquire),
+        );
+        let log_append_time =
+            (config.message_timestamp_type == TimestampType::LogAppendTime).then(|| {
+                batch::stamp_log_append_time(&mut batch, now);
+                now
+            });
+        let stamped = batch::BatchHeader::parse(&batch)?;
+        self.active
+            .append(&batch, &stamped, now, config.index_interval_bytes)
+            .map_err(|e| self.shared.go_offline(e))?;
+        self.shared
+            .log_end
+            .store(last_offset + 1, Ordering::Release);
+        self.unflushed_records += header.records_count as u64;
+        self.oldest_unflushed.get_or_insert_with(Instant::now);
+        let metrics = &self.shared.metrics;
+        metrics.appended_bytes.inc_by(batch.len() as u64);
+        metrics.appended_batches.inc();
+        metrics.appended_records.inc_by(header.records_count as u64);
+        Ok(Appended {
+            base_offset,
+            last_offset,
+            log_append_time,
+            durable: false,
+        })
+    }
+
+    fn flush(&mut self) -> Result<(), LogError> {
+        if self.oldest_unflushed.is_none() {
+            return Ok(());
+        }
+        let log_end = self.shared.log_end.load(Ordering::Acquire);
+        let started = Instant::now();
+        self.active.sync().map_err(|e| self.shared.go_offline(e))?;
+        self.shared
+            .metrics
+            .fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.shared.durable_end.send_replace(log_end);
+        self.unflushed_records = 0;
+        self.oldest_unflushed = None;
+        Ok(())
+    }
+
+    fn roll_if(&mut self, older_than: Option<Duration>, now: i64) -> Result<(), LogError> {
+        self.shared.check_online()?;
+        if self.active.is_empty() {
+            return Ok(());
+        }
+        if let Some(age) = older_than {
+            let old_enough = self
+                .active
+                .first_append_ms()
+                .is_some_and(|first| now.saturating_sub(first) >= age.as_millis() as i64);
+            if !old_enough {
+                return Ok(());
+            }
+        }
+        self.roll().map_err(|e| self.shared.go_offline(e))
+    }
+
+    /// Seals the active segment (fsync, index files) and creates the next one.
+    fn roll(&mut self) -> Result<(), LogError> {
+        self.oldest_unflushed.get_or_insert_with(Instant::now);
+        self.flush()?;
+        self.active.persist_current_index()?;
+        let base = self.shared.log_end.load(Ordering::Acquire);
+        let next = Arc::new(Segment::create(&self.shared.dir, base)?);
+        segment::sync_dir(&self.shared.dir).map_err(|source| {
+            LogError::io(format!("fsync {}", self.shared.dir.display()), source)
+        })?;
+        self.shared
+            .segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .list
+            .push(next.clone());
+        self.shared.metrics.segments.inc();
+        self.active = next;
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), LogError> {
+        if self.shared.offline.get().is_some() {
+            return Ok(()); // leave recovery to the next open
+        }
+        self.oldest_unflushed.get_or_insert_with(Instant::now);
+        self.flush()?;
+        self.active.persist_current_index()?;
+        let marker = self.shared.dir.join(CLEAN_SHUTDOWN_MARKER);
+        segment::write_durably(&marker, b"")?;
+        self.shared.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+fn reject_closed(command: Command) {
+    match command {
+        Command::Append { reply, .. } => drop(reply.send(Err(LogError::Closed))),
+        Command::Sync { reply } | Command::Roll { reply, .. } | Command::Close { reply } => {
+            drop(reply.send(Err(LogError::Closed)))
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}

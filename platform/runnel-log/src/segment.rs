@@ -1,0 +1,644 @@
+//! One segment: a file of record batches plus its two sparse indexes.
+//!
+//! # On disk
+//! `<base offset, 20 digits>.log` holds whole v2 batches back to back, base offsets
+//! stamped and strictly increasing; `.index` and `.timeindex` beside it (see
+//! [`crate::index`]). A compacted segment may have gaps between batches' offsets.
+//!
+//! # Concurrency
+//! Only the partition's writer appends, and only to the active segment, with positional
+//! writes at the end of the file. It publishes the new size after the bytes are written, so
+//! readers, which use positional reads bounded by the published size, never see a partial
+//! batch. The in-memory index sits behind a lock held only to push or look up an entry.
+//!
+//! # Recovery
+//! [`Segment::open`] trusts nothing: an index that is missing or inconsistent is rebuilt by
+//! scanning, and batches after the last index entry are always re-validated by CRC. In the
+//! active segment a bad tail is a torn write and is truncated; in a sealed segment, which
+//! was fsynced before the next one was created, it is corruption and opening fails.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::batch::{self, BATCH_HEADER_LEN, BatchHeader, Records};
+use crate::error::LogError;
+use crate::index::SegmentIndex;
+
+/// File name of a segment's log file: the base offset in 20 digits, like Kafka.
+pub(crate) fn file_name(base_offset: u64, extension: &str) -> String {
+    format!("{base_offset:020}.{extension}")
+}
+
+/// How much of a file one read of the recovery scan pulls in.
+const SCAN_WINDOW: usize = 1 << 20;
+
+pub(crate) struct Segment {
+    pub base_offset: u64,
+    dir: PathBuf,
+    file: File,
+    /// Bytes of whole batches; readers never look past it.
+    size: AtomicU64,
+    /// One past the last offset of the last batch (the base offset while empty).
+    next_offset: AtomicU64,
+    /// Largest batch max timestamp, `-1` while empty.
+    max_timestamp: AtomicI64,
+    /// Wall-clock time of the first append to this segment, for `segment.ms`.
+    first_append_ms: AtomicI64,
+    index: RwLock<SegmentIndex>,
+}
+
+/// What opening a segment found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct OpenReport {
+    pub index_rebuilt: bool,
+    pub truncated_bytes: u64,
+}
+
+/// How far a scan got and why it stopped early, if it did.
+struct Scan {
+    end: u64,
+    next_offset: u64,
+    max_timestamp: i64,
+    stopped: Option<(u64, String)>,
+}
+
+impl Segment {
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join(file_name(self.base_offset, "log"))
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.dir.join(file_name(self.base_offset, "index"))
+    }
+
+    fn time_index_path(&self) -> PathBuf {
+        self.dir.join(file_name(self.base_offset, "timeindex"))
+    }
+
+    fn io_error(&self, action: &str, source: io::Error) -> LogError {
+        LogError::Io {
+            action: format!("{action} {}", self.log_path().display()),
+            source,
+        }
+    }
+
+    /// Creates a new, empty segment file (failing if one exists).
+    pub fn create(dir: &Path, base_offset: u64) -> Result<Segment, LogError> {
+        let path = dir.join(file_name(base_offset, "log"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|source| LogError::io(format!("create segment {}", path.display()), source))?;
+        Ok(Segment::from_parts(
+            dir,
+            base_offset,
+            file,
+            SegmentIndex::default(),
+        ))
+    }
+
+    fn from_parts(dir: &Path, base_offset: u64, file: File, index: SegmentIndex) -> Segment {
+        Segment {
+            base_offset,
+            dir: dir.to_path_buf(),
+            file,
+            size: AtomicU64::new(0),
+            next_offset: AtomicU64::new(base_offset),
+            max_timestamp: AtomicI64::new(-1),
+            first_append_ms: AtomicI64::new(-1),
+            index: RwLock::new(index),
+        }
+    }
+
+    /// Opens an existing segment, validating it as described in the module docs.
+    /// `active` says whether a bad tail may be truncated as a torn write.
+    pub fn open(
+        dir: &Path,
+        base_offset: u64,
+        active: bool,
+        index_interval: u64,
+    ) -> Result<(Segment, OpenReport), LogError> {
+        let path = dir.join(file_name(base_offset, "log"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|source| LogError::io(format!("open segment {}", path.display()), source))?;
+        let file_len = file
+            .metadata()
+            .map_err(|source| LogError::io(format!("stat segment {}", path.display()), source))?
+            .len();
+        let segment = Segment::from_parts(dir, base_offset, file, SegmentIndex::default());
+        let mut report = OpenReport::default();
+
+        let loaded = segment.load_index_files(file_len);
+        if let Err(reason) = &loaded {
+            tracing::warn!(segment = %path.display(), %reason, "rebuilding segment index");
+        }
+        // Batches from the last indexed one on are re-validated; that entry is re-added
+        // by the scan.
+        let (mut index, scan_from) = match loaded {
+            Ok(Some(mut index)) => match index.offsets.pop() {
+                Some(last) => {
+                    index
+                        .times
+                        .retain(|t| t.relative_offset < last.relative_offset);
+                    index.resume_after(u64::MAX);
+                    (index, u64::from(last.position))
+                }
+                None => (index, 0),
+            },
+            Ok(None) | Err(_) => {
+                report.index_rebuilt = true;
+                (SegmentIndex::default(), 0)
+            }
+        };
+        let mut scan = segment.scan(scan_from, file_len, &mut index, index_interval)?;
+        if scan.stopped.is_some() && scan_from > 0 {
+            // Find the true end of the valid batches from the start of the file.
+            report.index_rebuilt = true;
+            index = SegmentIndex::default();
+            scan = segment.scan(0, file_len, &mut index, index_interval)?;
+        }
+        let mut max_timestamp = scan.max_timestamp;
+        if let Some(last) = index.times.last() {
+            max_timestamp = max_timestamp.max(last.timestamp);
+        }
+        if let Some((position, reason)) = scan.stopped {
+            if !active {
+                return Err(LogError::CorruptSegment {
+                    path,
+                    position,
+                    reason,
+                });
+            }
+            tracing::warn!(segment = %path.display(), position, %reason, "truncating torn write at the log tail");
+            report.truncated_bytes = file_len - scan.end;
+            segment
+                .file
+                .set_len(scan.end)
+                .and_then(|()| segment.file.sync_all())
+                .map_err(|source| segment.io_error("truncate", source))?;
+        }
+        if report.index_rebuilt && !active {
+            segment.persist_index(&index)?;
+        }
+        segment.size.store(scan.end, Ordering::Release);
+        segment
+            .next_offset
+            .store(scan.next_offset.max(base_offset), Ordering::Release);
+        segment
+            .max_timestamp
+            .store(max_timestamp, Ordering::Release);
+        *segment.index.write().unwrap_or_else(|e| e.into_inner()) = index;
+        Ok((segment, report))
+    }
+
+    /// Reads both index files; `Ok(None)` if either is missing.
+    fn load_index_files(&self, file_len: u64) -> Result<Option<SegmentIndex>, String> {
+        let read = |path: PathBuf| match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("read {}: {e}", path.display())),
+        };
+        let (Some(offsets), Some(times)) =
+            (read(self.index_path())?, read(self.time_index_path())?)
+        else {
+            return Ok(None);
+        };
+        let index = SegmentIndex::decode(&offsets, &times, file_len)?;
+        // The last entry must point at a batch with the offset it claims.
+        if let Some(last) = index.offsets.last() {
+            let mut header = [0u8; BATCH_HEADER_LEN];
+            self.file
+                .read_exact_at(&mut header, u64::from(last.position))
+                .map_err(|e| format!("read indexed batch: {e}"))?;
+            let parsed = BatchHeader::parse(&header).map_err(|e| e.to_string())?;
+            if parsed.base_offset != (self.base_offset + u64::from(last.relative_offset)) as i64 {
+                return Err("last index entry does not match its batch".to_string());
+            }
+        }
+        Ok(Some(index))
+    }
+
+    /// Validates batches from `from` to `file_len`, adding them to `index`.
+    fn scan(
+        &self,
+        from: u64,
+        file_len: u64,
+        index: &mut SegmentIndex,
+        interval: u64,
+    ) -> Result<Scan, LogError> {
+        let mut scan = Scan {
+            end: from,
+            next_offset: self.base_offset,
+            max_timestamp: -1,
+            stopped: None,
+        };
+        let mut window = Vec::new();
+        let mut window_start = from;
+        let mut position = from;
+        while position < file_len {
+            let stop = |reason: String| Some((position, reason));
+            let remaining = file_len - position;
+            if remaining < BATCH_HEADER_LEN as u64 {
+                scan.stopped = stop(format!(
+                    "{remaining} trailing bytes, less than a batch header"
+                ));
+                break;
+            }
+            let header_bytes = self.window(
+                &mut window,
+                &mut window_start,
+                position,
+                BATCH_HEADER_LEN as u64,
+                file_len,
+            )?;
+            let header = match BatchHeader::parse(header_bytes) {
+                Ok(header) => header,
+                Err(e) => {
+                    scan.stopped = stop(e.to_string());
+                    break;
+                }
+            };
+            let len = header.total_len();
+            if len < BATCH_HEADER_LEN as u64 || len > remaining {
+                scan.stopped = stop(format!(
+                    "batch of {len} bytes with {remaining} bytes left in the file"
+                ));
+                break;
+            }
+            let bytes = self.window(&mut window, &mut window_start, position, len, file_len)?;
+            if let Err(e) = batch::validate(bytes) {
+                scan.stopped = stop(e.to_string());
+                break;
+            }
+            let expected = scan.next_offset as i64;
+            let relative = header.base_offset - self.base_offset as i64;
+            if header.base_offset < expected
+                || relative < 0
+                || header.last_offset() - (self.base_offset as i64) > i64::from(u32::MAX)
+            {
+                scan.stopped = stop(format!(
+                    "batch base offset {} out of order (expected at least {expected})",
+                    header.base_offset
+                ));
+                break;
+            }
+            index.on_batch(
+                relative as u32,
+                position as u32,
+                len,
+                header.max_timestamp,
+                interval,
+            );
+            scan.next_offset = header.last_offset() as u64 + 1;
+            scan.max_timestamp = scan.max_timestamp.max(header.max_timestamp);
+            position += len;
+            scan.end = position;
+        }
+        Ok(scan)
+    }
+
+    /// Returns `len` bytes at `position`, refilling the scan window when needed.
+    fn window<'w>(
+        &self,
+        window: &'w mut Vec<u8>,
+        window_start: &mut u64,
+        position: u64,
+        len: u64,
+        file_len: u64,
+    ) -> Result<&'w [u8], LogError> {
+        let within =
+            position >= *window_start && position + len <= *window_start + window.len() as u64;
+        if !within {
+            let want = (len as usize)
+                .max(SCAN_WINDOW)
+                .min((file_len - position) as usize);
+            window.resize(want, 0);
+            self.file
+                .read_exact_at(window, position)
+                .map_err(|source| self.io_error("read", source))?;
+            *window_start = position;
+        }
+        let start = (position - *window_start) as usize;
+        Ok(&window[start..start + len as usize])
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset.load(Ordering::Acquire)
+    }
+
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp.load(Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size() == 0
+    }
+
+    /// Milliseconds since the epoch of the first append, `None` while empty or unknown.
+    pub fn first_append_ms(&self) -> Option<i64> {
+        let ms = self.first_append_ms.load(Ordering::Acquire);
+        (ms >= 0).then_some(ms)
+    }
+
+    /// Starts the `segment.ms` clock of a segment reopened with data in it.
+    pub fn mark_first_append(&self, now_ms: i64) {
+        self.first_append_ms.store(now_ms, Ordering::Release);
+    }
+
+    /// The log file's modification time, the age of a segment whose records carry no
+    /// timestamps.
+    pub fn modified_ms(&self) -> Option<i64> {
+        let modified = self.file.metadata().and_then(|m| m.modified()).ok()?;
+        let since_epoch = modified.duration_since(std::time::UNIX_EPOCH).ok()?;
+        Some(since_epoch.as_millis() as i64)
+    }
+
+    /// Appends one validated, stamped batch at the end. Only the writer calls this.
+    pub fn append(
+        &self,
+        bytes: &[u8],
+        header: &BatchHeader,
+        now_ms: i64,
+        index_interval: u64,
+    ) -> Result<(), LogError> {
+        let position = self.size();
+        self.file
+            .write_all_at(bytes, position)
+            .map_err(|source| self.io_error("append to", source))?;
+        let relative = (header.base_offset as u64 - self.base_offset) as u32;
+        self.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .on_batch(
+                relative,
+                position as u32,
+                bytes.len() as u64,
+                header.max_timestamp,
+                index_interval,
+            );
+        if position == 0 {
+            self.first_append_ms.store(now_ms, Ordering::Release);
+        }
+        self.max_timestamp
+            .fetch_max(header.max_timestamp, Ordering::AcqRel);
+        self.next_offset
+            .store(header.last_offset() as u64 + 1, Ordering::Release);
+        self.size
+            .store(position + bytes.len() as u64, Ordering::Release);
+        Ok(())
+    }
+
+    /// fdatasync of the log file.
+    pub fn sync(&self) -> Result<(), LogError> {
+        self.file
+            .sync_data()
+            .map_err(|source| self.io_error("fsync", source))
+    }
+
+    /// Writes both index files durably (temporary file, fsync, rename).
+    pub fn persist_index(&self, index: &SegmentIndex) -> Result<(), LogError> {
+        write_durably(&self.index_path(), &index.encode_offsets())?;
+        write_durably(&self.time_index_path(), &index.encode_times())
+    }
+
+    /// Writes the current in-memory index to disk.
+    pub fn persist_current_index(&self) -> Result<(), LogError> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner()).clone();
+        self.persist_index(&index)
+    }
+
+    /// Removes the index files, so a crash before they are rewritten forces a rebuild.
+    pub fn remove_index_files(&self) -> Result<(), LogError> {
+        for path in [self.index_path(), self.time_index_path()] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(LogError::io(format!("remove {}", path.display()), source));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the segment's files. Readers holding it keep reading the unlinked file.
+    pub fn delete_files(&self) -> Result<(), LogError> {
+        self.remove_index_files()?;
+        std::fs::remove_file(self.log_path()).map_err(|source| self.io_error("delete", source))
+    }
+
+    /// The file position to start scanning for `offset`.
+    fn position_for(&self, offset: u64) -> u64 {
+        let relative = offset
+            .saturating_sub(self.base_offset)
+            .min(u64::from(u32::MAX)) as u32;
+        u64::from(
+            self.index
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .position_for(relative),
+        )
+    }
+
+    fn read_header_at(&self, position: u64) -> Result<BatchHeader, LogError> {
+        let mut header = [0u8; BATCH_HEADER_LEN];
+        self.file
+            .read_exact_at(&mut header, position)
+            .map_err(|source| self.io_error("read", source))?;
+        let parsed =
+            BatchHeader::parse(&header).map_err(|e| self.corrupt(position, e.to_string()))?;
+        if parsed.total_len() < BATCH_HEADER_LEN as u64 {
+            return Err(self.corrupt(position, format!("batch length {}", parsed.batch_length)));
+        }
+        Ok(parsed)
+    }
+
+    fn corrupt(&self, position: u64, reason: String) -> LogError {
+        LogError::CorruptSegment {
+            path: self.log_path(),
+            position,
+            reason,
+        }
+    }
+
+    /// The position of the first batch holding offsets at or after `offset`, with its
+    /// header, or `None` if no such batch lies below `size`.
+    fn seek(&self, offset: u64, size: u64) -> Result<Option<(u64, BatchHeader)>, LogError> {
+        let mut position = self.position_for(offset);
+        while position + BATCH_HEADER_LEN as u64 <= size {
+            let header = self.read_header_at(position)?;
+            if header.last_offset() >= offset as i64 {
+                return Ok(Some((position, header)));
+            }
+            position += header.total_len();
+        }
+        Ok(None)
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, only batches entirely
+    /// below `upper` (the high watermark), at most `max_bytes` unless the first batch alone
+    /// is larger and `at_least_one` is set. Each batch's CRC is checked: a mismatch is
+    /// corruption, never served.
+    pub fn read(
+        &self,
+        offset: u64,
+        upper: u64,
+        max_bytes: usize,
+        at_least_one: bool,
+    ) -> Result<Option<Bytes>, LogError> {
+        let size = self.size();
+        let Some((start, first)) = self.seek(offset, size)? else {
+            return Ok(None);
+        };
+        if first.last_offset() >= upper as i64 {
+            return Ok(None);
+        }
+        let want = (max_bytes as u64).min(size - start);
+        let mut buffer = BytesMut::zeroed(want as usize);
+        self.file
+            .read_exact_at(&mut buffer, start)
+            .map_err(|source| self.io_error("read", source))?;
+        let mut batches = Vec::new();
+        for (at, header) in batch::batch_positions(&buffer) {
+            if header.last_offset() >= upper as i64 {
+                break;
+            }
+            batches.push((at, header.total_len() as usize));
+        }
+        if batches.is_empty() {
+            let first_len = first.total_len();
+            if !at_least_one || start + first_len > size {
+                return Ok(None);
+            }
+            buffer = BytesMut::zeroed(first_len as usize);
+            self.file
+                .read_exact_at(&mut buffer, start)
+                .map_err(|source| self.io_error("read", source))?;
+            batches.push((0, buffer.len()));
+        }
+        let mut end = 0;
+        for (at, len) in batches {
+            if let Err(e) = batch::validate(&buffer[at..at + len]) {
+                return Err(self.corrupt(start + at as u64, e.to_string()));
+            }
+            end = at + len;
+        }
+        buffer.truncate(end);
+        Ok(Some(buffer.freeze()))
+    }
+
+    /// Calls `visit` with every batch from `from_position` to the end, whole and validated.
+    pub fn for_each_batch(
+        &self,
+        from_position: u64,
+        mut visit: impl FnMut(u64, &[u8], &BatchHeader) -> Result<bool, LogError>,
+    ) -> Result<(), LogError> {
+        let size = self.size();
+        let mut window = Vec::new();
+        let mut window_start = from_position;
+        let mut position = from_position;
+        while position + BATCH_HEADER_LEN as u64 <= size {
+            let header = self.read_header_at(position)?;
+            let len = header.total_len();
+            if position + len > size {
+                return Err(self.corrupt(
+                    position,
+                    "batch runs past the end of the segment".to_string(),
+                ));
+            }
+            let bytes = self.window(&mut window, &mut window_start, position, len, size)?;
+            batch::validate(bytes).map_err(|e| self.corrupt(position, e.to_string()))?;
+            if !visit(position, bytes, &header)? {
+                break;
+            }
+            position += len;
+        }
+        Ok(())
+    }
+
+    /// The first offset below `upper` whose record timestamp is at least `timestamp`.
+    pub fn offset_for_timestamp(
+        &self,
+        timestamp: i64,
+        upper: u64,
+        max_batch_bytes: usize,
+    ) -> Result<Option<u64>, LogError> {
+        if self.max_timestamp() < timestamp {
+            return Ok(None);
+        }
+        let start_relative = self
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .scan_start_for_timestamp(timestamp);
+        let start = self.position_for(self.base_offset + u64::from(start_relative));
+        let mut found = None;
+        self.for_each_batch(start, |position, bytes, header| {
+            if header.base_offset >= upper as i64 {
+                return Ok(false);
+            }
+            if header.max_timestamp < timestamp {
+                return Ok(true);
+            }
+            if header.is_log_append_time() {
+                found = Some(header.base_offset as u64);
+                return Ok(false);
+            }
+            let section = batch::records_section(bytes, max_batch_bytes)
+                .map_err(|e| self.corrupt(position, e.to_string()))?;
+            for record in Records::new(&section, header.records_count) {
+                let record = record.map_err(|e| self.corrupt(position, e.to_string()))?;
+                let offset = header.base_offset + i64::from(record.offset_delta);
+                if header.base_timestamp + record.timestamp_delta >= timestamp
+                    && offset < upper as i64
+                {
+                    found = Some(offset as u64);
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })?;
+        Ok(found)
+    }
+}
+
+/// Writes `bytes` to `path` so that after a crash it holds either the old or the new
+/// contents: temporary file, fsync, rename, fsync of the directory.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
+    let temporary = path.with_extension(format!(
+        "{}.tmp",
+        path.extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default()
+    ));
+    let write = || -> io::Result<()> {
+        let file = File::create(&temporary)?;
+        file.write_all_at(bytes, 0)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    };
+    write().map_err(|source| LogError::io(format!("write {}", path.display()), source))
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
