@@ -81,7 +81,7 @@ pub(crate) fn compact(shared: &Shared, now_ms: i64) -> Result<CompactionOutcome,
     let cleanable: Vec<Arc<Segment>> = list
         .iter()
         .take(list.len().saturating_sub(1))
-        .take_while(|s| s.max_timestamp() <= lag_horizon)
+        .take_while(|s| config.min_compaction_lag_ms == 0 || s.max_timestamp() <= lag_horizon)
         .cloned()
         .collect();
     if cleanable.is_empty() {

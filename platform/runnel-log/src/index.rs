@@ -8,7 +8,9 @@
 //!   with an offset entry whenever that maximum grew.
 //!
 //! The active segment's indexes live in memory and are written when the segment is sealed
-//! or the log is closed cleanly. An index file is only a hint: [`SegmentIndex::decode`]
+//! or the log is closed cleanly. The offset index written then ends with an *end entry*
+//! (next offset and file size, the position's top bit set, which no real position has since
+//! segments stay below 2 GiB), so a sealed segment cut short at a batch boundary is noticed. An index file is only a hint: [`SegmentIndex::decode`]
 //! refuses anything inconsistent, and the segment is then scanned to rebuild it.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +33,7 @@ pub(crate) struct SegmentIndex {
 }
 
 pub(crate) const OFFSET_ENTRY_LEN: usize = 8;
+const END_ENTRY_FLAG: u32 = 1 << 31;
 pub(crate) const TIME_ENTRY_LEN: usize = 12;
 
 impl SegmentIndex {
@@ -86,11 +89,16 @@ impl SegmentIndex {
         }
     }
 
-    pub fn encode_offsets(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.offsets.len() * OFFSET_ENTRY_LEN);
+    /// The offset index file, ending with the end entry if one is given.
+    pub fn encode_offsets(&self, end: Option<OffsetEntry>) -> Vec<u8> {
+        let mut out = Vec::with_capacity((self.offsets.len() + 1) * OFFSET_ENTRY_LEN);
         for entry in &self.offsets {
             out.extend_from_slice(&entry.relative_offset.to_be_bytes());
             out.extend_from_slice(&entry.position.to_be_bytes());
+        }
+        if let Some(end) = end {
+            out.extend_from_slice(&end.relative_offset.to_be_bytes());
+            out.extend_from_slice(&(end.position | END_ENTRY_FLAG).to_be_bytes());
         }
         out
     }
@@ -104,9 +112,10 @@ impl SegmentIndex {
         out
     }
 
-    /// Decodes both files, refusing entries that are not strictly ordered or that point past
-    /// `segment_len`. The caller still checks the last offset entry against the segment.
-    pub fn decode(offsets: &[u8], times: &[u8], segment_len: u64) -> Result<SegmentIndex, String> {
+    /// Decodes both files, refusing entries that are not strictly ordered. Returns the end
+    /// entry separately (relative next offset, file size) if the file has one. The caller
+    /// checks positions against the segment.
+    pub fn decode(offsets: &[u8], times: &[u8]) -> Result<(SegmentIndex, Option<OffsetEntry>), String> {
         if !offsets.len().is_multiple_of(OFFSET_ENTRY_LEN) {
             return Err(format!(
                 "offset index of {} bytes is not whole entries",
@@ -120,16 +129,21 @@ impl SegmentIndex {
             ));
         }
         let mut index = SegmentIndex::default();
+        let mut end = None;
         for chunk in offsets.chunks_exact(OFFSET_ENTRY_LEN) {
             let entry = OffsetEntry {
                 relative_offset: u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]),
                 position: u32::from_be_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]),
             };
-            if u64::from(entry.position) >= segment_len {
-                return Err(format!(
-                    "offset index points at byte {} of a {segment_len}-byte segment",
-                    entry.position
-                ));
+            if end.is_some() {
+                return Err("offset index has entries after its end entry".to_string());
+            }
+            if entry.position & END_ENTRY_FLAG != 0 {
+                end = Some(OffsetEntry {
+                    relative_offset: entry.relative_offset,
+                    position: entry.position & !END_ENTRY_FLAG,
+                });
+                continue;
             }
             if let Some(last) = index.offsets.last()
                 && (entry.relative_offset <= last.relative_offset
@@ -157,10 +171,12 @@ impl SegmentIndex {
             }
             index.times.push(entry);
         }
-        if index.offsets.is_empty() != (segment_len == 0) {
-            return Err("offset index does not match the segment".to_string());
+        if let (Some(end), Some(last)) = (end, index.offsets.last())
+            && (end.position <= last.position || end.relative_offset <= last.relative_offset)
+        {
+            return Err("offset index end entry is before its last entry".to_string());
         }
-        Ok(index)
+        Ok((index, end))
     }
 
     /// Continues indexing after a loaded index: the bytes since the last entry are unknown
@@ -188,11 +204,18 @@ mod tests {
         assert_eq!(index.scan_start_for_timestamp(0), 0);
         assert_eq!(index.scan_start_for_timestamp(31), 60);
         assert_eq!(index.scan_start_for_timestamp(30), 30);
-        let decoded =
-            SegmentIndex::decode(&index.encode_offsets(), &index.encode_times(), 1000).unwrap();
+        let end = OffsetEntry {
+            relative_offset: 100,
+            position: 1000,
+        };
+        let (decoded, decoded_end) =
+            SegmentIndex::decode(&index.encode_offsets(Some(end)), &index.encode_times()).unwrap();
         assert_eq!(decoded.offsets, index.offsets);
         assert_eq!(decoded.times, index.times);
-        assert!(SegmentIndex::decode(&index.encode_offsets(), &index.encode_times(), 900).is_err());
-        assert!(SegmentIndex::decode(&index.encode_offsets()[..7], &[], 1000).is_err());
+        assert_eq!(decoded_end, Some(end));
+        let (_, no_end) =
+            SegmentIndex::decode(&index.encode_offsets(None), &index.encode_times()).unwrap();
+        assert_eq!(no_end, None);
+        assert!(SegmentIndex::decode(&index.encode_offsets(None)[..7], &[]).is_err());
     }
 }

@@ -787,7 +787,7 @@ impl Writer {
             .active
             .first_append_ms()
             .is_some_and(|first| now.saturating_sub(first) >= config.segment_ms as i64);
-        let offsets_overflow = last_offset - self.active.base_offset > u64::from(u32::MAX);
+        let offsets_overflow = last_offset - self.active.base_offset >= u64::from(u32::MAX);
         if !self.active.is_empty() && (too_big || too_old || offsets_overflow) {
             self.roll().map_err(|e| self.shared.go_offline(e))?;
         }

@@ -28,7 +28,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::batch::{self, BATCH_HEADER_LEN, BatchHeader, Records};
 use crate::error::LogError;
-use crate::index::SegmentIndex;
+use crate::index::{OffsetEntry, SegmentIndex};
 
 /// File name of a segment's log file: the base offset in 20 digits, like Kafka.
 pub(crate) fn file_name(base_offset: u64, extension: &str) -> String {
@@ -140,13 +140,29 @@ impl Segment {
         let mut report = OpenReport::default();
 
         let loaded = segment.load_index_files(file_len);
+        let sealed_end = match &loaded {
+            Ok(Some((_, end))) if !active => *end,
+            _ => None,
+        };
+        if let Some(end) = sealed_end
+            && u64::from(end.position) != file_len
+        {
+            return Err(LogError::CorruptSegment {
+                path,
+                position: file_len.min(u64::from(end.position)),
+                reason: format!(
+                    "segment is {file_len} bytes but was sealed at {} bytes",
+                    end.position
+                ),
+            });
+        }
         if let Err(reason) = &loaded {
             tracing::warn!(segment = %path.display(), %reason, "rebuilding segment index");
         }
         // Batches from the last indexed one on are re-validated; that entry is re-added
         // by the scan.
         let (mut index, scan_from) = match loaded {
-            Ok(Some(mut index)) => match index.offsets.pop() {
+            Ok(Some((mut index, _))) => match index.offsets.pop() {
                 Some(last) => {
                     index
                         .times
@@ -188,8 +204,18 @@ impl Segment {
                 .and_then(|()| segment.file.sync_all())
                 .map_err(|source| segment.io_error("truncate", source))?;
         }
-        if report.index_rebuilt && !active {
-            segment.persist_index(&index)?;
+        if let Some(end) = sealed_end
+            && scan.next_offset != base_offset + u64::from(end.relative_offset)
+        {
+            return Err(LogError::CorruptSegment {
+                path,
+                position: scan.end,
+                reason: format!(
+                    "segment ends at offset {} but was sealed at offset {}",
+                    scan.next_offset,
+                    base_offset + u64::from(end.relative_offset)
+                ),
+            });
         }
         segment.size.store(scan.end, Ordering::Release);
         segment
@@ -199,11 +225,18 @@ impl Segment {
             .max_timestamp
             .store(max_timestamp, Ordering::Release);
         *segment.index.write().unwrap_or_else(|e| e.into_inner()) = index;
+        if report.index_rebuilt && !active {
+            segment.persist_current_index()?;
+        }
         Ok((segment, report))
     }
 
-    /// Reads both index files; `Ok(None)` if either is missing.
-    fn load_index_files(&self, file_len: u64) -> Result<Option<SegmentIndex>, String> {
+    /// Reads both index files and the offset index's end entry; `Ok(None)` if either file
+    /// is missing.
+    fn load_index_files(
+        &self,
+        file_len: u64,
+    ) -> Result<Option<(SegmentIndex, Option<OffsetEntry>)>, String> {
         let read = |path: PathBuf| match std::fs::read(&path) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -214,9 +247,18 @@ impl Segment {
         else {
             return Ok(None);
         };
-        let index = SegmentIndex::decode(&offsets, &times, file_len)?;
+        let (index, end) = SegmentIndex::decode(&offsets, &times)?;
+        if index.offsets.first().is_some_and(|first| first.position != 0) {
+            return Err("offset index does not start at the first batch".to_string());
+        }
         // The last entry must point at a batch with the offset it claims.
         if let Some(last) = index.offsets.last() {
+            if u64::from(last.position) + BATCH_HEADER_LEN as u64 > file_len {
+                return Err(format!(
+                    "offset index points at byte {} of a {file_len}-byte segment",
+                    last.position
+                ));
+            }
             let mut header = [0u8; BATCH_HEADER_LEN];
             self.file
                 .read_exact_at(&mut header, u64::from(last.position))
@@ -226,7 +268,7 @@ impl Segment {
                 return Err("last index entry does not match its batch".to_string());
             }
         }
-        Ok(Some(index))
+        Ok(Some((index, end)))
     }
 
     /// Validates batches from `from` to `file_len`, adding them to `index`.
@@ -410,16 +452,16 @@ impl Segment {
             .map_err(|source| self.io_error("fsync", source))
     }
 
-    /// Writes both index files durably (temporary file, fsync, rename).
-    pub fn persist_index(&self, index: &SegmentIndex) -> Result<(), LogError> {
-        write_durably(&self.index_path(), &index.encode_offsets())?;
-        write_durably(&self.time_index_path(), &index.encode_times())
-    }
-
-    /// Writes the current in-memory index to disk.
+    /// Writes both index files durably (temporary file, fsync, rename), the offset index
+    /// ending with the segment's current end.
     pub fn persist_current_index(&self) -> Result<(), LogError> {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner()).clone();
-        self.persist_index(&index)
+        let end = OffsetEntry {
+            relative_offset: (self.next_offset() - self.base_offset) as u32,
+            position: self.size() as u32,
+        };
+        write_durably(&self.index_path(), &index.encode_offsets(Some(end)))?;
+        write_durably(&self.time_index_path(), &index.encode_times())
     }
 
     /// Removes the index files, so a crash before they are rewritten forces a rebuild.
@@ -531,11 +573,24 @@ impl Segment {
                 .map_err(|source| self.io_error("read", source))?;
             batches.push((0, buffer.len()));
         }
+        // The CRC does not cover the base offset, so check that offsets make sense too.
         let mut end = 0;
+        let mut previous_last = self.base_offset as i64 - 1;
+        let segment_end = self.next_offset() as i64;
         for (at, len) in batches {
-            if let Err(e) = batch::validate(&buffer[at..at + len]) {
-                return Err(self.corrupt(start + at as u64, e.to_string()));
+            let header = batch::validate(&buffer[at..at + len])
+                .map_err(|e| self.corrupt(start + at as u64, e.to_string()))?;
+            if header.base_offset <= previous_last || header.last_offset() >= segment_end {
+                return Err(self.corrupt(
+                    start + at as u64,
+                    format!(
+                        "batch offsets {}..={} out of order",
+                        header.base_offset,
+                        header.last_offset()
+                    ),
+                ));
             }
+            previous_last = header.last_offset();
             end = at + len;
         }
         buffer.truncate(end);
