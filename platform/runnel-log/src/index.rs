@@ -68,14 +68,15 @@ impl SegmentIndex {
 
     /// The position of the last indexed batch whose base offset is at most `relative_offset`.
     pub fn position_for(&self, relative_offset: u32) -> u32 {
+        self.entry_for(relative_offset).map_or(0, |e| e.position)
+    }
+
+    /// The last indexed batch whose base offset is at most `relative_offset`.
+    pub fn entry_for(&self, relative_offset: u32) -> Option<OffsetEntry> {
         let at = self
             .offsets
             .partition_point(|e| e.relative_offset <= relative_offset);
-        if at == 0 {
-            0
-        } else {
-            self.offsets[at - 1].position
-        }
+        at.checked_sub(1).map(|i| self.offsets[i])
     }
 
     /// A relative offset from which a scan finds the first record at or after `timestamp`:
@@ -115,7 +116,10 @@ impl SegmentIndex {
     /// Decodes both files, refusing entries that are not strictly ordered. Returns the end
     /// entry separately (relative next offset, file size) if the file has one. The caller
     /// checks positions against the segment.
-    pub fn decode(offsets: &[u8], times: &[u8]) -> Result<(SegmentIndex, Option<OffsetEntry>), String> {
+    pub fn decode(
+        offsets: &[u8],
+        times: &[u8],
+    ) -> Result<(SegmentIndex, Option<OffsetEntry>), String> {
         if !offsets.len().is_multiple_of(OFFSET_ENTRY_LEN) {
             return Err(format!(
                 "offset index of {} bytes is not whole entries",

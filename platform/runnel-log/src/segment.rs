@@ -139,7 +139,7 @@ impl Segment {
         let segment = Segment::from_parts(dir, base_offset, file, SegmentIndex::default());
         let mut report = OpenReport::default();
 
-        let loaded = segment.load_index_files(file_len);
+        let mut loaded = segment.load_index_files(file_len);
         let sealed_end = match &loaded {
             Ok(Some((_, end))) if !active => *end,
             _ => None,
@@ -156,33 +156,55 @@ impl Segment {
                 ),
             });
         }
+        if let Ok(Some((index, _))) = &loaded
+            && let Err(reason) = segment.check_index(index, file_len)
+        {
+            loaded = Err(reason);
+        }
         if let Err(reason) = &loaded {
             tracing::warn!(segment = %path.display(), %reason, "rebuilding segment index");
         }
         // Batches from the last indexed one on are re-validated; that entry is re-added
         // by the scan.
-        let (mut index, scan_from) = match loaded {
+        let (mut index, scan_from, first_offset) = match loaded {
             Ok(Some((mut index, _))) => match index.offsets.pop() {
                 Some(last) => {
                     index
                         .times
                         .retain(|t| t.relative_offset < last.relative_offset);
                     index.resume_after(u64::MAX);
-                    (index, u64::from(last.position))
+                    let first_offset = base_offset + u64::from(last.relative_offset);
+                    (index, u64::from(last.position), first_offset)
                 }
-                None => (index, 0),
+                None => (index, 0, base_offset),
             },
             Ok(None) | Err(_) => {
                 report.index_rebuilt = true;
-                (SegmentIndex::default(), 0)
+                (SegmentIndex::default(), 0, base_offset)
             }
         };
-        let mut scan = segment.scan(scan_from, file_len, &mut index, index_interval)?;
+        // The active segment was never compacted, so its offsets have no gaps.
+        let contiguous = active;
+        let mut scan = segment.scan(
+            scan_from,
+            first_offset,
+            contiguous,
+            file_len,
+            &mut index,
+            index_interval,
+        )?;
         if scan.stopped.is_some() && scan_from > 0 {
             // Find the true end of the valid batches from the start of the file.
             report.index_rebuilt = true;
             index = SegmentIndex::default();
-            scan = segment.scan(0, file_len, &mut index, index_interval)?;
+            scan = segment.scan(
+                0,
+                base_offset,
+                contiguous,
+                file_len,
+                &mut index,
+                index_interval,
+            )?;
         }
         let mut max_timestamp = scan.max_timestamp;
         if let Some(last) = index.times.last() {
@@ -247,11 +269,19 @@ impl Segment {
         else {
             return Ok(None);
         };
-        let (index, end) = SegmentIndex::decode(&offsets, &times)?;
-        if index.offsets.first().is_some_and(|first| first.position != 0) {
+        SegmentIndex::decode(&offsets, &times).map(Some)
+    }
+
+    /// Checks that a loaded index fits the file: it starts at the first batch and its last
+    /// entry points at a batch with the offset it claims.
+    fn check_index(&self, index: &SegmentIndex, file_len: u64) -> Result<(), String> {
+        if index
+            .offsets
+            .first()
+            .is_some_and(|first| first.position != 0)
+        {
             return Err("offset index does not start at the first batch".to_string());
         }
-        // The last entry must point at a batch with the offset it claims.
         if let Some(last) = index.offsets.last() {
             if u64::from(last.position) + BATCH_HEADER_LEN as u64 > file_len {
                 return Err(format!(
@@ -268,20 +298,24 @@ impl Segment {
                 return Err("last index entry does not match its batch".to_string());
             }
         }
-        Ok(Some((index, end)))
+        Ok(())
     }
 
-    /// Validates batches from `from` to `file_len`, adding them to `index`.
+    /// Validates batches from `from` (where a batch with base offset `first_offset` is
+    /// expected) to `file_len`, adding them to `index`. With `contiguous`, every batch must
+    /// start right after the previous one, as in a segment compaction has not touched.
     fn scan(
         &self,
         from: u64,
+        first_offset: u64,
+        contiguous: bool,
         file_len: u64,
         index: &mut SegmentIndex,
         interval: u64,
     ) -> Result<Scan, LogError> {
         let mut scan = Scan {
             end: from,
-            next_offset: self.base_offset,
+            next_offset: first_offset,
             max_timestamp: -1,
             stopped: None,
         };
@@ -326,11 +360,12 @@ impl Segment {
             let expected = scan.next_offset as i64;
             let relative = header.base_offset - self.base_offset as i64;
             if header.base_offset < expected
+                || (contiguous && header.base_offset != expected)
                 || relative < 0
                 || header.last_offset() - (self.base_offset as i64) > i64::from(u32::MAX)
             {
                 scan.stopped = stop(format!(
-                    "batch base offset {} out of order (expected at least {expected})",
+                    "batch base offset {} out of order (expected {expected})",
                     header.base_offset
                 ));
                 break;
@@ -519,15 +554,64 @@ impl Segment {
     }
 
     /// The position of the first batch holding offsets at or after `offset`, with its
-    /// header, or `None` if no such batch lies below `size`.
-    fn seek(&self, offset: u64, size: u64) -> Result<Option<(u64, BatchHeader)>, LogError> {
-        let mut position = self.position_for(offset);
+    /// header and the last offset of the batch before it (or a lower bound), or `None` if no
+    /// such batch lies below `size`. Checks the offsets it walks over: the indexed batch must
+    /// have the offset the index recorded, and each batch must start after the previous one.
+    fn seek(&self, offset: u64, size: u64) -> Result<Option<(u64, BatchHeader, i64)>, LogError> {
+        let relative = offset
+            .saturating_sub(self.base_offset)
+            .min(u64::from(u32::MAX)) as u32;
+        let entry = self
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry_for(relative);
+        let mut position = entry.map_or(0, |e| u64::from(e.position));
+        let mut expected_first = entry.map(|e| self.base_offset + u64::from(e.relative_offset));
+        let mut previous_last = self.base_offset as i64 - 1;
         while position + BATCH_HEADER_LEN as u64 <= size {
             let header = self.read_header_at(position)?;
-            if header.last_offset() >= offset as i64 {
-                return Ok(Some((position, header)));
+            if let Some(expected) = expected_first.take()
+                && header.base_offset != expected as i64
+            {
+                return Err(self.corrupt(
+                    position,
+                    format!(
+                        "index expects offset {expected} here, batch says {}",
+                        header.base_offset
+                    ),
+                ));
             }
+            if header.base_offset <= previous_last {
+                return Err(self.corrupt(
+                    position,
+                    format!("batch offset {} out of order", header.base_offset),
+                ));
+            }
+            if position + header.total_len() > size {
+                return Err(self.corrupt(
+                    position,
+                    format!(
+                        "batch of {} bytes runs past the segment end",
+                        header.total_len()
+                    ),
+                ));
+            }
+            if header.last_offset() >= offset as i64 {
+                return Ok(Some((position, header, previous_last)));
+            }
+            // A batch stepped over must be sound too, or a damaged length or offset delta
+            // would silently skip records.
+            let mut whole = vec![0u8; header.total_len() as usize];
+            self.file
+                .read_exact_at(&mut whole, position)
+                .map_err(|source| self.io_error("read", source))?;
+            batch::validate(&whole).map_err(|e| self.corrupt(position, e.to_string()))?;
+            previous_last = header.last_offset();
             position += header.total_len();
+        }
+        if position != size {
+            return Err(self.corrupt(position, "trailing bytes after the last batch".to_string()));
         }
         Ok(None)
     }
@@ -544,9 +628,18 @@ impl Segment {
         at_least_one: bool,
     ) -> Result<Option<Bytes>, LogError> {
         let size = self.size();
-        let Some((start, first)) = self.seek(offset, size)? else {
+        let Some((start, first, before_first)) = self.seek(offset, size)? else {
             return Ok(None);
         };
+        if first.last_offset() >= self.next_offset() as i64 {
+            return Err(self.corrupt(
+                start,
+                format!(
+                    "batch claims offsets up to {}, past the segment end",
+                    first.last_offset()
+                ),
+            ));
+        }
         if first.last_offset() >= upper as i64 {
             return Ok(None);
         }
@@ -575,7 +668,7 @@ impl Segment {
         }
         // The CRC does not cover the base offset, so check that offsets make sense too.
         let mut end = 0;
-        let mut previous_last = self.base_offset as i64 - 1;
+        let mut previous_last = before_first;
         let segment_end = self.next_offset() as i64;
         for (at, len) in batches {
             let header = batch::validate(&buffer[at..at + len])
@@ -592,6 +685,20 @@ impl Segment {
             }
             previous_last = header.last_offset();
             end = at + len;
+        }
+        // The batch after the ones served must continue the sequence, or a changed base
+        // offset in the last one served would go unnoticed.
+        let after = start + end as u64;
+        if after + BATCH_HEADER_LEN as u64 <= size {
+            let next = self.read_header_at(after)?;
+            if next.base_offset <= previous_last {
+                return Err(self.corrupt(
+                    after,
+                    format!("batch offset {} out of order", next.base_offset),
+                ));
+            }
+        } else if after != size {
+            return Err(self.corrupt(after, "trailing bytes after the last batch".to_string()));
         }
         buffer.truncate(end);
         Ok(Some(buffer.freeze()))

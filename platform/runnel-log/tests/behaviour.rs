@@ -20,15 +20,24 @@ async fn appends_get_contiguous_offsets_and_read_back_exactly() {
     let mut expected = Vec::new();
     for i in 0..50u64 {
         let count = (i % 4 + 1) as usize;
-        let appended = log.append(simple_batch(count, 10, 1_000 + i as i64)).await.unwrap();
+        let appended = log
+            .append(simple_batch(count, 10, 1_000 + i as i64))
+            .await
+            .unwrap();
         assert_eq!(appended.base_offset, expected.len() as u64);
-        assert_eq!(appended.last_offset, appended.base_offset + count as u64 - 1);
+        assert_eq!(
+            appended.last_offset,
+            appended.base_offset + count as u64 - 1
+        );
         expected.extend((0..count).map(|_| appended.base_offset));
     }
     assert_eq!(log.log_end(), expected.len() as u64);
     assert_eq!(log.high_watermark(), log.log_end());
     let seen = read_all(&log, 0, 300).await.unwrap();
-    assert_eq!(seen.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..expected.len() as u64).collect::<Vec<_>>());
+    assert_eq!(
+        seen.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        (0..expected.len() as u64).collect::<Vec<_>>()
+    );
     // Reading from the middle of a batch returns the whole batch that holds it.
     let result = log.read(5, 1 << 20).await.unwrap();
     let first = decode(&result.records)[0].offset;
@@ -44,9 +53,20 @@ async fn a_read_returns_whole_batches_and_at_least_one() {
     }
     let one_batch_len = simple_batch(10, 100, 1).len();
     let tiny = log.read(0, 1).await.unwrap();
-    assert_eq!(tiny.records.len(), one_batch_len, "at least one whole batch");
-    let three = log.read(0, one_batch_len * 3 + one_batch_len / 2).await.unwrap();
-    assert_eq!(three.records.len(), one_batch_len * 3, "never a partial batch");
+    assert_eq!(
+        tiny.records.len(),
+        one_batch_len,
+        "at least one whole batch"
+    );
+    let three = log
+        .read(0, one_batch_len * 3 + one_batch_len / 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        three.records.len(),
+        one_batch_len * 3,
+        "never a partial batch"
+    );
 }
 
 #[tokio::test]
@@ -55,7 +75,10 @@ async fn offsets_out_of_range_are_errors_and_the_end_is_empty() {
     let log = open(dir.path(), config()).await;
     log.append(simple_batch(3, 1, 1)).await.unwrap();
     assert!(log.read(3, 1000).await.unwrap().records.is_empty());
-    assert!(matches!(log.read(4, 1000).await, Err(LogError::OffsetOutOfRange { offset: 4, .. })));
+    assert!(matches!(
+        log.read(4, 1000).await,
+        Err(LogError::OffsetOutOfRange { offset: 4, .. })
+    ));
 }
 
 #[tokio::test]
@@ -68,13 +91,25 @@ async fn invalid_batches_are_refused_and_nothing_is_written() {
     let mut corrupt = simple_batch(2, 10, 1);
     let last = corrupt.len() - 1;
     corrupt[last] ^= 0xff;
-    assert!(matches!(log.append(corrupt).await, Err(LogError::InvalidBatch(_))));
-    assert!(matches!(log.append(simple_batch(10, 100, 1)).await, Err(LogError::BatchTooLarge { .. })));
-    assert!(matches!(log.append(bytes::BytesMut::from(&b"short"[..])).await, Err(LogError::InvalidBatch(_))));
+    assert!(matches!(
+        log.append(corrupt).await,
+        Err(LogError::InvalidBatch(_))
+    ));
+    assert!(matches!(
+        log.append(simple_batch(10, 100, 1)).await,
+        Err(LogError::BatchTooLarge { .. })
+    ));
+    assert!(matches!(
+        log.append(bytes::BytesMut::from(&b"short"[..])).await,
+        Err(LogError::InvalidBatch(_))
+    ));
     assert_eq!(log.log_end(), 1);
     assert_eq!(read_all(&log, 0, 1 << 20).await.unwrap().len(), 1);
     // The partition keeps working after a refusal.
-    assert_eq!(log.append(simple_batch(1, 1, 1)).await.unwrap().base_offset, 1);
+    assert_eq!(
+        log.append(simple_batch(1, 1, 1)).await.unwrap().base_offset,
+        1
+    );
 }
 
 #[tokio::test]
@@ -92,7 +127,11 @@ async fn segments_roll_by_size_and_by_age() {
         assert!(pair[0].size <= 1000);
         assert_eq!(pair[0].next_offset, pair[1].base_offset);
     }
-    for name in ["00000000000000000000.log", "00000000000000000000.index", "00000000000000000000.timeindex"] {
+    for name in [
+        "00000000000000000000.log",
+        "00000000000000000000.index",
+        "00000000000000000000.timeindex",
+    ] {
         assert!(dir.path().join(name).exists(), "{name}");
     }
 
@@ -105,10 +144,18 @@ async fn segments_roll_by_size_and_by_age() {
     assert_eq!(log.segments().len(), 1, "too young to roll");
     tokio::time::sleep(Duration::from_millis(60)).await;
     log.append(simple_batch(1, 1, 1)).await.unwrap();
-    assert_eq!(log.segments().len(), 2, "the append after segment.ms rolled");
+    assert_eq!(
+        log.segments().len(),
+        2,
+        "the append after segment.ms rolled"
+    );
     tokio::time::sleep(Duration::from_millis(60)).await;
     log.roll_if_expired().await.unwrap();
-    assert_eq!(log.segments().len(), 3, "an idle old segment is rolled by maintenance");
+    assert_eq!(
+        log.segments().len(),
+        3,
+        "an idle old segment is rolled by maintenance"
+    );
 }
 
 #[tokio::test]
@@ -125,13 +172,25 @@ async fn retention_deletes_whole_old_segments_but_never_the_active_one() {
         }
     }
     let outcome = log.enforce_retention(3_500).await.unwrap();
-    assert_eq!(outcome.deleted_segments, 2, "segments newest 1000 and 2000 are past 1000 ms");
+    assert_eq!(
+        outcome.deleted_segments, 2,
+        "segments newest 1000 and 2000 are past 1000 ms"
+    );
     assert_eq!(log.log_start(), 4);
-    assert!(matches!(log.read(0, 100).await, Err(LogError::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        log.read(0, 100).await,
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
     let outcome = log.enforce_retention(100_000).await.unwrap();
-    assert_eq!(outcome.deleted_segments, 1, "everything is old, but the active segment stays");
+    assert_eq!(
+        outcome.deleted_segments, 1,
+        "everything is old, but the active segment stays"
+    );
     assert_eq!(log.segments().len(), 1);
-    assert_eq!(read_all(&log, log.log_start(), 1000).await.unwrap().len(), 2);
+    assert_eq!(
+        read_all(&log, log.log_start(), 1000).await.unwrap().len(),
+        2
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config();
@@ -146,7 +205,10 @@ async fn retention_deletes_whole_old_segments_but_never_the_active_one() {
     let after = log.size_bytes();
     // Like Kafka: a segment goes only if what remains is still at least retention.bytes.
     assert!(after >= 250 && after < before, "{before} -> {after}");
-    assert!(after - log.segments()[0].size < 250, "the oldest left is needed to stay at 250");
+    assert!(
+        after - log.segments()[0].size < 250,
+        "the oldest left is needed to stay at 250"
+    );
 }
 
 #[tokio::test]
@@ -157,15 +219,35 @@ async fn compaction_keeps_the_latest_value_per_key_and_offsets() {
     cfg.delete_retention_ms = 1_000;
     let log = open(dir.path(), cfg).await;
     let k = |s: &str| Some(s.as_bytes().to_vec());
-    log.append(batch_of(&[record(10, Some(b"a"), Some(b"1")), record(10, Some(b"b"), Some(b"1"))])).await.unwrap();
-    log.append(batch_of(&[record(20, Some(b"a"), Some(b"2")), record(20, None, Some(b"keyless"))])).await.unwrap();
-    log.append(batch_of(&[record(30, Some(b"b"), None), record(5_000, Some(b"c"), None)])).await.unwrap();
+    log.append(batch_of(&[
+        record(10, Some(b"a"), Some(b"1")),
+        record(10, Some(b"b"), Some(b"1")),
+    ]))
+    .await
+    .unwrap();
+    log.append(batch_of(&[
+        record(20, Some(b"a"), Some(b"2")),
+        record(20, None, Some(b"keyless")),
+    ]))
+    .await
+    .unwrap();
+    log.append(batch_of(&[
+        record(30, Some(b"b"), None),
+        record(5_000, Some(b"c"), None),
+    ]))
+    .await
+    .unwrap();
     log.roll().await.unwrap();
-    log.append(batch_of(&[record(40, Some(b"a"), Some(b"active"))])).await.unwrap();
+    log.append(batch_of(&[record(40, Some(b"a"), Some(b"active"))]))
+        .await
+        .unwrap();
     let outcome = log.compact(2_000).await.unwrap();
     assert_eq!(outcome.segments_rewritten, 1);
     let seen = read_all(&log, 0, 1 << 20).await.unwrap();
-    let summary: Vec<_> = seen.iter().map(|r| (r.offset, r.key.clone(), r.value.clone())).collect();
+    let summary: Vec<_> = seen
+        .iter()
+        .map(|r| (r.offset, r.key.clone(), r.value.clone()))
+        .collect();
     assert_eq!(
         summary,
         vec![
@@ -179,7 +261,14 @@ async fn compaction_keeps_the_latest_value_per_key_and_offsets() {
     assert_eq!(log.log_end(), 7);
     // Reopening reads the compacted segment (index rebuilt and persisted) the same way.
     log.close().await.unwrap();
-    let log = open(dir.path(), TopicConfig { cleanup_policy: CleanupPolicy::COMPACT, ..config() }).await;
+    let log = open(
+        dir.path(),
+        TopicConfig {
+            cleanup_policy: CleanupPolicy::COMPACT,
+            ..config()
+        },
+    )
+    .await;
     assert_eq!(read_all(&log, 0, 10).await.unwrap(), seen);
 }
 
@@ -190,7 +279,12 @@ async fn offset_for_timestamp_finds_the_first_record_at_or_after() {
     cfg.index_interval_bytes = 1;
     let log = open(dir.path(), cfg).await;
     for i in 0..20i64 {
-        log.append(batch_of(&[record(i * 10, Some(b"k"), Some(b"v")), record(i * 10 + 5, Some(b"k"), Some(b"v"))])).await.unwrap();
+        log.append(batch_of(&[
+            record(i * 10, Some(b"k"), Some(b"v")),
+            record(i * 10 + 5, Some(b"k"), Some(b"v")),
+        ]))
+        .await
+        .unwrap();
         if i % 7 == 6 {
             log.roll().await.unwrap();
         }
@@ -221,11 +315,17 @@ async fn log_append_time_stamps_the_broker_clock() {
 async fn durable_appends_share_fsyncs() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Arc::new(LogMetrics::default());
-    let log = Arc::new(PartitionLog::open(dir.path(), config(), metrics.clone()).await.unwrap());
+    let log = Arc::new(
+        PartitionLog::open(dir.path(), config(), metrics.clone())
+            .await
+            .unwrap(),
+    );
     let mut tasks = Vec::new();
     for _ in 0..200 {
         let log = log.clone();
-        tasks.push(tokio::spawn(async move { log.append_durable(simple_batch(1, 100, 1)).await }));
+        tasks.push(tokio::spawn(async move {
+            log.append_durable(simple_batch(1, 100, 1)).await
+        }));
     }
     for task in tasks {
         let appended = task.await.unwrap().unwrap();
@@ -241,7 +341,10 @@ async fn durable_appends_share_fsyncs() {
         .find_map(|l| l.strip_prefix("runnel_log_fsync_duration_seconds_count "))
         .and_then(|v| v.trim().parse().ok())
         .expect("fsync count in metrics");
-    assert!(fsyncs >= 1 && fsyncs < 200, "group commit: {fsyncs} fsyncs for 200 durable appends");
+    assert!(
+        fsyncs >= 1 && fsyncs < 200,
+        "group commit: {fsyncs} fsyncs for 200 durable appends"
+    );
 }
 
 #[tokio::test]
@@ -259,7 +362,10 @@ async fn flush_messages_and_flush_ms_make_appends_durable() {
     let appended = log.append(simple_batch(1, 1, 1)).await.unwrap();
     assert!(!appended.durable);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(log.durable_end() > appended.last_offset, "flush.ms fsynced it");
+    assert!(
+        log.durable_end() > appended.last_offset,
+        "flush.ms fsynced it"
+    );
 }
 
 #[tokio::test]
@@ -272,7 +378,10 @@ async fn a_long_poll_wakes_on_the_next_append() {
     };
     tokio::time::sleep(Duration::from_millis(20)).await;
     log.append(simple_batch(1, 1, 1)).await.unwrap();
-    let hw = tokio::time::timeout(Duration::from_secs(2), waiter).await.expect("woken").unwrap();
+    let hw = tokio::time::timeout(Duration::from_secs(2), waiter)
+        .await
+        .expect("woken")
+        .unwrap();
     assert_eq!(hw, 1);
     // And it gives up after its timeout when nothing comes.
     assert_eq!(log.wait_for_data(5, Duration::from_millis(10)).await, 1);
@@ -290,7 +399,10 @@ async fn reopening_after_close_keeps_everything_and_rebuilds_lost_indexes() {
     }
     let before = read_all(&log, 0, 700).await.unwrap();
     log.close().await.unwrap();
-    assert!(matches!(log.append(simple_batch(1, 1, 1)).await, Err(LogError::Closed)));
+    assert!(matches!(
+        log.append(simple_batch(1, 1, 1)).await,
+        Err(LogError::Closed)
+    ));
     assert!(dir.path().join(".clean-shutdown").exists());
 
     let log = open(dir.path(), cfg.clone()).await;
@@ -298,7 +410,10 @@ async fn reopening_after_close_keeps_everything_and_rebuilds_lost_indexes() {
     log.close().await.unwrap();
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "index" || e == "timeindex") {
+        if path
+            .extension()
+            .is_some_and(|e| e == "index" || e == "timeindex")
+        {
             std::fs::remove_file(path).unwrap();
         }
     }

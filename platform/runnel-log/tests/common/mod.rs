@@ -34,7 +34,13 @@ pub fn batch_of(records: &[NewRecord]) -> BytesMut {
 /// A batch of `count` records whose values are `value_len` bytes.
 pub fn simple_batch(count: usize, value_len: usize, timestamp: i64) -> BytesMut {
     let records: Vec<_> = (0..count)
-        .map(|i| record(timestamp, Some(format!("key-{i}").as_bytes()), Some(&vec![b'x'; value_len])))
+        .map(|i| {
+            record(
+                timestamp,
+                Some(format!("key-{i}").as_bytes()),
+                Some(&vec![b'x'; value_len]),
+            )
+        })
         .collect();
     batch_of(&records)
 }
@@ -65,12 +71,19 @@ pub fn decode(bytes: &[u8]) -> Vec<Seen> {
 }
 
 /// Reads every record from `from` up to the high watermark, in many reads of `max_bytes`.
-pub async fn read_all(log: &PartitionLog, from: u64, max_bytes: usize) -> Result<Vec<Seen>, runnel_log::LogError> {
+pub async fn read_all(
+    log: &PartitionLog,
+    from: u64,
+    max_bytes: usize,
+) -> Result<Vec<Seen>, runnel_log::LogError> {
     let mut out = Vec::new();
     let mut next = from;
     loop {
         let result = log.read(next, max_bytes).await?;
-        let records: Vec<Seen> = decode(&result.records).into_iter().filter(|r| r.offset >= next).collect();
+        let records: Vec<Seen> = decode(&result.records)
+            .into_iter()
+            .filter(|r| r.offset >= next)
+            .collect();
         match records.last() {
             Some(last) => {
                 next = last.offset + 1;
@@ -78,7 +91,9 @@ pub async fn read_all(log: &PartitionLog, from: u64, max_bytes: usize) -> Result
             }
             None => {
                 // Nothing at `next`: either the end, or a compacted gap ending a batch.
-                let end = batch::batch_positions(&result.records).last().map(|(_, h)| h.last_offset() as u64 + 1);
+                let end = batch::batch_positions(&result.records)
+                    .last()
+                    .map(|(_, h)| h.last_offset() as u64 + 1);
                 match end {
                     Some(end) if end > next => next = end,
                     _ => break,
@@ -93,7 +108,9 @@ pub async fn read_all(log: &PartitionLog, from: u64, max_bytes: usize) -> Result
 }
 
 pub async fn open(dir: &Path, config: TopicConfig) -> PartitionLog {
-    PartitionLog::open(dir, config, Arc::new(LogMetrics::default())).await.expect("open log")
+    PartitionLog::open(dir, config, Arc::new(LogMetrics::default()))
+        .await
+        .expect("open log")
 }
 
 /// Copies a partition directory (segments and indexes) into `to`.
