@@ -27,8 +27,10 @@ pub enum LogError {
         position: u64,
         reason: String,
     },
-    #[error("i/o error: {action}: {source}")]
-    Io { action: String, source: io::Error },
+    /// The cause is part of the message, not a `source()`, so printing the error chain does
+    /// not repeat it.
+    #[error("{action}: {cause}")]
+    Io { action: String, cause: io::Error },
     /// An earlier write, fsync or corruption failure took the partition offline; it serves
     /// nothing until it is reopened (and so recovered).
     #[error("partition is offline after an earlier failure: {reason}")]
@@ -43,7 +45,7 @@ impl LogError {
     pub(crate) fn io(action: impl Into<String>, source: io::Error) -> LogError {
         LogError::Io {
             action: action.into(),
-            source,
+            cause: source,
         }
     }
 

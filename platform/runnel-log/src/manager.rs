@@ -72,6 +72,8 @@ pub struct MaintenanceReport {
 
 pub struct LogManager {
     root: PathBuf,
+    /// `<data dir>/.lock`: one node per data directory.
+    _lock: std::fs::File,
     defaults: TopicConfig,
     partitions: RwLock<BTreeMap<TopicPartition, Arc<PartitionLog>>>,
     offline: RwLock<BTreeMap<TopicPartition, String>>,
@@ -85,31 +87,40 @@ impl LogManager {
         defaults: TopicConfig,
         metrics: Arc<LogMetrics>,
     ) -> Result<LogManager, LogError> {
-        let root = data_dir.join("partitions");
-        std::fs::create_dir_all(&root)
-            .map_err(|source| LogError::io(format!("create {}", root.display()), source))?;
+        let data_dir = data_dir.to_path_buf();
+        let (root, lock, mut found) = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&data_dir)
+                .map_err(|source| LogError::io(format!("create {}", data_dir.display()), source))?;
+            let lock = crate::partition::lock_directory(&data_dir)?;
+            let root = data_dir.join("partitions");
+            std::fs::create_dir_all(&root)
+                .map_err(|source| LogError::io(format!("create {}", root.display()), source))?;
+            let mut found = Vec::new();
+            let entries = std::fs::read_dir(&root)
+                .map_err(|source| LogError::io(format!("list {}", root.display()), source))?;
+            for entry in entries {
+                let entry = entry
+                    .map_err(|source| LogError::io(format!("list {}", root.display()), source))?;
+                if let Some(tp) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(TopicPartition::from_dir_name)
+                {
+                    found.push(tp);
+                }
+            }
+            Ok::<_, LogError>((root, lock, found))
+        })
+        .await
+        .map_err(|e| LogError::io("open the data directory", std::io::Error::other(e)))??;
         let manager = LogManager {
             root,
+            _lock: lock,
             defaults,
             partitions: RwLock::new(BTreeMap::new()),
             offline: RwLock::new(BTreeMap::new()),
             metrics,
         };
-        let entries = std::fs::read_dir(&manager.root)
-            .map_err(|source| LogError::io(format!("list {}", manager.root.display()), source))?;
-        let mut found = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|source| {
-                LogError::io(format!("list {}", manager.root.display()), source)
-            })?;
-            if let Some(tp) = entry
-                .file_name()
-                .to_str()
-                .and_then(TopicPartition::from_dir_name)
-            {
-                found.push(tp);
-            }
-        }
         found.sort();
         for tp in found {
             let dir = manager.root.join(tp.dir_name());
@@ -256,8 +267,11 @@ impl LogManager {
     ) -> tokio::task::JoinHandle<()> {
         let manager = self.clone();
         tokio::spawn(async move {
-            let mut retention = tokio::time::interval(retention_interval);
-            let mut cleaner = tokio::time::interval(cleaner_interval);
+            // The first passes come one interval after start, not at start.
+            let start = tokio::time::Instant::now();
+            let mut retention =
+                tokio::time::interval_at(start + retention_interval, retention_interval);
+            let mut cleaner = tokio::time::interval_at(start + cleaner_interval, cleaner_interval);
             retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             cleaner.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -275,10 +289,13 @@ impl LogManager {
     pub async fn close_all(&self) -> Result<(), LogError> {
         let mut first_error = None;
         for (tp, log) in self.partitions() {
+            let segments = log.segments().len() as i64;
             if let Err(error) = log.close().await {
                 tracing::error!(partition = %tp, %error, "closing partition failed");
                 first_error.get_or_insert(error);
             }
+            self.metrics.partitions.dec();
+            self.metrics.segments.dec_by(segments);
         }
         first_error.map_or(Ok(()), Err)
     }

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use runnel_config::{TimestampType, TopicConfig};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use crate::batch;
 use crate::error::LogError;
@@ -45,6 +45,9 @@ use crate::metrics::LogMetrics;
 use crate::segment::{self, Segment};
 
 const CLEAN_SHUTDOWN_MARKER: &str = ".clean-shutdown";
+const LOCK_FILE: &str = ".lock";
+/// How long opening waits for the previous writer of the directory to let go.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// Appends taken as one group at most; more wait for the next group.
 const MAX_GROUP_APPENDS: usize = 1024;
 const MAX_GROUP_BYTES: usize = 16 << 20;
@@ -175,7 +178,9 @@ enum Command {
 /// A partition's log. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct PartitionLog {
     shared: Arc<Shared>,
-    commands: mpsc::Sender<Command>,
+    commands: std::sync::mpsc::Sender<(Command, OwnedSemaphorePermit)>,
+    /// Bounds the commands queued for the writer; a full queue makes appends wait.
+    queue: Arc<Semaphore>,
 }
 
 impl PartitionLog {
@@ -186,20 +191,28 @@ impl PartitionLog {
         metrics: Arc<LogMetrics>,
     ) -> Result<PartitionLog, LogError> {
         let dir = dir.into();
-        let (shared, active) =
+        let (shared, active, lock) =
             tokio::task::spawn_blocking(move || open_blocking(dir, config, metrics))
                 .await
                 .map_err(|e| LogError::io("open partition", std::io::Error::other(e)))??;
         let shared = Arc::new(shared);
-        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
+        let (commands, receiver) = std::sync::mpsc::channel();
         let writer = Writer {
             shared: shared.clone(),
+            _lock: lock,
             active,
             unflushed_records: 0,
             oldest_unflushed: None,
         };
-        tokio::spawn(writer.run(receiver));
-        Ok(PartitionLog { shared, commands })
+        std::thread::Builder::new()
+            .name("runnel-log-writer".to_string())
+            .spawn(move || writer.run(receiver))
+            .map_err(|source| LogError::io("start the partition writer thread", source))?;
+        Ok(PartitionLog {
+            shared,
+            commands,
+            queue: Arc::new(Semaphore::new(COMMAND_QUEUE)),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -212,11 +225,20 @@ impl PartitionLog {
     ) -> Result<T, LogError> {
         self.shared.check_online()?;
         let (reply, receive) = oneshot::channel();
-        self.commands
-            .send(make(reply))
+        self.send(make(reply)).await?;
+        receive.await.map_err(|_| LogError::Closed)?
+    }
+
+    async fn send(&self, command: Command) -> Result<(), LogError> {
+        let permit = self
+            .queue
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| LogError::Closed)?;
-        receive.await.map_err(|_| LogError::Closed)?
+        self.commands
+            .send((command, permit))
+            .map_err(|_| LogError::Closed)
     }
 
     /// Appends one record batch as a producer sent it. Returns once it is written (readable
@@ -265,7 +287,7 @@ impl PartitionLog {
     /// Calls after this fail with [`LogError::Closed`].
     pub async fn close(&self) -> Result<(), LogError> {
         let (reply, receive) = oneshot::channel();
-        if self.commands.send(Command::Close { reply }).await.is_err() {
+        if self.send(Command::Close { reply }).await.is_err() {
             return Ok(()); // already closed
         }
         receive.await.map_err(|_| LogError::Closed)?
@@ -452,13 +474,45 @@ pub(crate) fn decompression_limit(config: &TopicConfig) -> usize {
         .max(64 << 20)
 }
 
+/// Takes the partition directory's lock: one writer per directory, across threads and
+/// processes. A writer that is still closing gets a few seconds to finish.
+pub(crate) fn lock_directory(dir: &Path) -> Result<std::fs::File, LogError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| LogError::io(format!("open {}", path.display()), source))?;
+    let started = Instant::now();
+    loop {
+        // SAFETY: flock on a descriptor we own; no memory is shared with the call.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if locked {
+            return Ok(file);
+        }
+        if started.elapsed() >= LOCK_WAIT {
+            return Err(LogError::io(
+                format!("lock {}", path.display()),
+                std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    "the partition is in use by another writer",
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn open_blocking(
     dir: PathBuf,
     config: TopicConfig,
     metrics: Arc<LogMetrics>,
-) -> Result<(Shared, Arc<Segment>), LogError> {
+) -> Result<(Shared, Arc<Segment>, std::fs::File), LogError> {
     std::fs::create_dir_all(&dir)
         .map_err(|source| LogError::io(format!("create {}", dir.display()), source))?;
+    let lock = lock_directory(&dir)?;
     let marker = dir.join(CLEAN_SHUTDOWN_MARKER);
     let clean = marker.exists();
     if clean {
@@ -535,7 +589,7 @@ fn open_blocking(
         maintenance: Mutex::new(()),
         metrics,
     };
-    Ok((shared, active))
+    Ok((shared, active, lock))
 }
 
 fn enforce_retention_blocking(shared: &Shared, now_ms: i64) -> Result<RetentionOutcome, LogError> {
@@ -553,9 +607,10 @@ fn enforce_retention_blocking(shared: &Shared, now_ms: i64) -> Result<RetentionO
             ts if ts >= 0 => ts,
             _ => segment.modified_ms().unwrap_or(now_ms),
         };
-        let expired = config
-            .retention_ms
-            .is_some_and(|limit| now_ms.saturating_sub(newest) > limit as i64);
+        // An empty segment (compaction can leave one) holds nothing to keep.
+        let expired = config.retention_ms.is_some_and(|limit| {
+            segment.is_empty() || now_ms.saturating_sub(newest) > limit as i64
+        });
         let oversize = config
             .retention_bytes
             .is_some_and(|limit| total.saturating_sub(segment.size()) >= limit);
@@ -589,10 +644,13 @@ fn enforce_retention_blocking(shared: &Shared, now_ms: i64) -> Result<RetentionO
     Ok(outcome)
 }
 
-/// The partition's single writer. Owns the active segment; runs on a tokio task and moves
-/// itself onto the blocking pool for each group's I/O.
+/// The partition's single writer. Owns the active segment and runs on its own thread,
+/// where blocking file I/O is fine: a handoff to a thread costs about as much as one to the
+/// blocking pool, and this way an append crosses threads once each way.
 struct Writer {
     shared: Arc<Shared>,
+    /// The directory lock, released when the writer thread ends.
+    _lock: std::fs::File,
     active: Arc<Segment>,
     unflushed_records: u64,
     oldest_unflushed: Option<Instant>,
@@ -607,44 +665,59 @@ enum Reply {
     Done(oneshot::Sender<Result<(), LogError>>, Result<(), LogError>),
 }
 
+type Queued = (Command, OwnedSemaphorePermit);
+
 impl Writer {
-    async fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
+    fn run(mut self, receiver: std::sync::mpsc::Receiver<Queued>) {
+        use std::sync::mpsc::RecvTimeoutError;
         loop {
-            let flush_deadline = self.flush_deadline();
-            let first = tokio::select! {
-                command = receiver.recv() => command,
-                _ = sleep_until(flush_deadline) => {
-                    let Some((writer, result)) = self.blocking(|w| w.flush()).await else { break };
-                    self = writer;
-                    if let Err(e) = result {
-                        tracing::error!(error = %e, "scheduled fsync failed");
+            let first = match self.flush_deadline() {
+                Some(deadline) => {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    match receiver.recv_timeout(wait) {
+                        Ok(queued) => queued,
+                        Err(RecvTimeoutError::Timeout) => {
+                            if let Err(error) = self.flush() {
+                                tracing::error!(%error, "scheduled fsync failed");
+                            }
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
                     }
-                    continue;
                 }
-            };
-            let Some(first) = first else {
-                // Every handle dropped without close: flush what we have and stop.
-                let _ = self.blocking(|w| w.close()).await;
-                return;
+                None => match receiver.recv() {
+                    Ok(queued) => queued,
+                    Err(_) => break,
+                },
             };
             let mut group = vec![first];
             let mut bytes = 0;
             while group.len() < MAX_GROUP_APPENDS && bytes < MAX_GROUP_BYTES {
                 match receiver.try_recv() {
-                    Ok(command) => {
-                        if let Command::Append { batch, .. } = &command {
+                    Ok(queued) => {
+                        if let Command::Append { batch, .. } = &queued.0 {
                             bytes += batch.len();
                         }
-                        group.push(command);
+                        group.push(queued);
                     }
                     Err(_) => break,
                 }
             }
-            let closing = group.iter().any(|c| matches!(c, Command::Close { .. }));
-            let Some((writer, replies)) = self.blocking(move |w| w.apply(group)).await else {
-                break;
+            let closing = group
+                .iter()
+                .any(|(c, _)| matches!(c, Command::Close { .. }));
+            let (commands, permits): (Vec<Command>, Vec<OwnedSemaphorePermit>) =
+                group.into_iter().unzip();
+            let applied =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply(commands)));
+            drop(permits);
+            let Ok(replies) = applied else {
+                self.shared.go_offline(LogError::io(
+                    "partition writer",
+                    std::io::Error::other("the writer panicked"),
+                ));
+                return;
             };
-            self = writer;
             for reply in replies {
                 match reply {
                     Reply::Append(sender, result, _) => drop(sender.send(result)),
@@ -652,37 +725,15 @@ impl Writer {
                 }
             }
             if closing {
-                break;
+                while let Ok((command, _)) = receiver.try_recv() {
+                    reject_closed(command);
+                }
+                return;
             }
         }
-        receiver.close();
-        while let Ok(command) = receiver.try_recv() {
-            reject_closed(command);
-        }
-    }
-
-    /// Runs `work` on the blocking pool with the writer moved there and back. `None` if the
-    /// work panicked, which takes the partition offline.
-    async fn blocking<T: Send + 'static>(
-        self,
-        work: impl FnOnce(&mut Writer) -> T + Send + 'static,
-    ) -> Option<(Writer, T)> {
-        let shared = self.shared.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let mut writer = self;
-            let result = work(&mut writer);
-            (writer, result)
-        })
-        .await;
-        match done {
-            Ok(done) => Some(done),
-            Err(join_error) => {
-                shared.go_offline(LogError::io(
-                    "partition writer",
-                    std::io::Error::other(join_error.to_string()),
-                ));
-                None
-            }
+        // Every handle was dropped without a close: flush what we have and stop.
+        if let Err(error) = self.close() {
+            tracing::error!(%error, "closing a dropped partition log failed");
         }
     }
 
@@ -897,12 +948,5 @@ fn reject_closed(command: Command) {
         Command::Sync { reply } | Command::Roll { reply, .. } | Command::Close { reply } => {
             drop(reply.send(Err(LogError::Closed)))
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-        None => std::future::pending().await,
     }
 }

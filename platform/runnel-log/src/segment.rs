@@ -82,10 +82,7 @@ impl Segment {
     }
 
     fn io_error(&self, action: &str, source: io::Error) -> LogError {
-        LogError::Io {
-            action: format!("{action} {}", self.log_path().display()),
-            source,
-        }
+        LogError::io(format!("{action} {}", self.log_path().display()), source)
     }
 
     /// Creates a new, empty segment file (failing if one exists).
@@ -139,7 +136,7 @@ impl Segment {
         let segment = Segment::from_parts(dir, base_offset, file, SegmentIndex::default());
         let mut report = OpenReport::default();
 
-        let mut loaded = segment.load_index_files(file_len);
+        let mut loaded = segment.load_index_files();
         let sealed_end = match &loaded {
             Ok(Some((_, end))) if !active => *end,
             _ => None,
@@ -255,10 +252,7 @@ impl Segment {
 
     /// Reads both index files and the offset index's end entry; `Ok(None)` if either file
     /// is missing.
-    fn load_index_files(
-        &self,
-        file_len: u64,
-    ) -> Result<Option<(SegmentIndex, Option<OffsetEntry>)>, String> {
+    fn load_index_files(&self) -> Result<Option<(SegmentIndex, Option<OffsetEntry>)>, String> {
         let read = |path: PathBuf| match std::fs::read(&path) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),

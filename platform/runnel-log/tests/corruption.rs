@@ -205,6 +205,7 @@ fn flip_every_byte(
                     "byte {byte}"
                 );
             }
+            log.close().await.unwrap();
             first
         });
         check(byte, outcome, &pristine.records);

@@ -1,1 +1,41 @@
-fn main() {}
+//! The `runnel` binary: parses the command line, loads the node configuration and runs the
+//! node until it is told to stop.
+//!
+//! Exit codes: `0` after a clean shutdown, `1` when the node failed to start or to stop
+//! cleanly, `2` for a bad command line or configuration (one `error: ...` line on stderr),
+//! `130` when a second Ctrl-C/SIGTERM cut a shutdown short.
+
+mod banner;
+mod cli;
+mod http;
+mod logging;
+mod metrics;
+mod node;
+mod signals;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let started = Instant::now();
+    let cli = cli::Cli::parse();
+    logging::init();
+
+    let config = match cli.command.load_config() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {}", logging::one_line(&error));
+            return ExitCode::from(2);
+        }
+    };
+
+    match node::run(config, started) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", logging::one_line(&error));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The node's one Prometheus registry, served at `/metrics`.
+//!
+//! It holds every subsystem's metrics (today the log's `runnel_log_*`) plus the node's own:
+//! `runnel_build_info{version="…"} 1` and `runnel_uptime_seconds`. The registry is built once
+//! at startup and only read afterwards; metric values are atomics updated by their owners.
+
+use std::time::Instant;
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+use runnel_log::LogMetrics;
+
+/// The content type of the OpenMetrics text format that `/metrics` serves.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type BuildInfo = Family<[(&'static str, &'static str); 1], Gauge>;
+
+/// Builds the registry for a node started at `started`.
+pub fn node_registry(log: &LogMetrics, started: Instant) -> Registry {
+    let mut registry = Registry::default();
+
+    let build_info = BuildInfo::default();
+    build_info
+        .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
+        .set(1);
+    registry.register(
+        "runnel_build_info",
+        "The running build; the value is always 1",
+        build_info,
+    );
+    registry.register_with_unit(
+        "runnel_uptime",
+        "Time since the process started",
+        Unit::Seconds,
+        Uptime { started },
+    );
+    log.register(&mut registry);
+    registry
+}
+
+/// Encodes every metric of `registry` in the OpenMetrics text format.
+pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry)?;
+    Ok(text)
+}
+
+/// A gauge whose value is read from the clock when it is scraped.
+#[derive(Debug)]
+struct Uptime {
+    started: Instant,
+}
+
+impl EncodeMetric for Uptime {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&self.started.elapsed().as_secs_f64())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_holds_node_and_log_metrics() {
+        let log = LogMetrics::default();
+        log.partitions.set(3);
+        let text = encode(&node_registry(&log, Instant::now())).unwrap();
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            text.contains(&format!("runnel_build_info{{version=\"{version}\"}} 1\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE runnel_uptime_seconds gauge"),
+            "{text}"
+        );
+        assert!(text.contains("runnel_log_partitions 3\n"), "{text}");
+        assert!(
+            text.contains("# TYPE runnel_log_fsync_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

@@ -1,0 +1,171 @@
+//! One node's life: start the services, serve until a signal, stop them cleanly.
+//!
+//! # Startup
+//! 1. install the signal handlers, so a signal from now on means a clean shutdown;
+//! 2. bind the HTTP listener (liveness answers from here on, readiness says 503);
+//! 3. open the log under `<node.data_dir>/partitions`, recovering every partition; one that
+//!    fails to open stays offline and is counted in the banner, the rest serve;
+//! 4. start the log's retention and compaction schedule;
+//! 5. mark the node ready and print the banner (see [`crate::banner`]).
+//!
+//! The Kafka, gRPC and cluster listeners are not bound yet: later releases add them.
+//!
+//! # Shutdown
+//! On the first SIGINT/SIGTERM (also one that arrives during startup, which then completes
+//! first): readiness goes to 503, the maintenance schedule stops, the HTTP server drains and
+//! stops, and [`LogManager::close_all`] flushes every partition and writes its indexes and
+//! clean-shutdown marker. Then "stopped" is logged and the process exits 0. A second signal
+//! exits at once with 130 (see [`crate::signals`]); the next start then recovers the log as
+//! after a crash, which loses nothing that was acknowledged as durable.
+//!
+//! # Failure
+//! A failure to bind, to open the data directory or to close a partition ends the process
+//! with code 1 and the error on stderr. If the HTTP server fails while running, the node
+//! shuts down as on a signal, then exits 1 with that error.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use runnel_config::NodeConfig;
+use runnel_log::{LogManager, LogMetrics};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::banner::{Banner, ComingListener};
+use crate::http::{HttpServer, Readiness};
+use crate::{metrics, signals};
+
+/// How long, after the node stopped, the runtime waits for stray blocking tasks.
+const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Runs the node described by `config` until it is told to stop. `started` is when the
+/// process started, for the uptime metric and the "ready in" line.
+pub fn run(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("runnel-worker")
+        .build()
+        .context("start the async runtime")?;
+    let span = tracing::info_span!("node", id = config.node.id);
+    let result = runtime.block_on(run_node(config, started).instrument(span));
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    result
+}
+
+async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    signals::install(shutdown.clone())?;
+
+    let data_dir =
+        std::path::absolute(&config.node.data_dir).unwrap_or_else(|_| config.node.data_dir.clone());
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        data_dir = %data_dir.display(),
+        "starting"
+    );
+
+    let log_metrics = Arc::new(LogMetrics::default());
+    let registry = Arc::new(metrics::node_registry(&log_metrics, started));
+    let readiness = Readiness::default();
+    let http = HttpServer::start(
+        config.http.listen,
+        readiness.clone(),
+        registry,
+        shutdown.clone(),
+    )
+    .await?;
+
+    let log = match open_log(&config, log_metrics).await {
+        Ok(log) => Arc::new(log),
+        Err(error) => {
+            // The startup error is the one returned; a second one is only logged.
+            if let Err(http_error) = http.stop().await {
+                let http_error = format!("{http_error:#}");
+                tracing::warn!(error = %http_error, "stopping http after a failed start");
+            }
+            return Err(error);
+        }
+    };
+    let stop_maintenance = CancellationToken::new();
+    let maintenance = log.spawn_maintenance(
+        interval(config.log.retention_check_interval_ms),
+        interval(config.log.cleaner_interval_ms),
+        stop_maintenance.clone(),
+    );
+
+    readiness.set(true);
+    let ready_in = started.elapsed();
+    let banner = Banner {
+        node_id: config.node.id,
+        data_dir,
+        partitions_open: log.partitions().len(),
+        partitions_offline: log.offline_partitions().len(),
+        http: http.local_addr(),
+        coming: vec![
+            ComingListener {
+                name: "kafka",
+                listen: config.kafka.listen,
+            },
+            ComingListener {
+                name: "grpc",
+                listen: config.grpc.listen,
+            },
+            ComingListener {
+                name: "cluster",
+                listen: config.cluster.listen,
+            },
+        ],
+        ready_in,
+    };
+    print_banner(&banner);
+    tracing::info!(
+        ready_ms = ready_in.as_millis() as u64,
+        partitions = banner.partitions_open,
+        offline_partitions = banner.partitions_offline,
+        "ready"
+    );
+
+    shutdown.cancelled().await;
+
+    readiness.set(false);
+    stop_maintenance.cancel();
+    if let Err(error) = maintenance.await {
+        tracing::error!(%error, "the log maintenance task failed");
+    }
+    let http_result = http.stop().await;
+    log.close_all()
+        .await
+        .context("close the log cleanly; it will be recovered on the next start")?;
+    http_result?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn open_log(config: &NodeConfig, metrics: Arc<LogMetrics>) -> anyhow::Result<LogManager> {
+    let defaults = config
+        .log
+        .topic_defaults()
+        .context("topic defaults from the [log] section")?;
+    let data_dir = &config.node.data_dir;
+    let log = LogManager::open(data_dir, defaults, metrics)
+        .await
+        .with_context(|| format!("open the log in {} (node.data_dir)", data_dir.display()))?;
+    Ok(log)
+}
+
+/// A schedule interval from a `*_interval_ms` key; validation keeps those at least 1.
+fn interval(milliseconds: u64) -> Duration {
+    Duration::from_millis(milliseconds.max(1))
+}
+
+/// Prints the banner to stdout. A closed or full stdout must not stop the node, so a failed
+/// write is only logged.
+fn print_banner(banner: &Banner) {
+    let mut stdout = std::io::stdout().lock();
+    let written = write!(stdout, "{banner}").and_then(|()| stdout.flush());
+    if let Err(error) = written {
+        tracing::warn!(%error, "cannot print the startup banner to stdout");
+    }
+}

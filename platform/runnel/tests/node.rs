@@ -1,0 +1,461 @@
+//! End-to-end tests of the `runnel` binary: each runs the real executable as a child process
+//! on a temporary data directory, with the HTTP listener on a free port read off the banner.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use runnel_log::{BatchBuilder, LogManager, LogMetrics, NewRecord, TopicPartition};
+
+/// How long a node may take to print its banner (debug build, busy machine).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a node may take to stop after SIGTERM/SIGINT.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The binary with a predictable environment: no `RUNNEL_*` variables from the caller, log
+/// level `info`, working directory `cwd`.
+fn runnel(cwd: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_runnel"));
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_string_lossy()
+            .to_ascii_uppercase()
+            .starts_with("RUNNEL_")
+        {
+            command.env_remove(name);
+        }
+    }
+    command.env("RUST_LOG", "info").current_dir(cwd);
+    command
+}
+
+/// A running node. Dropping it kills the process, so a failing test leaves nothing behind;
+/// the node's log (stderr) is printed then, to explain the failure.
+struct Node {
+    child: Child,
+    stdout_lines: mpsc::Receiver<String>,
+    stderr_path: PathBuf,
+    banner: Vec<String>,
+    http: SocketAddr,
+}
+
+impl Node {
+    /// Starts `runnel <args>` and waits for the banner to end (`ready in N ms`).
+    fn start(dir: &Path, args: &[&str]) -> Node {
+        let stderr_path = dir.join("runnel.stderr");
+        let stderr = std::fs::File::create(&stderr_path).expect("create the stderr file");
+        let mut child = runnel(dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn runnel");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, stdout_lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut node = Node {
+            child,
+            stdout_lines,
+            stderr_path,
+            banner: Vec::new(),
+            http: SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
+        node.read_banner();
+        node
+    }
+
+    fn read_banner(&mut self) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let mut http = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match self.stdout_lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(error) => panic!(
+                    "no complete banner within {STARTUP_TIMEOUT:?} ({error}); got {:?}",
+                    self.banner
+                ),
+            };
+            // The stable banner line: exactly `http: http://<bound address>`.
+            if let Some(address) = line.strip_prefix("http: http://") {
+                http = Some(
+                    address
+                        .parse()
+                        .expect("the http line holds a socket address"),
+                );
+            }
+            let done = line.starts_with("ready in ");
+            self.banner.push(line);
+            if done {
+                break;
+            }
+        }
+        self.http = http.expect("the banner has an http line");
+    }
+
+    fn banner_line(&self, prefix: &str) -> &str {
+        self.banner
+            .iter()
+            .find(|line| line.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no banner line starting {prefix:?} in {:?}", self.banner))
+    }
+
+    fn get(&self, path: &str) -> HttpResponse {
+        http_get(self.http, path)
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) only sends a signal; the pid is our own child, not yet reaped
+        // (it is reaped only by `wait_for_exit` or on drop).
+        let result = unsafe { libc::kill(pid, signal) };
+        assert_eq!(result, 0, "kill({pid}, {signal}) failed");
+    }
+
+    /// Waits for the process to exit, failing the test after [`SHUTDOWN_TIMEOUT`].
+    fn wait_for_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "runnel did not exit within {SHUTDOWN_TIMEOUT:?} of the signal"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- runnel banner ---\n{}", self.banner.join("\n"));
+            eprintln!("--- runnel stderr ---\n{}", self.stderr());
+        }
+    }
+}
+
+struct HttpResponse {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl HttpResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+/// A minimal HTTP/1.1 GET: one request per connection, `Connection: close`, read to the end.
+fn http_get(address: SocketAddr, path: &str) -> HttpResponse {
+    let mut stream =
+        TcpStream::connect_timeout(&address, Duration::from_secs(5)).expect("connect to http");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("set read timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .expect("read the response");
+    let response = String::from_utf8(response).expect("a UTF-8 response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a response with headers");
+    let (status_line, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    HttpResponse {
+        status,
+        headers: headers.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// Runs the binary to completion (for commands that exit on their own).
+fn run_to_exit(cwd: &Path, args: &[&str]) -> Output {
+    runnel(cwd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run runnel")
+}
+
+fn dev_args(data_dir: &Path) -> Vec<String> {
+    vec![
+        "dev".to_string(),
+        "--data-dir".to_string(),
+        data_dir.display().to_string(),
+        "--set".to_string(),
+        "http.listen=127.0.0.1:0".to_string(),
+    ]
+}
+
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn version_and_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_to_exit(dir.path(), &["--version"]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("runnel {}\n", env!("CARGO_PKG_VERSION"))
+    );
+
+    let output = run_to_exit(dir.path(), &["--help"]);
+    assert!(output.status.success(), "{output:?}");
+    let help = String::from_utf8_lossy(&output.stdout);
+    for expected in ["dev", "start", "RUNNEL_<SECTION>__<KEY>", "RUST_LOG"] {
+        assert!(help.contains(expected), "{expected:?} not in:\n{help}");
+    }
+}
+
+#[test]
+fn dev_serves_health_and_metrics_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut node = Node::start(dir.path(), &as_strs(&dev_args(&data_dir)));
+
+    // Banner: the version first, the listeners this build does not serve marked as such.
+    assert_eq!(
+        node.banner[0],
+        format!("runnel {}, node 1", env!("CARGO_PKG_VERSION"))
+    );
+    assert!(node.banner_line("data: ").contains("0 partitions open"));
+    assert_eq!(
+        node.banner_line("kafka: "),
+        "kafka: 127.0.0.1:9092 (coming)"
+    );
+    assert_eq!(node.banner_line("grpc: "), "grpc: 127.0.0.1:9093 (coming)");
+    let ready_ms: u64 = node
+        .banner_line("ready in ")
+        .trim_start_matches("ready in ")
+        .trim_end_matches(" ms")
+        .parse()
+        .expect("ready in N ms");
+    assert!(ready_ms < 1000, "startup took {ready_ms} ms");
+
+    let live = node.get("/health/live");
+    assert_eq!((live.status, live.body.as_str()), (200, "ok"));
+    let ready = node.get("/health/ready");
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready"));
+    assert_eq!(node.get("/nothing-here").status, 404);
+
+    let metrics = node.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert_eq!(
+        metrics.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    for expected in [
+        "runnel_log_partitions 0\n",
+        "# TYPE runnel_log_fsync_duration_seconds histogram",
+        &format!(
+            "runnel_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "runnel_uptime_seconds ",
+        "runnel_log_appended_bytes_total",
+        "runnel_log_segments",
+    ] {
+        assert!(
+            metrics.body.contains(expected),
+            "{expected:?} not in:\n{}",
+            metrics.body
+        );
+    }
+
+    node.signal(libc::SIGTERM);
+    let status = node.wait_for_exit();
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", node.stderr());
+    assert!(data_dir.join("partitions").is_dir());
+    assert!(node.stderr().contains("stopped"), "{}", node.stderr());
+}
+
+#[test]
+fn ctrl_c_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(dir.path(), &as_strs(&dev_args(&dir.path().join("data"))));
+    node.signal(libc::SIGINT);
+    let status = node.wait_for_exit();
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", node.stderr());
+}
+
+#[test]
+fn an_existing_partition_is_opened_counted_and_closed_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let partition_dir = data_dir.join("partitions").join("orders-0");
+    let marker = partition_dir.join(".clean-shutdown");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let manager = LogManager::open(
+            &data_dir,
+            runnel_config::TopicConfig::default(),
+            std::sync::Arc::new(LogMetrics::default()),
+        )
+        .await
+        .unwrap();
+        let log = manager
+            .create(
+                &TopicPartition::new("orders", 0),
+                manager.defaults().clone(),
+            )
+            .await
+            .unwrap();
+        let batch = BatchBuilder::default()
+            .build(&[NewRecord {
+                timestamp: runnel_log::now_ms(),
+                key: Some(b"order-1".to_vec()),
+                value: Some(b"{\"amount\": 3}".to_vec()),
+                headers: Vec::new(),
+            }])
+            .unwrap();
+        log.append_durable(batch).await.unwrap();
+        manager.close_all().await.unwrap();
+    });
+    drop(runtime);
+    assert!(marker.is_file(), "closing the log writes the marker");
+
+    let mut node = Node::start(dir.path(), &as_strs(&dev_args(&data_dir)));
+    assert!(node.banner_line("data: ").contains("(1 partition open)"));
+    let metrics = node.get("/metrics");
+    assert!(
+        metrics.body.contains("runnel_log_partitions 1\n"),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        !marker.exists(),
+        "opening the partition consumes the marker"
+    );
+
+    node.signal(libc::SIGTERM);
+    let status = node.wait_for_exit();
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", node.stderr());
+    assert!(marker.is_file(), "a clean shutdown writes the marker again");
+}
+
+/// Asserts the run failed with `code` and exactly one `error: ...` line naming `needle`.
+fn assert_fails_with(output: &Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "stderr:\n{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "stderr:\n{stderr}");
+    assert!(
+        errors[0].contains(needle),
+        "{needle:?} not in {:?}",
+        errors[0]
+    );
+}
+
+#[test]
+fn a_bad_config_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("runnel.toml");
+    std::fs::write(&config, "[log]\nsegment_bytes = 3\n").unwrap();
+    let config = config.display().to_string();
+
+    let output = run_to_exit(dir.path(), &["start", "--config", &config]);
+    assert_fails_with(&output, 2, "log.segment_bytes");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).lines().count(),
+        1,
+        "one line on stderr"
+    );
+
+    let missing = dir.path().join("missing.toml").display().to_string();
+    let output = run_to_exit(dir.path(), &["start", "--config", &missing]);
+    assert_fails_with(&output, 2, "missing.toml");
+
+    let output = run_to_exit(dir.path(), &["dev", "--set", "kafka.lisen=127.0.0.1:1"]);
+    assert_fails_with(&output, 2, "kafka.lisen");
+
+    let output = run_to_exit(dir.path(), &["dev", "--set", "node.id=0"]);
+    assert_fails_with(&output, 2, "node.id");
+    assert!(
+        !dir.path().join("runnel-data").exists(),
+        "nothing is created for a bad config"
+    );
+}
+
+#[test]
+fn an_http_port_in_use_exits_1_naming_the_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let data_dir = dir.path().join("data").display().to_string();
+    let listen = format!("http.listen={address}");
+    let output = run_to_exit(
+        dir.path(),
+        &["dev", "--data-dir", &data_dir, "--set", &listen],
+    );
+    assert_fails_with(&output, 1, "http.listen");
+}
+
+#[test]
+fn a_data_dir_that_is_a_file_exits_1_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "").unwrap();
+    let data_dir = file.display().to_string();
+    let output = run_to_exit(
+        dir.path(),
+        &[
+            "dev",
+            "--data-dir",
+            &data_dir,
+            "--set",
+            "http.listen=127.0.0.1:0",
+        ],
+    );
+    assert_fails_with(&output, 1, "node.data_dir");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.matches("(os error").count(),
+        1,
+        "each cause once:\n{stderr}"
+    );
+}
