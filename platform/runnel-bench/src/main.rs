@@ -44,6 +44,18 @@ enum Benchmark {
         /// The fsync interval of the "per interval" cases, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
+        /// Runs of each case, alternating whether the log or the raw file goes first (the
+        /// disk favours whichever writes first); the report shows every run and, in the
+        /// `all` row, total bytes over total time of each side.
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
+        /// Seconds to wait (after a `sync`) before each side, so neither pays for the
+        /// other's writeback.
+        #[arg(long, default_value_t = 2)]
+        settle_seconds: u64,
+        /// Batch sizes to measure, in KiB.
+        #[arg(long, value_delimiter = ',', default_value = "16,1024")]
+        batch_kib: Vec<usize>,
     },
 }
 
@@ -71,15 +83,21 @@ fn main() -> Result<()> {
             mib,
             dir,
             interval_ms,
+            runs,
+            settle_seconds,
+            batch_kib,
         } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(log_benchmark(
-                mib << 20,
-                &dir,
-                Duration::from_millis(interval_ms),
-            ))
+            let options = LogOptions {
+                total: mib << 20,
+                interval: Duration::from_millis(interval_ms),
+                runs: runs.max(1),
+                settle: Duration::from_secs(settle_seconds),
+                batch_sizes: batch_kib.iter().map(|kib| kib << 10).collect(),
+            };
+            runtime.block_on(log_benchmark(&options, &dir))
         }
     }
 }
@@ -107,51 +125,114 @@ fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / elapsed.as_secs_f64() / 1e6
 }
 
-async fn log_benchmark(total: u64, parent: &Path, interval: Duration) -> Result<()> {
+struct LogOptions {
+    total: u64,
+    interval: Duration,
+    runs: usize,
+    settle: Duration,
+    batch_sizes: Vec<usize>,
+}
+
+/// One run of one case: write and read rates of the log and of the raw file, in MB/s.
+#[derive(Clone, Copy)]
+struct Rates {
+    log_write: f64,
+    raw_write: f64,
+    log_read: f64,
+    raw_read: f64,
+}
+
+fn print_row(batch_bytes: usize, sync: Sync, label: &str, rates: &Rates) {
+    let batch = if batch_bytes >= 1 << 20 {
+        format!("{} MiB", batch_bytes >> 20)
+    } else {
+        format!("{} KiB", batch_bytes >> 10)
+    };
+    println!(
+        "{:<9} {:<20} {:<7} {:>10.1} {:>10.1} {:>6.0}% {:>10.1} {:>10.1}",
+        batch,
+        sync.to_string(),
+        label,
+        rates.log_write,
+        rates.raw_write,
+        rates.log_write / rates.raw_write * 100.0,
+        rates.log_read,
+        rates.raw_read
+    );
+}
+
+/// Total bytes over total time, for runs that each moved the same number of bytes: the
+/// harmonic mean of their rates.
+fn overall(rates: impl Iterator<Item = f64>) -> f64 {
+    let (count, inverse_sum) = rates.fold((0.0, 0.0), |(n, sum), rate| (n + 1.0, sum + 1.0 / rate));
+    count / inverse_sum
+}
+
+/// Lets the disk finish the previous side's writeback before the next side starts.
+fn settle(pause: Duration) {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::thread::sleep(pause);
+}
+
+async fn log_benchmark(options: &LogOptions, parent: &Path) -> Result<()> {
     let scratch = tempfile_in(parent)?;
     println!(
-        "runnel-bench log: {} MiB per case, 1 KiB records, in {}",
-        total >> 20,
+        "runnel-bench log: {} MiB per case and run, 1 KiB records, {} run(s), in {}",
+        options.total >> 20,
+        options.runs,
         scratch.display()
     );
     println!(
-        "{:<9} {:<20} {:>11} {:>11} {:>7} {:>11} {:>11}",
-        "batch", "durability", "log MB/s", "raw MB/s", "ratio", "log read", "raw read"
+        "{:<9} {:<20} {:<7} {:>10} {:>10} {:>7} {:>10} {:>10}",
+        "batch", "durability", "run", "log MB/s", "raw MB/s", "ratio", "log read", "raw read"
     );
-    let mut order_flip = false;
-    for batch_bytes in [16 << 10, 1 << 20] {
+    for &batch_bytes in &options.batch_sizes {
         let batches = batches(batch_bytes)?;
-        for sync in [Sync::PerBatch, Sync::Interval(interval)] {
-            let case = scratch.join(format!(
-                "case-{batch_bytes}-{}",
-                matches!(sync, Sync::PerBatch)
-            ));
-            std::fs::create_dir_all(&case)?;
-            // Alternate which goes first, so neither always inherits the other's writeback.
-            let (raw, log) = if order_flip {
-                let log = log(&case.join("log"), &batches, total, sync).await?;
-                (raw_file(&case.join("raw"), &batches, total, sync)?, log)
-            } else {
-                let raw = raw_file(&case.join("raw"), &batches, total, sync)?;
-                (raw, log(&case.join("log"), &batches, total, sync).await?)
-            };
-            order_flip = !order_flip;
-            let ((raw_write, raw_read), (log_write, log_read)) = (raw, log);
-            println!(
-                "{:<9} {:<20} {:>11.1} {:>11.1} {:>6.0}% {:>11.1} {:>11.1}",
-                if batch_bytes < 1 << 20 {
-                    "16 KiB"
+        for sync in [Sync::PerBatch, Sync::Interval(options.interval)] {
+            let mut all = Vec::new();
+            for run in 0..options.runs {
+                let case = scratch.join(format!("case-{batch_bytes}-{run}"));
+                std::fs::create_dir_all(&case)?;
+                let total = options.total;
+                // Alternate which goes first, so neither always inherits the other's
+                // writeback or a cold disk.
+                let ((raw_write, raw_read), (log_write, log_read)) = if run % 2 == 1 {
+                    settle(options.settle);
+                    let log = log(&case.join("log"), &batches, total, sync).await?;
+                    settle(options.settle);
+                    (raw_file(&case.join("raw"), &batches, total, sync)?, log)
                 } else {
-                    "1 MiB"
-                },
-                sync.to_string(),
-                log_write,
-                raw_write,
-                log_write / raw_write * 100.0,
-                log_read,
-                raw_read
+                    settle(options.settle);
+                    let raw = raw_file(&case.join("raw"), &batches, total, sync)?;
+                    settle(options.settle);
+                    (raw, log(&case.join("log"), &batches, total, sync).await?)
+                };
+                std::fs::remove_dir_all(&case)?;
+                let rates = Rates {
+                    log_write,
+                    raw_write,
+                    log_read,
+                    raw_read,
+                };
+                if options.runs > 1 {
+                    print_row(batch_bytes, sync, &format!("{}", run + 1), &rates);
+                }
+                all.push(rates);
+            }
+            let pick = |field: fn(&Rates) -> f64| overall(all.iter().map(field));
+            let totals = Rates {
+                log_write: pick(|r| r.log_write),
+                raw_write: pick(|r| r.raw_write),
+                log_read: pick(|r| r.log_read),
+                raw_read: pick(|r| r.raw_read),
+            };
+            print_row(
+                batch_bytes,
+                sync,
+                if options.runs > 1 { "all" } else { "1" },
+                &totals,
             );
-            std::fs::remove_dir_all(&case)?;
         }
     }
     std::fs::remove_dir_all(&scratch)?;

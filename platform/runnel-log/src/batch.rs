@@ -462,9 +462,12 @@ impl BatchBuilder {
             put_varlong(&mut section, record.len() as i64);
             section.extend_from_slice(&record);
         }
-        let fields = HeaderFields {
+        let fields = BatchHeader {
             base_offset: 0,
+            batch_length: 0,
             partition_leader_epoch: -1,
+            magic: 2,
+            crc: 0,
             attributes: self.compression.attribute(),
             last_offset_delta: records.len().saturating_sub(1) as i32,
             base_timestamp,
@@ -478,42 +481,11 @@ impl BatchBuilder {
     }
 }
 
-/// The header fields of a batch to assemble; length and CRC are computed.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct HeaderFields {
-    pub base_offset: i64,
-    pub partition_leader_epoch: i32,
-    pub attributes: i16,
-    pub last_offset_delta: i32,
-    pub base_timestamp: i64,
-    pub max_timestamp: i64,
-    pub producer_id: i64,
-    pub producer_epoch: i16,
-    pub base_sequence: i32,
-    pub records_count: i32,
-}
-
-impl From<&BatchHeader> for HeaderFields {
-    fn from(header: &BatchHeader) -> Self {
-        HeaderFields {
-            base_offset: header.base_offset,
-            partition_leader_epoch: header.partition_leader_epoch,
-            attributes: header.attributes,
-            last_offset_delta: header.last_offset_delta,
-            base_timestamp: header.base_timestamp,
-            max_timestamp: header.max_timestamp,
-            producer_id: header.producer_id,
-            producer_epoch: header.producer_epoch,
-            base_sequence: header.base_sequence,
-            records_count: header.records_count,
-        }
-    }
-}
-
-/// Assembles a batch from header fields and an uncompressed records section, compressing
-/// the section with the codec the attributes name.
+/// Assembles a batch from a header and an uncompressed records section, compressing the
+/// section with the codec the attributes name. The header's length, magic and CRC are
+/// ignored: they are computed.
 pub(crate) fn assemble(
-    fields: &HeaderFields,
+    fields: &BatchHeader,
     uncompressed_records: &[u8],
 ) -> Result<BytesMut, BatchError> {
     let codec = Compression::from_attribute(fields.attributes & ATTR_COMPRESSION_MASK)?;

@@ -29,7 +29,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use crate::batch::{self, BatchHeader, HeaderFields, Records};
+use crate::batch::{self, BatchHeader, Records};
 use crate::error::LogError;
 use crate::partition::{Shared, decompression_limit};
 use crate::segment::{self, Segment};
@@ -172,9 +172,9 @@ fn rewrite(
         if kept == header.records_count {
             output.extend_from_slice(bytes);
         } else if kept > 0 {
-            let fields = HeaderFields {
+            let fields = BatchHeader {
                 records_count: kept,
-                ..HeaderFields::from(header)
+                ..*header
             };
             let rebuilt = batch::assemble(&fields, &kept_records)
                 .map_err(|e| corrupt(segment, position, e))?;

@@ -118,20 +118,28 @@ fn appends_acknowledged_as_durable_survive_sigkill() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (first_ack, first_ack_seen) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .filter_map(|l| parse(&l))
-                .collect::<Vec<_>>()
+            let mut lines = Vec::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(ack) = parse(&line) {
+                    if lines.is_empty() {
+                        let _ = first_ack.send(());
+                    }
+                    lines.push(ack);
+                }
+            }
+            lines
         });
-        // Let it write for a while, then kill it at a moment that varies by round.
-        std::thread::sleep(Duration::from_millis(150 + round * 97 % 400));
+        // Once the writer is under way, let it write for a while, then kill it at a moment
+        // that varies by round.
+        let started = first_ack_seen.recv_timeout(Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(50 + round * 97 % 400));
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         child.wait().unwrap();
         let lines = reader.join().unwrap();
         assert!(
-            !lines.is_empty(),
+            started.is_ok() && !lines.is_empty(),
             "round {round}: the writer acknowledged nothing"
         );
         acknowledged.extend(lines);
