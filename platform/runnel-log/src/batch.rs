@@ -60,6 +60,8 @@ pub enum BatchError {
     MalformedRecord(String),
     #[error("{0}")]
     Compression(String),
+    #[error("a compacted topic needs a key on every record")]
+    MissingKey,
 }
 
 /// The fixed header of a v2 record batch, decoded.
@@ -126,8 +128,10 @@ impl BatchHeader {
         (self.batch_length.max(0) as u64) + LOG_OVERHEAD as u64
     }
 
+    /// Saturates rather than overflows: the base offset may come from a damaged file.
     pub fn last_offset(&self) -> i64 {
-        self.base_offset + i64::from(self.last_offset_delta)
+        self.base_offset
+            .saturating_add(i64::from(self.last_offset_delta))
     }
 
     pub fn compression(&self) -> Result<Compression, BatchError> {
@@ -183,15 +187,48 @@ pub fn validate(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     Ok(header)
 }
 
-/// Checks a batch a producer sent: on top of [`validate`], it must hold at least one record
-/// and one record per offset it spans (only compaction leaves gaps).
-pub fn validate_produced(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+/// Checks a batch a producer sent, down to its records, so nothing malformed reaches the
+/// log: on top of [`validate`], it must hold at least one record and one per offset it spans
+/// (only compaction leaves gaps), its records (decompressed, at most `max_decompressed`
+/// bytes) must decode with offset deltas 0, 1, 2, … and nothing after the last, and with
+/// `require_keys` (compacted topics) every record needs a key.
+pub fn validate_produced(
+    bytes: &[u8],
+    max_decompressed: usize,
+    require_keys: bool,
+) -> Result<BatchHeader, BatchError> {
     let header = validate(bytes)?;
     if header.records_count == 0 || header.records_count != header.last_offset_delta + 1 {
         return Err(BatchError::Inconsistent(format!(
             "{} records but last offset delta {}",
             header.records_count, header.last_offset_delta
         )));
+    }
+    if header.is_control() {
+        return Err(BatchError::Inconsistent(
+            "producers cannot send control batches".to_string(),
+        ));
+    }
+    let section = records_section(bytes, max_decompressed)?;
+    let mut records = Records::new(&section, header.records_count);
+    for expected_delta in 0..header.records_count {
+        let record = records
+            .next()
+            .ok_or_else(|| BatchError::MalformedRecord("fewer records than counted".into()))??;
+        if record.offset_delta != expected_delta {
+            return Err(BatchError::MalformedRecord(format!(
+                "record {expected_delta} has offset delta {}",
+                record.offset_delta
+            )));
+        }
+        if require_keys && record.key.is_none() {
+            return Err(BatchError::MissingKey);
+        }
+    }
+    if !records.finished_cleanly() {
+        return Err(BatchError::MalformedRecord(
+            "bytes left after the last record".into(),
+        ));
     }
     Ok(header)
 }
@@ -571,7 +608,7 @@ mod tests {
                 ..BatchBuilder::default()
             };
             let batch = builder.build(&records).unwrap();
-            let header = validate_produced(&batch).unwrap();
+            let header = validate_produced(&batch, 1 << 20, true).unwrap();
             assert_eq!(header.records_count, 20);
             assert_eq!(header.max_timestamp, 1_019);
             let section = records_section(&batch, 1 << 20).unwrap();
@@ -584,6 +621,55 @@ mod tests {
                 assert_eq!(record.value, records[i].value.as_deref());
             }
         }
+    }
+
+    #[test]
+    fn produced_batches_are_checked_down_to_their_records() {
+        let records = sample(3);
+        let good = BatchBuilder::default().build(&records).unwrap();
+        assert!(validate_produced(&good, 1 << 20, true).is_ok());
+        // A record whose offset delta is wrong, with a valid CRC.
+        let mut skewed = records.clone();
+        skewed.truncate(2);
+        let mut batch = BatchBuilder::default().build(&skewed).unwrap();
+        let section_start = BATCH_HEADER_LEN;
+        // The first record: length varint (1 byte here), attributes, timestamp delta (1 byte),
+        // then the offset delta varint, zig-zag 0 -> 2.
+        batch[section_start + 3] = 2 << 1;
+        let crc = crc32c::crc32c(&batch[CRC_START..]);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(
+            validate_produced(&batch, 1 << 20, false),
+            Err(BatchError::MalformedRecord(_))
+        ));
+        // Keyless records are refused where keys are required.
+        let keyless = BatchBuilder::default()
+            .build(&[NewRecord {
+                value: Some(b"v".to_vec()),
+                ..NewRecord::default()
+            }])
+            .unwrap();
+        assert!(validate_produced(&keyless, 1 << 20, false).is_ok());
+        assert_eq!(
+            validate_produced(&keyless, 1 << 20, true),
+            Err(BatchError::MissingKey)
+        );
+        // A batch that decompresses past the limit is refused.
+        let big = BatchBuilder {
+            compression: Compression::Zstd,
+            ..BatchBuilder::default()
+        }
+        .build(&[NewRecord {
+            key: Some(b"k".to_vec()),
+            value: Some(vec![0; 100_000]),
+            ..NewRecord::default()
+        }])
+        .unwrap();
+        assert!(big.len() < 1_000);
+        assert!(matches!(
+            validate_produced(&big, 50_000, false),
+            Err(BatchError::Compression(_))
+        ));
     }
 
     #[test]

@@ -73,14 +73,17 @@ pub(crate) fn compact(shared: &Shared, now_ms: i64) -> Result<CompactionOutcome,
     let _maintenance = shared.maintenance.lock().unwrap_or_else(|e| e.into_inner());
     let config = shared.config();
     let mut outcome = CompactionOutcome::default();
-    if !config.cleanup_policy.compact {
+    if !config.cleanup_policy.compact || shared.is_closing() {
         return Ok(outcome);
     }
     let (list, _) = shared.snapshot();
     let lag_horizon = now_ms.saturating_sub(config.min_compaction_lag_ms as i64);
+    // Never the active segment, and never records readers cannot see yet.
+    let high_watermark = shared.high_watermark();
     let cleanable: Vec<Arc<Segment>> = list
         .iter()
         .take(list.len().saturating_sub(1))
+        .take_while(|s| s.next_offset() <= high_watermark)
         .take_while(|s| config.min_compaction_lag_ms == 0 || s.max_timestamp() <= lag_horizon)
         .cloned()
         .collect();
@@ -100,7 +103,8 @@ pub(crate) fn compact(shared: &Shared, now_ms: i64) -> Result<CompactionOutcome,
             for record in Records::new(&section, header.records_count) {
                 let record = record.map_err(|e| corrupt(segment, position, e))?;
                 if let Some(key) = record.key {
-                    let offset = (header.base_offset + i64::from(record.offset_delta)) as u64;
+                    let offset = record_offset(header, record.offset_delta)
+                        .map_err(|e| corrupt(segment, position, e))?;
                     match latest.get_mut(key) {
                         Some(existing) => *existing = offset,
                         None => {
@@ -132,12 +136,47 @@ pub(crate) fn compact(shared: &Shared, now_ms: i64) -> Result<CompactionOutcome,
     Ok(outcome)
 }
 
+/// A record's offset, refusing a delta outside its batch.
+fn record_offset(header: &BatchHeader, offset_delta: i32) -> Result<u64, batch::BatchError> {
+    if offset_delta < 0 || offset_delta > header.last_offset_delta {
+        return Err(batch::BatchError::MalformedRecord(format!(
+            "offset delta {offset_delta} outside the batch"
+        )));
+    }
+    Ok(header.base_offset.saturating_add(i64::from(offset_delta)) as u64)
+}
+
 fn corrupt(segment: &Segment, position: u64, error: batch::BatchError) -> LogError {
     LogError::CorruptSegment {
         path: segment.log_path(),
         position,
         reason: error.to_string(),
     }
+}
+
+/// Checks a rewritten segment before it replaces the original: whole valid batches with
+/// increasing offsets inside the original's range.
+fn check_rewritten(output: &[u8], original: &Segment) -> Result<(), String> {
+    let mut previous_last = original.base_offset as i64 - 1;
+    let mut end = 0usize;
+    for (at, header) in batch::batch_positions(output) {
+        let len = header.total_len() as usize;
+        batch::validate(&output[at..at + len]).map_err(|e| e.to_string())?;
+        if header.base_offset <= previous_last
+            || header.last_offset() >= original.next_offset() as i64
+        {
+            return Err(format!("batch at byte {at} has offsets out of order"));
+        }
+        previous_last = header.last_offset();
+        end = at + len;
+    }
+    if end != output.len() {
+        return Err(format!(
+            "{} bytes after the last whole batch",
+            output.len() - end
+        ));
+    }
+    Ok(())
 }
 
 /// Rewrites one segment without the records `decision` drops; `None` if it loses nothing.
@@ -161,7 +200,8 @@ fn rewrite(
         let mut kept = 0i32;
         for record in Records::new(&section, header.records_count) {
             let record = record.map_err(|e| corrupt(segment, position, e))?;
-            let offset = (header.base_offset + i64::from(record.offset_delta)) as u64;
+            let offset = record_offset(header, record.offset_delta)
+                .map_err(|e| corrupt(segment, position, e))?;
             let timestamp = record_timestamp(header, record.timestamp_delta);
             if decision.keep(offset, timestamp, record.key, record.value) {
                 kept_records.extend_from_slice(record.encoded);
@@ -198,8 +238,16 @@ fn rewrite(
         file.write_all_at(&output, 0)?;
         file.sync_all()
     };
+    // Nothing is replaced until the new contents are known to be sound.
+    check_rewritten(&output, segment).map_err(|reason| LogError::CorruptSegment {
+        path: cleaned_path.clone(),
+        position: 0,
+        reason: format!("compaction produced a bad segment, the original is kept: {reason}"),
+    })?;
     write().map_err(|source| LogError::io(format!("write {}", cleaned_path.display()), source))?;
     segment.remove_index_files()?;
+    segment::sync_dir(dir)
+        .map_err(|source| LogError::io(format!("fsync {}", dir.display()), source))?;
     std::fs::rename(&cleaned_path, &final_path)
         .map_err(|source| LogError::io(format!("rename {}", cleaned_path.display()), source))?;
     segment::sync_dir(dir)

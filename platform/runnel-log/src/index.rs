@@ -25,11 +25,24 @@ pub(crate) struct TimeEntry {
     pub relative_offset: u32,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct SegmentIndex {
     pub offsets: Vec<OffsetEntry>,
     pub times: Vec<TimeEntry>,
     bytes_since_entry: u64,
+    /// The largest batch timestamp seen so far, what the next time entry records.
+    max_timestamp_so_far: i64,
+}
+
+impl Default for SegmentIndex {
+    fn default() -> Self {
+        SegmentIndex {
+            offsets: Vec::new(),
+            times: Vec::new(),
+            bytes_since_entry: 0,
+            max_timestamp_so_far: i64::MIN,
+        }
+    }
 }
 
 pub(crate) const OFFSET_ENTRY_LEN: usize = 8;
@@ -37,7 +50,9 @@ const END_ENTRY_FLAG: u32 = 1 << 31;
 pub(crate) const TIME_ENTRY_LEN: usize = 12;
 
 impl SegmentIndex {
-    /// Records a batch appended at `position`; adds entries every `interval` bytes.
+    /// Records a batch appended at `position`; adds entries every `interval` bytes. A time
+    /// entry records the largest timestamp of this and every earlier batch, so that every
+    /// batch before it is known to be no newer.
     pub fn on_batch(
         &mut self,
         relative_offset: u32,
@@ -46,6 +61,7 @@ impl SegmentIndex {
         max_timestamp: i64,
         interval: u64,
     ) {
+        self.max_timestamp_so_far = self.max_timestamp_so_far.max(max_timestamp);
         if self.offsets.is_empty() || self.bytes_since_entry >= interval {
             self.offsets.push(OffsetEntry {
                 relative_offset,
@@ -54,10 +70,10 @@ impl SegmentIndex {
             if self
                 .times
                 .last()
-                .is_none_or(|last| max_timestamp > last.timestamp)
+                .is_none_or(|last| self.max_timestamp_so_far > last.timestamp)
             {
                 self.times.push(TimeEntry {
-                    timestamp: max_timestamp,
+                    timestamp: self.max_timestamp_so_far,
                     relative_offset,
                 });
             }
@@ -183,16 +199,43 @@ impl SegmentIndex {
         Ok((index, end))
     }
 
-    /// Continues indexing after a loaded index: the bytes since the last entry are unknown
-    /// until the tail is scanned, which calls [`Self::on_batch`].
-    pub fn resume_after(&mut self, bytes_since_entry: u64) {
-        self.bytes_since_entry = bytes_since_entry;
+    /// Continues indexing after a loaded index whose last offset entry was removed to be
+    /// scanned again: the next batch gets an entry, and the running maximum timestamp
+    /// continues from the last time entry kept.
+    pub fn resume(&mut self) {
+        self.bytes_since_entry = u64::MAX;
+        self.max_timestamp_so_far = self.times.last().map_or(i64::MIN, |t| t.timestamp);
+    }
+
+    /// The largest timestamp recorded, `None` before any batch.
+    pub fn max_timestamp(&self) -> Option<i64> {
+        (self.max_timestamp_so_far != i64::MIN).then_some(self.max_timestamp_so_far)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_entries_carry_the_running_maximum() {
+        let mut index = SegmentIndex::default();
+        // Indexed, not indexed (interval 150 with 100-byte batches), indexed.
+        index.on_batch(0, 0, 100, 100, 150);
+        index.on_batch(1, 100, 100, 500, 150);
+        index.on_batch(2, 200, 100, 200, 150);
+        assert_eq!(index.offsets.len(), 2);
+        assert_eq!(
+            index.times.last(),
+            Some(&TimeEntry {
+                timestamp: 500,
+                relative_offset: 2
+            })
+        );
+        // A lookup for 300 must not start after the batch holding 500.
+        assert_eq!(index.scan_start_for_timestamp(300), 0);
+        assert_eq!(index.max_timestamp(), Some(500));
+    }
 
     #[test]
     fn lookups_find_the_entry_at_or_before() {

@@ -40,8 +40,9 @@ impl TopicPartition {
     /// Parses a directory name `<topic>-<partition>`; topic names may contain `-`.
     fn from_dir_name(name: &str) -> Option<TopicPartition> {
         let (topic, partition) = name.rsplit_once('-')?;
-        let partition = partition.parse().ok()?;
-        is_safe_topic_name(topic).then(|| TopicPartition::new(topic, partition))
+        let parsed = TopicPartition::new(topic, partition.parse().ok()?);
+        // "t-01" would parse as partition 1 but is not the directory of t-1.
+        (is_safe_topic_name(topic) && parsed.dir_name() == name).then_some(parsed)
     }
 }
 
@@ -77,6 +78,8 @@ pub struct LogManager {
     defaults: TopicConfig,
     partitions: RwLock<BTreeMap<TopicPartition, Arc<PartitionLog>>>,
     offline: RwLock<BTreeMap<TopicPartition, String>>,
+    /// Serializes creating and deleting partitions, so two calls never open one twice.
+    changes: tokio::sync::Mutex<()>,
     metrics: Arc<LogMetrics>,
 }
 
@@ -89,12 +92,10 @@ impl LogManager {
     ) -> Result<LogManager, LogError> {
         let data_dir = data_dir.to_path_buf();
         let (root, lock, mut found) = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&data_dir)
-                .map_err(|source| LogError::io(format!("create {}", data_dir.display()), source))?;
+            crate::partition::create_dir_durably(&data_dir)?;
             let lock = crate::partition::lock_directory(&data_dir)?;
             let root = data_dir.join("partitions");
-            std::fs::create_dir_all(&root)
-                .map_err(|source| LogError::io(format!("create {}", root.display()), source))?;
+            crate::partition::create_dir_durably(&root)?;
             let mut found = Vec::new();
             let entries = std::fs::read_dir(&root)
                 .map_err(|source| LogError::io(format!("list {}", root.display()), source))?;
@@ -119,6 +120,7 @@ impl LogManager {
             defaults,
             partitions: RwLock::new(BTreeMap::new()),
             offline: RwLock::new(BTreeMap::new()),
+            changes: tokio::sync::Mutex::new(()),
             metrics,
         };
         found.sort();
@@ -167,6 +169,7 @@ impl LogManager {
         if !is_safe_topic_name(&tp.topic) {
             return Err(LogError::InvalidTopicName(tp.topic.clone()));
         }
+        let _changes = self.changes.lock().await;
         if let Some(existing) = self.get(tp) {
             existing.set_config(config);
             return Ok(existing);
@@ -212,6 +215,7 @@ impl LogManager {
 
     /// Closes the partition and removes its directory.
     pub async fn delete(&self, tp: &TopicPartition) -> Result<(), LogError> {
+        let _changes = self.changes.lock().await;
         let removed = self.write_partitions().remove(tp);
         self.offline
             .write()
@@ -298,5 +302,19 @@ impl LogManager {
             self.metrics.segments.dec_by(segments);
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_names_round_trip_and_nothing_else_is_a_partition() {
+        let tp = TopicPartition::new("my-topic.v2", 7);
+        assert_eq!(TopicPartition::from_dir_name(&tp.dir_name()), Some(tp));
+        for name in ["t-01", "t-+1", "t", "-1", "t-", "../x-1", "t-99999999999"] {
+            assert_eq!(TopicPartition::from_dir_name(name), None, "{name}");
+        }
     }
 }

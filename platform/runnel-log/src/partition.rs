@@ -113,6 +113,8 @@ pub(crate) struct Shared {
     leader_epoch: AtomicI32,
     offline: OnceLock<String>,
     closed: std::sync::atomic::AtomicBool,
+    /// Set under `maintenance` by `close`: no retention or compaction starts after it.
+    closing: std::sync::atomic::AtomicBool,
     /// Serializes retention and compaction, which both replace sealed segments.
     pub maintenance: Mutex<()>,
     pub metrics: Arc<LogMetrics>,
@@ -124,6 +126,14 @@ impl Shared {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    pub fn high_watermark(&self) -> u64 {
+        *self.high_watermark.borrow()
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     pub fn snapshot(&self) -> (Vec<Arc<Segment>>, u64) {
@@ -286,6 +296,15 @@ impl PartitionLog {
     /// Flushes, writes the indexes and the clean-shutdown marker, and stops the writer.
     /// Calls after this fail with [`LogError::Closed`].
     pub async fn close(&self) -> Result<(), LogError> {
+        // Wait for a retention or compaction pass under way, and let none start after: once
+        // closed, nothing touches the directory (it may be reopened or deleted at once).
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let _maintenance = shared.maintenance.lock().unwrap_or_else(|e| e.into_inner());
+            shared.closing.store(true, Ordering::Release);
+        })
+        .await
+        .map_err(|e| LogError::io("close", std::io::Error::other(e)))?;
         let (reply, receive) = oneshot::channel();
         if self.send(Command::Close { reply }).await.is_err() {
             return Ok(()); // already closed
@@ -467,11 +486,29 @@ impl PartitionLog {
     }
 }
 
-/// The largest decompressed records section the log will look inside.
+/// The largest decompressed records section the log accepts and looks inside: sixteen
+/// times `max.message.bytes`, within 64 MiB to 512 MiB. A batch beyond it is refused at
+/// append, so compaction and timestamp lookups never meet one.
 pub(crate) fn decompression_limit(config: &TopicConfig) -> usize {
+    const FLOOR: usize = 64 << 20;
+    const CEILING: usize = 512 << 20;
     (config.max_message_bytes as usize)
         .saturating_mul(16)
-        .max(64 << 20)
+        .clamp(FLOOR, CEILING)
+}
+
+/// Creates `dir` if needed, fsyncing its parent so the new entry survives a crash.
+pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), LogError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|source| LogError::io(format!("create {}", dir.display()), source))?;
+    if let Some(parent) = dir.parent() {
+        segment::sync_dir(parent)
+            .map_err(|source| LogError::io(format!("fsync {}", parent.display()), source))?;
+    }
+    Ok(())
 }
 
 /// Takes the partition directory's lock: one writer per directory, across threads and
@@ -510,8 +547,7 @@ fn open_blocking(
     config: TopicConfig,
     metrics: Arc<LogMetrics>,
 ) -> Result<(Shared, Arc<Segment>, std::fs::File), LogError> {
-    std::fs::create_dir_all(&dir)
-        .map_err(|source| LogError::io(format!("create {}", dir.display()), source))?;
+    create_dir_durably(&dir)?;
     let lock = lock_directory(&dir)?;
     let marker = dir.join(CLEAN_SHUTDOWN_MARKER);
     let clean = marker.exists();
@@ -536,6 +572,13 @@ fn open_blocking(
             && stem.len() == 20
             && let Ok(base) = stem.parse::<u64>()
         {
+            if base > i64::MAX as u64 {
+                return Err(LogError::CorruptSegment {
+                    path: entry.path(),
+                    position: 0,
+                    reason: "base offset beyond the largest Kafka offset".to_string(),
+                });
+            }
             bases.push(base);
         }
     }
@@ -571,7 +614,10 @@ fn open_blocking(
     // Whatever survived the crash may still sit only in the page cache.
     active.sync()?;
     if !active.is_empty() {
-        active.mark_first_append(now_ms());
+        // Like Kafka, age a reopened segment from its first batch's timestamp (never from
+        // the future), so restarts do not keep resetting segment.ms.
+        let first = active.first_batch_timestamp()?.unwrap_or(now_ms());
+        active.mark_first_append(first.min(now_ms()));
     }
     let log_start = list.first().map_or(0, |s| s.base_offset);
     let log_end = active.next_offset();
@@ -586,6 +632,7 @@ fn open_blocking(
         leader_epoch: AtomicI32::new(0),
         offline: OnceLock::new(),
         closed: std::sync::atomic::AtomicBool::new(false),
+        closing: std::sync::atomic::AtomicBool::new(false),
         maintenance: Mutex::new(()),
         metrics,
     };
@@ -596,13 +643,19 @@ fn enforce_retention_blocking(shared: &Shared, now_ms: i64) -> Result<RetentionO
     let _maintenance = shared.maintenance.lock().unwrap_or_else(|e| e.into_inner());
     let config = shared.config();
     let mut outcome = RetentionOutcome::default();
-    if !config.cleanup_policy.delete {
+    if !config.cleanup_policy.delete || shared.is_closing() {
         return Ok(outcome);
     }
     let (list, _) = shared.snapshot();
+    let high_watermark = shared.high_watermark();
     let mut total: u64 = list.iter().map(|s| s.size()).sum();
     let mut doomed = Vec::new();
-    for segment in list.iter().take(list.len().saturating_sub(1)) {
+    // Never the active segment, and never records readers cannot see yet.
+    for segment in list
+        .iter()
+        .take(list.len().saturating_sub(1))
+        .take_while(|s| s.next_offset() <= high_watermark)
+    {
         let newest = match segment.max_timestamp() {
             ts if ts >= 0 => ts,
             _ => segment.modified_ms().unwrap_or(now_ms),
@@ -640,6 +693,8 @@ fn enforce_retention_blocking(shared: &Shared, now_ms: i64) -> Result<RetentionO
         outcome.deleted_bytes += segment.size();
         shared.metrics.segments.dec();
     }
+    segment::sync_dir(&shared.dir)
+        .map_err(|source| LogError::io(format!("fsync {}", shared.dir.display()), source))?;
     tracing::info!(partition = %shared.dir.display(), segments = outcome.deleted_segments, bytes = outcome.deleted_bytes, "retention deleted segments");
     Ok(outcome)
 }
@@ -779,10 +834,16 @@ impl Writer {
         if log_end != written_before {
             self.shared.high_watermark.send_replace(log_end);
         }
+        // flush.ms is checked here too: under steady load the writer never sits idle long
+        // enough for its timer.
+        let interval_due = config.flush_ms.is_some_and(|ms| {
+            self.oldest_unflushed
+                .is_some_and(|oldest| oldest.elapsed() >= Duration::from_millis(ms))
+        });
         let policy_due = config
             .flush_messages
             .is_some_and(|n| self.unflushed_records >= n)
-            || (config.flush_ms == Some(0) && self.unflushed_records > 0);
+            || interval_due;
         let flushed = if closing {
             self.close()
         } else if sync_requested || policy_due {
@@ -830,7 +891,11 @@ impl Writer {
                 max: config.max_message_bytes,
             });
         }
-        let header = batch::validate_produced(&batch)?;
+        let header = batch::validate_produced(
+            &batch,
+            decompression_limit(config),
+            config.cleanup_policy.compact,
+        )?;
         let base_offset = self.shared.log_end.load(Ordering::Acquire);
         let last_offset = base_offset + header.last_offset_delta as u64;
         let too_big = self.active.size() + batch.len() as u64 > config.segment_bytes;

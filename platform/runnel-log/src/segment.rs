@@ -28,7 +28,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::batch::{self, BATCH_HEADER_LEN, BatchHeader, Records};
 use crate::error::LogError;
-use crate::index::{OffsetEntry, SegmentIndex};
+use crate::index::{OFFSET_ENTRY_LEN, OffsetEntry, SegmentIndex};
 
 /// File name of a segment's log file: the base offset in 20 digits, like Kafka.
 pub(crate) fn file_name(base_offset: u64, extension: &str) -> String {
@@ -137,9 +137,11 @@ impl Segment {
         let mut report = OpenReport::default();
 
         let mut loaded = segment.load_index_files();
-        let sealed_end = match &loaded {
-            Ok(Some((_, end))) if !active => *end,
-            _ => None,
+        // A sealed segment's size and end offset were recorded when it was sealed.
+        let sealed_end = if active {
+            None
+        } else {
+            segment.read_end_entry()
         };
         if let Some(end) = sealed_end
             && u64::from(end.position) != file_len
@@ -166,10 +168,12 @@ impl Segment {
         let (mut index, scan_from, first_offset) = match loaded {
             Ok(Some((mut index, _))) => match index.offsets.pop() {
                 Some(last) => {
+                    // The time entry at `last` holds the maximum of every batch before it,
+                    // which the scan from `last` cannot see again: keep it.
                     index
                         .times
-                        .retain(|t| t.relative_offset < last.relative_offset);
-                    index.resume_after(u64::MAX);
+                        .retain(|t| t.relative_offset <= last.relative_offset);
+                    index.resume();
                     let first_offset = base_offset + u64::from(last.relative_offset);
                     (index, u64::from(last.position), first_offset)
                 }
@@ -203,10 +207,7 @@ impl Segment {
                 index_interval,
             )?;
         }
-        let mut max_timestamp = scan.max_timestamp;
-        if let Some(last) = index.times.last() {
-            max_timestamp = max_timestamp.max(last.timestamp);
-        }
+        let max_timestamp = index.max_timestamp().unwrap_or(-1).max(scan.max_timestamp);
         if let Some((position, reason)) = scan.stopped {
             if !active {
                 return Err(LogError::CorruptSegment {
@@ -217,6 +218,8 @@ impl Segment {
             }
             tracing::warn!(segment = %path.display(), position, %reason, "truncating torn write at the log tail");
             report.truncated_bytes = file_len - scan.end;
+            // Index files from an earlier clean close describe bytes about to be rewritten.
+            segment.remove_index_files()?;
             segment
                 .file
                 .set_len(scan.end)
@@ -253,10 +256,24 @@ impl Segment {
     /// Reads both index files and the offset index's end entry; `Ok(None)` if either file
     /// is missing.
     fn load_index_files(&self) -> Result<Option<(SegmentIndex, Option<OffsetEntry>)>, String> {
-        let read = |path: PathBuf| match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("read {}: {e}", path.display())),
+        // An index has at most an entry per batch: anything larger is not an index of ours.
+        let file_len = self
+            .file
+            .metadata()
+            .map_err(|e| format!("stat: {e}"))?
+            .len();
+        let limit = (file_len / BATCH_HEADER_LEN as u64 + 2) * crate::index::TIME_ENTRY_LEN as u64;
+        let read = |path: PathBuf| match std::fs::metadata(&path) {
+            Ok(meta) if meta.len() > limit => Err(format!(
+                "{} is {} bytes, too large for its segment",
+                path.display(),
+                meta.len()
+            )),
+            _ => match std::fs::read(&path) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(format!("read {}: {e}", path.display())),
+            },
         };
         let (Some(offsets), Some(times)) =
             (read(self.index_path())?, read(self.time_index_path())?)
@@ -264,6 +281,20 @@ impl Segment {
             return Ok(None);
         };
         SegmentIndex::decode(&offsets, &times).map(Some)
+    }
+
+    /// The end entry at the end of the offset index file, if it has one.
+    fn read_end_entry(&self) -> Option<OffsetEntry> {
+        let file = std::fs::File::open(self.index_path()).ok()?;
+        let len = file.metadata().ok()?.len();
+        if len < OFFSET_ENTRY_LEN as u64 || len % OFFSET_ENTRY_LEN as u64 != 0 {
+            return None;
+        }
+        let mut last = [0u8; OFFSET_ENTRY_LEN];
+        file.read_exact_at(&mut last, len - OFFSET_ENTRY_LEN as u64)
+            .ok()?;
+        let (_, end) = SegmentIndex::decode(&last, &[]).ok()?;
+        end
     }
 
     /// Checks that a loaded index fits the file: it starts at the first batch and its last
@@ -424,6 +455,15 @@ impl Segment {
     pub fn first_append_ms(&self) -> Option<i64> {
         let ms = self.first_append_ms.load(Ordering::Acquire);
         (ms >= 0).then_some(ms)
+    }
+
+    /// The max timestamp of the first batch, `None` if empty or without a timestamp.
+    pub fn first_batch_timestamp(&self) -> Result<Option<i64>, LogError> {
+        if self.size() < BATCH_HEADER_LEN as u64 {
+            return Ok(None);
+        }
+        let header = self.read_header_at(0)?;
+        Ok((header.max_timestamp >= 0).then_some(header.max_timestamp))
     }
 
     /// Starts the `segment.ms` clock of a segment reopened with data in it.
@@ -705,6 +745,8 @@ impl Segment {
         mut visit: impl FnMut(u64, &[u8], &BatchHeader) -> Result<bool, LogError>,
     ) -> Result<(), LogError> {
         let size = self.size();
+        let segment_end = self.next_offset() as i64;
+        let mut previous_last = self.base_offset as i64 - 1;
         let mut window = Vec::new();
         let mut window_start = from_position;
         let mut position = from_position;
@@ -719,6 +761,17 @@ impl Segment {
             }
             let bytes = self.window(&mut window, &mut window_start, position, len, size)?;
             batch::validate(bytes).map_err(|e| self.corrupt(position, e.to_string()))?;
+            if header.base_offset <= previous_last || header.last_offset() >= segment_end {
+                return Err(self.corrupt(
+                    position,
+                    format!(
+                        "batch offsets {}..={} out of order",
+                        header.base_offset,
+                        header.last_offset()
+                    ),
+                ));
+            }
+            previous_last = header.last_offset();
             if !visit(position, bytes, &header)? {
                 break;
             }
@@ -759,8 +812,10 @@ impl Segment {
                 .map_err(|e| self.corrupt(position, e.to_string()))?;
             for record in Records::new(&section, header.records_count) {
                 let record = record.map_err(|e| self.corrupt(position, e.to_string()))?;
-                let offset = header.base_offset + i64::from(record.offset_delta);
-                if header.base_timestamp + record.timestamp_delta >= timestamp
+                let offset = header
+                    .base_offset
+                    .saturating_add(i64::from(record.offset_delta));
+                if header.base_timestamp.saturating_add(record.timestamp_delta) >= timestamp
                     && offset < upper as i64
                 {
                     found = Some(offset as u64);

@@ -227,10 +227,21 @@ async fn compaction_keeps_the_latest_value_per_key_and_offsets() {
     .unwrap();
     log.append(batch_of(&[
         record(20, Some(b"a"), Some(b"2")),
-        record(20, None, Some(b"keyless")),
+        record(20, Some(b"z"), Some(b"only")),
     ]))
     .await
     .unwrap();
+    // A compacted topic refuses records without a key, and writes nothing of the batch.
+    let keyless = log
+        .append(batch_of(&[
+            record(25, Some(b"y"), Some(b"1")),
+            record(25, None, Some(b"x")),
+        ]))
+        .await;
+    assert!(matches!(
+        keyless,
+        Err(LogError::InvalidBatch(runnel_log::BatchError::MissingKey))
+    ));
     log.append(batch_of(&[
         record(30, Some(b"b"), None),
         record(5_000, Some(b"c"), None),
@@ -252,7 +263,7 @@ async fn compaction_keeps_the_latest_value_per_key_and_offsets() {
         summary,
         vec![
             (2, k("a"), Some(b"2".to_vec())),
-            (3, None, Some(b"keyless".to_vec())),
+            (3, k("z"), Some(b"only".to_vec())),
             // b's tombstone at 30 is older than delete.retention.ms at now=2000: gone.
             (5, k("c"), None),
             (6, k("a"), Some(b"active".to_vec())),
@@ -420,4 +431,47 @@ async fn reopening_after_close_keeps_everything_and_rebuilds_lost_indexes() {
     let log = open(dir.path(), cfg).await;
     assert_eq!(read_all(&log, 0, 700).await.unwrap(), before);
     assert_eq!(log.offset_for_timestamp(20).await.unwrap(), Some(40));
+}
+
+#[tokio::test]
+async fn timestamp_lookups_see_out_of_order_timestamps_before_and_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    // ~90-byte batches and an entry every 150 bytes: batches 0, 2 and 4 are indexed, so
+    // the late timestamp in batch 1 is only seen through the running maximum.
+    cfg.index_interval_bytes = 150;
+    let log = open(dir.path(), cfg.clone()).await;
+    // CreateTime timestamps need not grow: 500 comes before 200s.
+    for ts in [100, 500, 200, 200, 210, 220] {
+        log.append(simple_batch(1, 10, ts)).await.unwrap();
+    }
+    assert_eq!(log.offset_for_timestamp(300).await.unwrap(), Some(1));
+    assert_eq!(log.offset_for_timestamp(205).await.unwrap(), Some(1));
+    assert_eq!(log.offset_for_timestamp(501).await.unwrap(), None);
+    log.close().await.unwrap();
+    let log = open(dir.path(), cfg).await;
+    assert_eq!(log.offset_for_timestamp(300).await.unwrap(), Some(1));
+    assert_eq!(
+        log.segments()[0].max_timestamp,
+        500,
+        "the newest record counts after a reopen"
+    );
+}
+
+#[tokio::test]
+async fn flush_ms_fsyncs_even_when_appends_never_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.flush_ms = Some(30);
+    let log = open(dir.path(), cfg).await;
+    let started = std::time::Instant::now();
+    let mut durable_during_load = false;
+    while started.elapsed() < Duration::from_millis(400) {
+        let appended = log.append(simple_batch(1, 10, 1)).await.unwrap();
+        durable_during_load |= appended.durable || log.durable_end() > 0;
+    }
+    assert!(
+        durable_during_load,
+        "flush.ms=30 never fsynced during 400 ms of appends"
+    );
 }

@@ -125,7 +125,11 @@ async fn run(dir: &Path, config: TopicConfig, ops: Vec<Op>) {
                 let mut new = Vec::new();
                 for (key, value, step) in &records {
                     model.clock += i64::from(*step);
-                    let key = key.map(|k| vec![b'k', k]);
+                    // Compacted topics require keys.
+                    let key = match key {
+                        None if config.cleanup_policy.compact => Some(vec![b'k', 0]),
+                        other => other.map(|k| vec![b'k', k]),
+                    };
                     let value = value.map(|v| vec![v; usize::from(v % 40)]);
                     new.push(record(model.clock, key.as_deref(), value.as_deref()));
                 }
