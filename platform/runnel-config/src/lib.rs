@@ -11,4 +11,7 @@ pub use node::{
     ConfigError, ConfigProblem, ListenerSection, Loaded, LogSection, NODE_CONFIG_KEYS, NodeConfig,
     NodeSection,
 };
-pub use topic::{CleanupPolicy, TOPIC_CONFIG_KEYS, TimestampType, TopicConfig, TopicConfigError};
+pub use topic::{
+    CleanupPolicy, TOPIC_CONFIG_KEYS, TimestampType, TopicConfig, TopicConfigError,
+    validate_topic_name,
+};

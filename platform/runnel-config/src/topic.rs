@@ -159,6 +159,27 @@ impl Default for TopicConfig {
     }
 }
 
+/// Kafka's rule for topic names: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+/// The rule also keeps a name safe as a directory name.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a topic name cannot be empty".to_string());
+    }
+    if name.len() > 249 {
+        return Err(format!("{} characters, more than 249", name.len()));
+    }
+    if name == "." || name == ".." {
+        return Err("`.` and `..` are not topic names".to_string());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!("`{bad}` is not one of [a-zA-Z0-9._-]"));
+    }
+    Ok(())
+}
+
 /// Every topic config key Runnel knows, in the order DescribeConfigs lists them.
 pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "cleanup.policy",

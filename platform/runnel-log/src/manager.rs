@@ -54,13 +54,7 @@ impl fmt::Display for TopicPartition {
 
 /// Kafka's rule for topic names, which also keeps them safe as directory names.
 pub fn is_safe_topic_name(topic: &str) -> bool {
-    !topic.is_empty()
-        && topic.len() <= 249
-        && topic != "."
-        && topic != ".."
-        && topic
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    runnel_config::validate_topic_name(topic).is_ok()
 }
 
 /// What one maintenance pass did over all partitions.

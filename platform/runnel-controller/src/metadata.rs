@@ -1,0 +1,592 @@
+//! The metadata state machine: what the cluster knows, and the commands that change it.
+//!
+//! Every change is a [`Command`] appended to the Raft log; every node applies the log in
+//! order with [`Metadata::apply`]. Applying is deterministic (no clock, no randomness, no
+//! I/O), so all nodes hold identical metadata at the same log index. A command that breaks
+//! a rule changes nothing and returns a [`MetadataError`] saying why, as Kafka's admin APIs
+//! do. Retried commands are safe: creating a topic again with the same UUID (a client
+//! retrying after a leader change) succeeds with the original result, registering a node
+//! again updates it.
+//!
+//! Placement is part of applying `CreateTopic` and `CreatePartitions`: replicas go to live
+//! brokers, each new partition's leader to the broker leading the fewest partitions, its
+//! followers to the brokers holding the fewest replicas (ties broken by node id).
+
+use std::collections::BTreeMap;
+
+use runnel_config::{TopicConfig, validate_topic_name};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub type NodeId = u64;
+
+/// What a node does in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRoles {
+    /// A voter of the metadata quorum.
+    pub controller: bool,
+    /// Hosts partitions.
+    pub broker: bool,
+}
+
+/// A node as registered: its id, the address clients or peers use for each listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    pub kafka: String,
+    pub grpc: String,
+    pub cluster: String,
+    pub http: String,
+    pub roles: NodeRoles,
+    /// Whether the node is live; fenced nodes get no new replicas and lead nothing new.
+    pub alive: bool,
+}
+
+/// One partition's replica set and leadership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMeta {
+    pub replicas: Vec<NodeId>,
+    pub leader: Option<NodeId>,
+    pub leader_epoch: i32,
+    pub isr: Vec<NodeId>,
+}
+
+/// A topic: its id, its configuration overrides (Kafka names) and its partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMeta {
+    pub name: String,
+    pub id: Uuid,
+    pub configs: BTreeMap<String, String>,
+    pub partitions: Vec<PartitionMeta>,
+}
+
+/// Room for the Wasm functions subsystem (filled by its issue).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct FunctionSpec {
+    pub name: String,
+}
+
+/// Room for connectors (filled by their issue).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ConnectorSpec {
+    pub name: String,
+}
+
+/// Room for users (filled with authentication).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct UserSpec {
+    pub name: String,
+}
+
+/// Room for ACLs (filled with authorization).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AclSpec {
+    pub principal: String,
+}
+
+/// All cluster metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Metadata {
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    pub topics: BTreeMap<String, TopicMeta>,
+    pub functions: BTreeMap<String, FunctionSpec>,
+    pub connectors: BTreeMap<String, ConnectorSpec>,
+    pub users: BTreeMap<String, UserSpec>,
+    pub acls: Vec<AclSpec>,
+}
+
+/// A change to the metadata, as it is stored in the Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Adds a node or updates its addresses and roles; the node is marked alive.
+    RegisterNode(NodeInfo),
+    /// Marks a node alive or not (fenced).
+    SetNodeAlive {
+        id: NodeId,
+        alive: bool,
+    },
+    /// Creates a topic. The proposer draws `id`, so every voter stores the same UUID.
+    CreateTopic {
+        name: String,
+        id: Uuid,
+        partitions: u32,
+        replication_factor: u16,
+        configs: BTreeMap<String, String>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    /// Grows a topic to `total` partitions (never shrinks).
+    CreatePartitions {
+        name: String,
+        total: u32,
+    },
+    /// Sets and removes configuration overrides (Kafka's IncrementalAlterConfigs; a full
+    /// AlterConfigs removes every key it does not set).
+    AlterTopicConfigs {
+        name: String,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+    },
+}
+
+/// What an applied command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    NodeRegistered,
+    NodeAliveSet,
+    TopicCreated {
+        id: Uuid,
+        partitions: Vec<PartitionMeta>,
+    },
+    TopicDeleted {
+        id: Uuid,
+    },
+    PartitionsCreated {
+        added: Vec<PartitionMeta>,
+    },
+    ConfigsAltered,
+}
+
+/// Why a command was refused. Nothing of a refused command is applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MetadataError {
+    #[error("topic `{0}` already exists")]
+    TopicAlreadyExists(String),
+    #[error("unknown topic `{0}`")]
+    UnknownTopic(String),
+    #[error("invalid topic name `{name}`: {reason}")]
+    InvalidTopicName { name: String, reason: String },
+    #[error("invalid partition count: {0}")]
+    InvalidPartitions(String),
+    #[error("replication factor {requested} is larger than the {available} live broker(s)")]
+    InvalidReplicationFactor { requested: u16, available: usize },
+    #[error("{0}")]
+    InvalidConfig(String),
+    #[error("unknown node {0}")]
+    UnknownNode(NodeId),
+    #[error("node {id}: {reason}")]
+    InvalidNode { id: NodeId, reason: String },
+}
+
+/// The result of applying a command, as the Raft state machine returns it.
+pub type Response = Result<Applied, MetadataError>;
+
+/// Kafka's limits: at most this many partitions in one request.
+const MAX_PARTITIONS: u32 = 100_000;
+
+impl Metadata {
+    /// Applies one command. On error nothing changed.
+    pub fn apply(&mut self, command: &Command) -> Response {
+        match command {
+            Command::RegisterNode(node) => self.register_node(node),
+            Command::SetNodeAlive { id, alive } => {
+                let node = self
+                    .nodes
+                    .get_mut(id)
+                    .ok_or(MetadataError::UnknownNode(*id))?;
+                node.alive = *alive;
+                Ok(Applied::NodeAliveSet)
+            }
+            Command::CreateTopic {
+                name,
+                id,
+                partitions,
+                replication_factor,
+                configs,
+            } => self.create_topic(name, *id, *partitions, *replication_factor, configs),
+            Command::DeleteTopic { name } => {
+                let topic = self
+                    .topics
+                    .remove(name)
+                    .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
+                Ok(Applied::TopicDeleted { id: topic.id })
+            }
+            Command::CreatePartitions { name, total } => self.create_partitions(name, *total),
+            Command::AlterTopicConfigs { name, set, remove } => {
+                self.alter_topic_configs(name, set, remove)
+            }
+        }
+    }
+
+    /// Checks a command against the current state without applying it (Kafka's
+    /// `validate_only`).
+    pub fn validate(&self, command: &Command) -> Response {
+        self.clone().apply(command)
+    }
+
+    /// Live brokers, by id.
+    pub fn live_brokers(&self) -> Vec<NodeId> {
+        self.nodes
+            .values()
+            .filter(|n| n.alive && n.roles.broker)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    fn register_node(&mut self, node: &NodeInfo) -> Response {
+        if node.id == 0 {
+            return Err(MetadataError::InvalidNode {
+                id: 0,
+                reason: "node ids start at 1".to_string(),
+            });
+        }
+        let mut node = node.clone();
+        node.alive = true;
+        self.nodes.insert(node.id, node);
+        Ok(Applied::NodeRegistered)
+    }
+
+    fn create_topic(
+        &mut self,
+        name: &str,
+        id: Uuid,
+        partitions: u32,
+        replication_factor: u16,
+        configs: &BTreeMap<String, String>,
+    ) -> Response {
+        if let Some(existing) = self.topics.get(name) {
+            // The same creation arriving again (a retry) succeeds as it did the first time.
+            if existing.id == id {
+                return Ok(Applied::TopicCreated {
+                    id,
+                    partitions: existing.partitions.clone(),
+                });
+            }
+            return Err(MetadataError::TopicAlreadyExists(name.to_string()));
+        }
+        validate_topic_name(name).map_err(|reason| MetadataError::InvalidTopicName {
+            name: name.to_string(),
+            reason,
+        })?;
+        if partitions == 0 || partitions > MAX_PARTITIONS {
+            return Err(MetadataError::InvalidPartitions(format!(
+                "{partitions} partitions; a topic needs 1 to {MAX_PARTITIONS}"
+            )));
+        }
+        check_configs(configs)?;
+        let placed = self.place(partitions, replication_factor)?;
+        self.topics.insert(
+            name.to_string(),
+            TopicMeta {
+                name: name.to_string(),
+                id,
+                configs: configs.clone(),
+                partitions: placed.clone(),
+            },
+        );
+        Ok(Applied::TopicCreated {
+            id,
+            partitions: placed,
+        })
+    }
+
+    fn create_partitions(&mut self, name: &str, total: u32) -> Response {
+        let topic = self
+            .topics
+            .get(name)
+            .ok_or_else(|| MetadataError::UnknownTopic(name.to_string()))?;
+        let current = topic.partitions.len() as u32;
+        if total <= current {
+            return Err(MetadataError::InvalidPartitions(format!(
+                "topic `{name}` has {current} partitions; it can only grow, not to {total}"
+            )));
+        }
+        if total > MAX_PARTITIONS {
+            return Err(MetadataError::InvalidPartitions(format!(
+                "{total} partitions is more than {MAX_PARTITIONS}"
+            )));
+        }
+        let replication_factor = topic.partitions.first().map_or(1, |p| p.replicas.len()) as u16;
+        let added = self.place(total - current, replication_factor)?;
+        if let Some(topic) = self.topics.get_mut(name) {
+            topic.partitions.extend(added.iter().cloned());
+        }
+        Ok(Applied::PartitionsCreated { added })
+    }
+
+    fn alter_topic_configs(
+        &mut self,
+        name: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Response {
+        let topic = self
+            .topics
+            .get(name)
+            .ok_or_else(|| MetadataError::UnknownTopic(name.to_string()))?;
+        let mut configs = topic.configs.clone();
+        for key in remove {
+            if TopicConfig::default().get(key).is_none() {
+                return Err(MetadataError::InvalidConfig(format!(
+                    "unknown topic config `{key}`"
+                )));
+            }
+            configs.remove(key);
+        }
+        configs.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+        check_configs(&configs)?;
+        if let Some(topic) = self.topics.get_mut(name) {
+            topic.configs = configs;
+        }
+        Ok(Applied::ConfigsAltered)
+    }
+
+    /// Places `count` new partitions with `replication_factor` replicas on live brokers,
+    /// evening out leaders and replicas across them.
+    fn place(
+        &self,
+        count: u32,
+        replication_factor: u16,
+    ) -> Result<Vec<PartitionMeta>, MetadataError> {
+        let brokers = self.live_brokers();
+        if replication_factor == 0 || usize::from(replication_factor) > brokers.len() {
+            return Err(MetadataError::InvalidReplicationFactor {
+                requested: replication_factor,
+                available: brokers.len(),
+            });
+        }
+        let mut leaders: BTreeMap<NodeId, usize> = brokers.iter().map(|b| (*b, 0)).collect();
+        let mut replicas: BTreeMap<NodeId, usize> = leaders.clone();
+        for partition in self.topics.values().flat_map(|t| &t.partitions) {
+            if let Some(count) = partition.leader.and_then(|l| leaders.get_mut(&l)) {
+                *count += 1;
+            }
+            for replica in &partition.replicas {
+                if let Some(count) = replicas.get_mut(replica) {
+                    *count += 1;
+                }
+            }
+        }
+        let mut placed = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let leader = *brokers
+                .iter()
+                .min_by_key(|b| (leaders[b], replicas[b], **b))
+                .expect("at least one broker: checked above");
+            let mut followers: Vec<NodeId> =
+                brokers.iter().copied().filter(|b| *b != leader).collect();
+            followers.sort_by_key(|b| (replicas[b], *b));
+            followers.truncate(usize::from(replication_factor) - 1);
+            let mut set = vec![leader];
+            set.extend(followers);
+            *leaders.entry(leader).or_default() += 1;
+            for replica in &set {
+                *replicas.entry(*replica).or_default() += 1;
+            }
+            placed.push(PartitionMeta {
+                replicas: set.clone(),
+                leader: Some(leader),
+                leader_epoch: 0,
+                isr: set,
+            });
+        }
+        Ok(placed)
+    }
+}
+
+fn check_configs(configs: &BTreeMap<String, String>) -> Result<(), MetadataError> {
+    TopicConfig::with_overrides(
+        &TopicConfig::default(),
+        configs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )
+    .map(|_| ())
+    .map_err(|e| MetadataError::InvalidConfig(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: NodeId) -> NodeInfo {
+        NodeInfo {
+            id,
+            kafka: format!("127.0.0.1:{}", 9092 + id * 10),
+            grpc: format!("127.0.0.1:{}", 9093 + id * 10),
+            cluster: format!("127.0.0.1:{}", 9094 + id * 10),
+            http: format!("127.0.0.1:{}", 9644 + id * 10),
+            roles: NodeRoles {
+                controller: true,
+                broker: true,
+            },
+            alive: true,
+        }
+    }
+
+    fn cluster(nodes: u64) -> Metadata {
+        let mut metadata = Metadata::default();
+        for id in 1..=nodes {
+            metadata.apply(&Command::RegisterNode(node(id))).unwrap();
+        }
+        metadata
+    }
+
+    fn create(name: &str, partitions: u32, replication_factor: u16) -> Command {
+        Command::CreateTopic {
+            name: name.to_string(),
+            id: Uuid::new_v4(),
+            partitions,
+            replication_factor,
+            configs: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn topics_follow_kafkas_rules() {
+        let mut metadata = cluster(3);
+        for bad in ["", ".", "..", "has space", "slash/", &"x".repeat(250)] {
+            assert!(
+                matches!(
+                    metadata.apply(&create(bad, 1, 1)),
+                    Err(MetadataError::InvalidTopicName { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            metadata.apply(&create("t", 0, 1)),
+            Err(MetadataError::InvalidPartitions(_))
+        ));
+        assert!(matches!(
+            metadata.apply(&create("t", 1, 4)),
+            Err(MetadataError::InvalidReplicationFactor {
+                requested: 4,
+                available: 3
+            })
+        ));
+        let bad_config = Command::CreateTopic {
+            name: "t".into(),
+            id: Uuid::new_v4(),
+            partitions: 1,
+            replication_factor: 1,
+            configs: [("retention.ms".to_string(), "soon".to_string())].into(),
+        };
+        let error = metadata.apply(&bad_config).unwrap_err();
+        assert!(error.to_string().contains("retention.ms"), "{error}");
+        assert!(
+            metadata.topics.is_empty(),
+            "refused commands change nothing"
+        );
+
+        metadata.apply(&create("Usuarios", 2, 3)).unwrap();
+        assert!(matches!(
+            metadata.apply(&create("Usuarios", 2, 3)),
+            Err(MetadataError::TopicAlreadyExists(_))
+        ));
+    }
+
+    #[test]
+    fn a_retried_creation_succeeds_with_the_same_result() {
+        let mut metadata = cluster(1);
+        let command = create("orders", 3, 1);
+        let first = metadata.apply(&command).unwrap();
+        assert_eq!(metadata.apply(&command).unwrap(), first);
+        assert_eq!(metadata.topics.len(), 1);
+    }
+
+    #[test]
+    fn leaders_and_replicas_spread_evenly() {
+        let mut metadata = cluster(3);
+        metadata.apply(&create("a", 6, 2)).unwrap();
+        metadata.apply(&create("b", 3, 3)).unwrap();
+        let mut leaders = BTreeMap::<NodeId, usize>::new();
+        let mut replicas = BTreeMap::<NodeId, usize>::new();
+        for partition in metadata.topics.values().flat_map(|t| &t.partitions) {
+            *leaders.entry(partition.leader.unwrap()).or_default() += 1;
+            for r in &partition.replicas {
+                *replicas.entry(*r).or_default() += 1;
+            }
+            assert_eq!(partition.replicas[0], partition.leader.unwrap());
+            assert_eq!(partition.isr, partition.replicas);
+            let mut unique = partition.replicas.clone();
+            unique.dedup();
+            assert_eq!(unique.len(), partition.replicas.len());
+        }
+        assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![3, 3, 3]);
+        assert_eq!(
+            replicas.values().copied().collect::<Vec<_>>(),
+            vec![7, 7, 7]
+        );
+    }
+
+    #[test]
+    fn fenced_brokers_get_nothing_new() {
+        let mut metadata = cluster(3);
+        metadata
+            .apply(&Command::SetNodeAlive {
+                id: 2,
+                alive: false,
+            })
+            .unwrap();
+        metadata.apply(&create("a", 4, 2)).unwrap();
+        assert!(
+            metadata.topics["a"]
+                .partitions
+                .iter()
+                .all(|p| !p.replicas.contains(&2))
+        );
+    }
+
+    #[test]
+    fn partitions_only_grow_and_configs_are_checked() {
+        let mut metadata = cluster(2);
+        metadata.apply(&create("t", 2, 2)).unwrap();
+        let grow = |total| Command::CreatePartitions {
+            name: "t".into(),
+            total,
+        };
+        assert!(matches!(
+            metadata.apply(&grow(2)),
+            Err(MetadataError::InvalidPartitions(_))
+        ));
+        assert!(matches!(
+            metadata.apply(&grow(1)),
+            Err(MetadataError::InvalidPartitions(_))
+        ));
+        let Applied::PartitionsCreated { added } = metadata.apply(&grow(5)).unwrap() else {
+            panic!("partitions created")
+        };
+        assert_eq!(added.len(), 3);
+        assert_eq!(metadata.topics["t"].partitions.len(), 5);
+        assert!(added.iter().all(|p| p.replicas.len() == 2));
+
+        let alter = |set: &[(&str, &str)], remove: &[&str]| Command::AlterTopicConfigs {
+            name: "t".into(),
+            set: set
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            remove: remove.iter().map(|k| k.to_string()).collect(),
+        };
+        metadata
+            .apply(&alter(&[("cleanup.policy", "compact")], &[]))
+            .unwrap();
+        assert!(
+            metadata
+                .apply(&alter(&[("segment.bytes", "1")], &[]))
+                .is_err()
+        );
+        assert!(metadata.apply(&alter(&[], &["colour"])).is_err());
+        assert_eq!(metadata.topics["t"].configs["cleanup.policy"], "compact");
+        metadata.apply(&alter(&[], &["cleanup.policy"])).unwrap();
+        assert!(metadata.topics["t"].configs.is_empty());
+        assert!(matches!(
+            metadata.apply(&Command::DeleteTopic {
+                name: "nope".into()
+            }),
+            Err(MetadataError::UnknownTopic(_))
+        ));
+        metadata
+            .apply(&Command::DeleteTopic { name: "t".into() })
+            .unwrap();
+        assert!(metadata.topics.is_empty());
+    }
+
+    #[test]
+    fn validate_changes_nothing() {
+        let metadata = cluster(1);
+        let before = metadata.clone();
+        assert!(metadata.validate(&create("t", 1, 1)).is_ok());
+        assert_eq!(metadata, before);
+    }
+}
