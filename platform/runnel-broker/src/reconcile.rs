@@ -6,11 +6,14 @@
 //! computed from the whole state). A failed step is logged and retried with the next
 //! version or after a short delay; it never stops the loop.
 //!
-//! Deleting is by name: a topic deleted and created again under the same name while this
-//! node was away keeps its old local data, because partition directories do not record the
-//! topic's UUID yet.
+//! Deleting is deliberate: a partition is deleted only when it leaves the metadata between
+//! two versions this node has seen (its topic was deleted, or it moved away). A local
+//! partition the metadata has never listed (a *stray*, say data from another cluster or
+//! from before the metadata was reset) is reported and left alone, never deleted on a guess.
+//! Partition directories do not record the topic's UUID yet, so a topic deleted and created
+//! again under the same name while this node was away keeps its old local data.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +29,8 @@ pub struct Plan {
     pub create: Vec<(TopicPartition, TopicConfig)>,
     pub reconfigure: Vec<(TopicPartition, TopicConfig)>,
     pub delete: Vec<TopicPartition>,
+    /// Local partitions the metadata has never given this node: reported, kept.
+    pub strays: Vec<TopicPartition>,
 }
 
 impl Plan {
@@ -66,12 +71,14 @@ pub fn hosted(
 }
 
 /// Compares what the metadata wants with what is local (`local`: partition -> its current
-/// config).
+/// config). `previously_hosted` is what the last metadata version seen gave this node
+/// (empty at start): only those partitions may be deleted.
 pub fn plan(
     metadata: &Metadata,
     node: NodeId,
     defaults: &TopicConfig,
     local: &BTreeMap<TopicPartition, TopicConfig>,
+    previously_hosted: &BTreeSet<TopicPartition>,
 ) -> Plan {
     let wanted = hosted(metadata, node, defaults);
     let mut plan = Plan::default();
@@ -85,8 +92,13 @@ pub fn plan(
         }
     }
     for tp in local.keys() {
-        if !wanted.contains_key(tp) {
+        if wanted.contains_key(tp) {
+            continue;
+        }
+        if previously_hosted.contains(tp) {
             plan.delete.push(tp.clone());
+        } else {
+            plan.strays.push(tp.clone());
         }
     }
     plan
@@ -149,9 +161,23 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     const RETRY: Duration = Duration::from_secs(1);
+    let mut previously_hosted = BTreeSet::new();
+    let mut reported_strays = BTreeSet::new();
     loop {
         let current = metadata.borrow_and_update().clone();
-        let plan = plan(&current, node, log.defaults(), &local_partitions(&log));
+        let mut plan = plan(
+            &current,
+            node,
+            log.defaults(),
+            &local_partitions(&log),
+            &previously_hosted,
+        );
+        for tp in std::mem::take(&mut plan.strays) {
+            if reported_strays.insert(tp.clone()) {
+                tracing::warn!(topic = %tp.topic, partition = tp.partition, "stray partition: not in the cluster metadata, left untouched");
+            }
+        }
+        previously_hosted = hosted(&current, node, log.defaults()).into_keys().collect();
         let failures = if plan.is_empty() {
             0
         } else {
@@ -211,11 +237,25 @@ mod tests {
         let metadata = metadata_with(3, &[("a", 3, 1), ("b", 1, 3)]);
         let defaults = TopicConfig::default();
         let stale = TopicPartition::new("gone", 0);
-        let local = BTreeMap::from([(stale.clone(), defaults.clone())]);
+        let stray = TopicPartition::new("never-known", 0);
+        let local = BTreeMap::from([
+            (stale.clone(), defaults.clone()),
+            (stray.clone(), defaults.clone()),
+        ]);
+        let previously = BTreeSet::from([stale.clone()]);
         let mut created = 0;
         for node in 1..=3 {
-            let plan = plan(&metadata, node, &defaults, &local);
-            assert_eq!(plan.delete, vec![stale.clone()]);
+            let plan = plan(&metadata, node, &defaults, &local, &previously);
+            assert_eq!(
+                plan.delete,
+                vec![stale.clone()],
+                "it left the metadata: deleted"
+            );
+            assert_eq!(
+                plan.strays,
+                vec![stray.clone()],
+                "never in the metadata: kept"
+            );
             assert!(plan.create.iter().all(|(_, c)| c.cleanup_policy.compact));
             assert!(
                 plan.create.iter().any(|(tp, _)| tp.topic == "b"),
@@ -235,10 +275,11 @@ mod tests {
         let metadata = metadata_with(1, &[("a", 1, 1)]);
         let defaults = TopicConfig::default();
         let settled = hosted(&metadata, 1, &defaults);
-        assert!(plan(&metadata, 1, &defaults, &settled).is_empty());
+        let none = BTreeSet::new();
+        assert!(plan(&metadata, 1, &defaults, &settled, &none).is_empty());
         let mut outdated = settled.clone();
         outdated.values_mut().for_each(|c| *c = defaults.clone());
-        let plan = plan(&metadata, 1, &defaults, &outdated);
+        let plan = plan(&metadata, 1, &defaults, &outdated, &none);
         assert_eq!(plan.reconfigure.len(), 1);
         assert!(plan.create.is_empty() && plan.delete.is_empty());
     }
