@@ -15,7 +15,7 @@ Configuration layers, each overriding the one before:
   built-in defaults < the file (`start`) < RUNNEL_<SECTION>__<KEY> variables < flags
 Keys are <section>.<field>, e.g. node.id, node.data_dir, http.listen, log.segment_bytes;
 deploy/runnel.toml lists every key with its default.
-Log level: RUST_LOG (default `info`), e.g. RUST_LOG=runnel_log=debug.";
+Log level: RUST_LOG (default `info,openraft=warn`), e.g. RUST_LOG=runnel_log=debug.";
 
 /// Runnel: a Kafka-compatible event-streaming platform.
 #[derive(Debug, Parser)]

@@ -23,7 +23,7 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics;
+use crate::{admin, metrics};
 
 /// How long [`HttpServer::stop`] waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,6 +62,7 @@ impl HttpServer {
         listen: SocketAddr,
         readiness: Readiness,
         registry: Arc<Registry>,
+        controller: admin::ControllerSlot,
         on_failure: CancellationToken,
     ) -> anyhow::Result<HttpServer> {
         let listener = tokio::net::TcpListener::bind(listen)
@@ -70,10 +71,13 @@ impl HttpServer {
         let local_addr = listener
             .local_addr()
             .context("read the address of the http listener")?;
-        let router = router(AppState {
-            readiness,
-            registry,
-        });
+        let router = router(
+            AppState {
+                readiness,
+                registry,
+            },
+            controller,
+        );
         let stop = CancellationToken::new();
         let serve =
             axum::serve(listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
@@ -117,12 +121,24 @@ impl HttpServer {
     }
 }
 
-fn router(state: AppState) -> Router {
+fn router(state: AppState, controller: admin::ControllerSlot) -> Router {
+    let admin = Router::new()
+        .route("/v1/cluster", get(admin::cluster))
+        .route(
+            "/v1/topics",
+            get(admin::list_topics).post(admin::create_topic),
+        )
+        .route(
+            "/v1/topics/{name}",
+            axum::routing::delete(admin::delete_topic),
+        )
+        .with_state(controller);
     Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .with_state(state)
+        .merge(admin)
 }
 
 async fn live() -> &'static str {

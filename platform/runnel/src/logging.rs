@@ -1,4 +1,4 @@
-//! Diagnostic logging: `tracing` to stderr, filtered by `RUST_LOG` (default `info`).
+//! Diagnostic logging: `tracing` to stderr, filtered by `RUST_LOG` (default `info,openraft=warn`).
 //!
 //! `RUST_LOG` rather than a `RUNNEL_*` variable, because every `RUNNEL_*` variable is read as
 //! a configuration key. Stdout is kept for the startup banner. Colours only on a terminal.
@@ -7,7 +7,8 @@ use std::io::IsTerminal as _;
 
 use tracing_subscriber::EnvFilter;
 
-const DEFAULT_FILTER: &str = "info";
+/// openraft logs every election and heartbeat change at info; warnings are enough by default.
+const DEFAULT_FILTER: &str = "info,openraft=warn";
 
 /// Installs the global subscriber. A `RUST_LOG` that does not parse falls back to the default
 /// filter, with a warning, rather than stopping the node.

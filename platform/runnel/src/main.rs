@@ -5,6 +5,7 @@
 //! cleanly, `2` for a bad command line or configuration (one `error: ...` line on stderr),
 //! `130` when a second Ctrl-C/SIGTERM cut a shutdown short.
 
+mod admin;
 mod banner;
 mod cli;
 mod http;

@@ -11,6 +11,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
+use runnel_controller::ControllerStatus;
 use runnel_log::LogMetrics;
 
 /// The content type of the OpenMetrics text format that `/metrics` serves.
@@ -20,7 +21,11 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 type BuildInfo = Family<[(&'static str, &'static str); 1], Gauge>;
 
 /// Builds the registry for a node started at `started`.
-pub fn node_registry(log: &LogMetrics, started: Instant) -> Registry {
+pub fn node_registry(
+    log: &LogMetrics,
+    started: Instant,
+    controller: &crate::admin::ControllerSlot,
+) -> Registry {
     let mut registry = Registry::default();
 
     let build_info = BuildInfo::default();
@@ -39,7 +44,70 @@ pub fn node_registry(log: &LogMetrics, started: Instant) -> Registry {
         Uptime { started },
     );
     log.register(&mut registry);
+    let gauges: [(&str, &str, ReadStatus); 5] = [
+        ("term", "Raft term of the metadata quorum", |s| {
+            s.term as f64
+        }),
+        (
+            "leader_id",
+            "Node id of the controller leader, 0 if none is known",
+            |s| s.leader.unwrap_or(0) as f64,
+        ),
+        (
+            "is_leader",
+            "1 if this node leads the metadata quorum",
+            |s| f64::from(u8::from(s.is_leader)),
+        ),
+        ("log_index", "Last index of this node's metadata log", |s| {
+            s.log_index as f64
+        }),
+        (
+            "applied_index",
+            "Last metadata log index applied on this node",
+            |s| s.applied_index as f64,
+        ),
+    ];
+    let controller_metrics = registry.sub_registry_with_prefix("runnel_controller");
+    for (name, help, read) in gauges {
+        controller_metrics.register(
+            name,
+            help,
+            ControllerGauge {
+                controller: controller.clone(),
+                read,
+            },
+        );
+    }
     registry
+}
+
+/// Reads one value out of the controller's status.
+type ReadStatus = fn(&ControllerStatus) -> f64;
+
+/// A controller gauge, read at scrape time; 0 until the controller has started.
+struct ControllerGauge {
+    controller: crate::admin::ControllerSlot,
+    read: ReadStatus,
+}
+
+impl std::fmt::Debug for ControllerGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControllerGauge")
+    }
+}
+
+impl EncodeMetric for ControllerGauge {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let value = self
+            .controller
+            .get()
+            .map_or(0.0, |controller| (self.read)(&controller.status()));
+        encoder.encode_gauge(&value)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
 }
 
 /// Encodes every metric of `registry` in the OpenMetrics text format.
@@ -73,7 +141,7 @@ mod tests {
     fn the_registry_holds_node_and_log_metrics() {
         let log = LogMetrics::default();
         log.partitions.set(3);
-        let text = encode(&node_registry(&log, Instant::now())).unwrap();
+        let text = encode(&node_registry(&log, Instant::now(), &Default::default())).unwrap();
         let version = env!("CARGO_PKG_VERSION");
         assert!(
             text.contains(&format!("runnel_build_info{{version=\"{version}\"}} 1\n")),

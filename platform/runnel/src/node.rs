@@ -5,8 +5,12 @@
 //! 2. bind the HTTP listener (liveness answers from here on, readiness says 503);
 //! 3. open the log under `<node.data_dir>/partitions`, recovering every partition; one that
 //!    fails to open stays offline and is counted in the banner, the rest serve;
-//! 4. start the log's retention and compaction schedule;
-//! 5. mark the node ready and print the banner (see [`crate::banner`]).
+//! 4. start the controller (a one-voter metadata quorum under `<data dir>/controller`: it
+//!    initializes itself on first start and recovers the metadata after a restart), wait
+//!    until it has applied its whole log, register this node, and start reconciling local
+//!    partitions with the metadata;
+//! 5. start the log's retention and compaction schedule;
+//! 6. mark the node ready and print the banner (see [`crate::banner`]).
 //!
 //! The Kafka, gRPC and cluster listeners are not bound yet: later releases add them.
 //!
@@ -33,6 +37,9 @@ use runnel_log::{LogManager, LogMetrics};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use runnel_controller::{Controller, NodeInfo, NodeRoles};
+
+use crate::admin::ControllerSlot;
 use crate::banner::{Banner, ComingListener};
 use crate::http::{HttpServer, Readiness};
 use crate::{metrics, signals};
@@ -67,12 +74,18 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     );
 
     let log_metrics = Arc::new(LogMetrics::default());
-    let registry = Arc::new(metrics::node_registry(&log_metrics, started));
+    let controller_slot: ControllerSlot = Arc::default();
+    let registry = Arc::new(metrics::node_registry(
+        &log_metrics,
+        started,
+        &controller_slot,
+    ));
     let readiness = Readiness::default();
     let http = HttpServer::start(
         config.http.listen,
         readiness.clone(),
         registry,
+        controller_slot.clone(),
         shutdown.clone(),
     )
     .await?;
@@ -88,7 +101,23 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
             return Err(error);
         }
     };
+    let controller = match start_controller(&config, &data_dir, http.local_addr()).await {
+        Ok(controller) => controller,
+        Err(error) => {
+            log.close_all().await.ok();
+            http.stop().await.ok();
+            return Err(error);
+        }
+    };
+    // Set once, right here; nothing else sets it.
+    let _ = controller_slot.set(controller.clone());
     let stop_maintenance = CancellationToken::new();
+    let reconcile = tokio::spawn(runnel_broker::reconcile::run(
+        log.clone(),
+        config.node.id,
+        controller.subscribe(),
+        stop_maintenance.clone(),
+    ));
     let maintenance = log.spawn_maintenance(
         interval(config.log.retention_check_interval_ms),
         interval(config.log.cleaner_interval_ms),
@@ -134,6 +163,10 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     if let Err(error) = maintenance.await {
         tracing::error!(%error, "the log maintenance task failed");
     }
+    if let Err(error) = reconcile.await {
+        tracing::error!(%error, "the partition reconciliation task failed");
+    }
+    controller.shutdown().await;
     let http_result = http.stop().await;
     log.close_all()
         .await
@@ -141,6 +174,35 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     http_result?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the controller (a single voter for now) under `<data dir>/controller` and
+/// registers this node with its advertised addresses.
+async fn start_controller(
+    config: &NodeConfig,
+    data_dir: &std::path::Path,
+    http: std::net::SocketAddr,
+) -> anyhow::Result<Arc<Controller>> {
+    let node = NodeInfo {
+        id: config.node.id,
+        kafka: config.kafka.advertised_address(),
+        grpc: config.grpc.advertised_address(),
+        cluster: config.cluster.advertised_address(),
+        http: config
+            .http
+            .advertised
+            .clone()
+            .unwrap_or_else(|| http.to_string()),
+        roles: NodeRoles {
+            controller: true,
+            broker: true,
+        },
+        alive: true,
+    };
+    let controller = Controller::start_single(&data_dir.join("controller"), node)
+        .await
+        .with_context(|| format!("start the controller in {}/controller", data_dir.display()))?;
+    Ok(Arc::new(controller))
 }
 
 async fn open_log(config: &NodeConfig, metrics: Arc<LogMetrics>) -> anyhow::Result<LogManager> {

@@ -111,6 +111,10 @@ impl Node {
             .unwrap_or_else(|| panic!("no banner line starting {prefix:?} in {:?}", self.banner))
     }
 
+    fn request(&self, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
+        http_request(self.http, method, path, body)
+    }
+
     fn get(&self, path: &str) -> HttpResponse {
         http_get(self.http, path)
     }
@@ -173,14 +177,21 @@ impl HttpResponse {
 
 /// A minimal HTTP/1.1 GET: one request per connection, `Connection: close`, read to the end.
 fn http_get(address: SocketAddr, path: &str) -> HttpResponse {
+    http_request(address, "GET", path, None)
+}
+
+/// One HTTP/1.1 request with an optional JSON body, over a fresh connection.
+fn http_request(address: SocketAddr, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
     let mut stream =
         TcpStream::connect_timeout(&address, Duration::from_secs(5)).expect("connect to http");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("set read timeout");
+    let body = body.unwrap_or("");
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .expect("send the request");
     let mut response = Vec::new();
@@ -458,4 +469,116 @@ fn a_data_dir_that_is_a_file_exits_1_naming_the_key() {
         1,
         "each cause once:\n{stderr}"
     );
+}
+
+#[test]
+fn topics_created_through_the_admin_api_get_partitions_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let args = dev_args(&data_dir);
+    let mut node = Node::start(dir.path(), &as_strs(&args));
+
+    let created = node.request(
+        "POST",
+        "/v1/topics",
+        Some(r#"{"name": "Usuarios", "partitions": 2, "configs": {"cleanup.policy": "compact"}}"#),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert!(created.body.contains("\"Usuarios\""), "{}", created.body);
+    let again = node.request(
+        "POST",
+        "/v1/topics",
+        Some(r#"{"name": "Usuarios", "partitions": 2}"#),
+    );
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert!(again.body.contains("already exists"), "{}", again.body);
+    for (body, needle) in [
+        (
+            r#"{"name": "bad name", "partitions": 1}"#,
+            "invalid topic name",
+        ),
+        (r#"{"name": "t", "partitions": 0}"#, "partition"),
+        (
+            r#"{"name": "t", "partitions": 1, "replication_factor": 3}"#,
+            "replication factor",
+        ),
+        (
+            r#"{"name": "t", "partitions": 1, "configs": {"retention.ms": "soon"}}"#,
+            "retention.ms",
+        ),
+        (r#"{"partitions": 1}"#, "name"),
+    ] {
+        let refused = node.request("POST", "/v1/topics", Some(body));
+        assert_eq!(refused.status, 400, "{body}: {}", refused.body);
+        assert!(refused.body.contains(needle), "{body}: {}", refused.body);
+    }
+
+    // The broker reconciles: both partitions exist on disk.
+    let partition = |p: u32| data_dir.join("partitions").join(format!("Usuarios-{p}"));
+    wait_until(
+        || partition(0).is_dir() && partition(1).is_dir(),
+        "partitions created",
+    );
+    let metrics = node.get("/metrics").body;
+    for name in [
+        "runnel_controller_term",
+        "runnel_controller_is_leader 1",
+        "runnel_controller_applied_index",
+    ] {
+        assert!(metrics.contains(name), "{name} in\n{metrics}");
+    }
+    let cluster = node.get("/v1/cluster");
+    assert_eq!(cluster.status, 200);
+    assert!(cluster.body.contains("\"leader\":1"), "{}", cluster.body);
+
+    node.signal(libc::SIGTERM);
+    assert_eq!(
+        node.wait_for_exit().code(),
+        Some(0),
+        "stderr:\n{}",
+        node.stderr()
+    );
+
+    // After a restart the metadata comes back from the controller's disk.
+    let mut node = Node::start(dir.path(), &as_strs(&args));
+    let topics = node.get("/v1/topics");
+    assert_eq!(topics.status, 200);
+    assert!(
+        topics.body.contains("\"Usuarios\"") && topics.body.contains("compact"),
+        "{}",
+        topics.body
+    );
+    assert!(
+        node.banner_line("data: ").contains("(2 partitions open)"),
+        "{}",
+        node.banner_line("data: ")
+    );
+
+    let deleted = node.request("DELETE", "/v1/topics/Usuarios", None);
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    wait_until(
+        || !partition(0).exists() && !partition(1).exists(),
+        "partitions deleted",
+    );
+    let unknown = node.request("DELETE", "/v1/topics/Usuarios", None);
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+
+    node.signal(libc::SIGTERM);
+    assert_eq!(
+        node.wait_for_exit().code(),
+        Some(0),
+        "stderr:\n{}",
+        node.stderr()
+    );
+}
+
+fn wait_until(condition: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
