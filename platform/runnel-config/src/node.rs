@@ -28,6 +28,7 @@
 //! [`NodeConfig::validate`] does no I/O: whether a directory is writable or a port is free is
 //! found out by whoever opens it.
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -50,6 +51,7 @@ pub const NODE_CONFIG_KEYS: &[&str] = &[
     "cluster.advertised",
     "http.listen",
     "http.advertised",
+    "controller.voters",
     "log.segment_bytes",
     "log.segment_ms",
     "log.retention_ms",
@@ -142,8 +144,54 @@ pub struct NodeConfig {
     pub cluster: ListenerSection,
     /// `[http]`: metrics, health checks and the console. Default `127.0.0.1:9644`.
     pub http: ListenerSection,
+    /// `[controller]`: the metadata quorum.
+    pub controller: ControllerSection,
     /// `[log]`: defaults for every topic and the log manager's schedule.
     pub log: LogSection,
+}
+
+/// `[controller]`: the Raft quorum that owns the cluster metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct ControllerSection {
+    /// `controller.voters`: the voters of the metadata quorum, comma-separated
+    /// `id@host:port` with each voter's cluster address, the same list on every voter, e.g.
+    /// `1@10.0.0.1:9094,2@10.0.0.2:9094,3@10.0.0.3:9094`. This node must be one of them
+    /// (broker-only nodes joining as learners come later). Empty (the default): this node
+    /// alone is the quorum, as in `runnel dev`.
+    pub voters: String,
+}
+
+impl ControllerSection {
+    /// The voters by node id, or why the list is malformed.
+    pub fn voters(&self) -> Result<BTreeMap<u64, String>, String> {
+        let mut voters = BTreeMap::new();
+        for entry in self
+            .voters
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
+            let (id, address) = entry
+                .split_once('@')
+                .ok_or_else(|| format!("`{entry}` is not `id@host:port`"))?;
+            let id: u64 = id
+                .parse()
+                .ok()
+                .filter(|id| *id >= 1)
+                .ok_or_else(|| format!("`{id}` in `{entry}` is not a node id (1 or more)"))?;
+            if address
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                return Err(format!("`{address}` in `{entry}` is not host:port"));
+            }
+            if voters.insert(id, address.to_string()).is_some() {
+                return Err(format!("node {id} is listed twice"));
+            }
+        }
+        Ok(voters)
+    }
 }
 
 /// `[node]`: who this node is and where it keeps its data.
@@ -373,6 +421,7 @@ impl Default for NodeConfig {
             grpc: ListenerSection::on_localhost(9093),
             cluster: ListenerSection::on_localhost(9094),
             http: ListenerSection::on_localhost(9644),
+            controller: ControllerSection::default(),
             log: LogSection::default(),
         }
     }
@@ -512,6 +561,21 @@ impl NodeConfig {
 
         problems.extend(self.log.problems());
 
+        match self.controller.voters() {
+            Err(reason) => problems.push(ConfigProblem {
+                key: "controller.voters".to_string(),
+                reason,
+            }),
+            Ok(voters) if !voters.is_empty() && !voters.contains_key(&self.node.id) => problems
+                .push(ConfigProblem {
+                    key: "controller.voters".to_string(),
+                    reason: format!(
+                        "node.id {} is not among the voters; every node is a voter for now",
+                        self.node.id
+                    ),
+                }),
+            Ok(_) => {}
+        }
         if problems.is_empty() {
             Ok(())
         } else {

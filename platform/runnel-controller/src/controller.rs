@@ -1,18 +1,20 @@
 //! A node's controller: the Raft member that holds the metadata log.
 //!
-//! [`Controller::start_single`] runs the one-voter quorum of `runnel dev`: on first start it
-//! initializes a cluster of itself, on every start it waits until it leads and has applied
-//! everything in its log, then registers its node (addresses may have changed). After a
-//! restart the metadata comes back from the snapshot and the log on disk.
+//! [`Controller::start`] opens the storage and starts the Raft node for a set of voters
+//! (just this node in `runnel dev`). On first start every voter initializes the same
+//! membership, which openraft accepts from any or all of them; after a restart the metadata
+//! comes back from the snapshot and the log on disk, and the rest from the leader.
+//! [`Controller::wait_ready`] then waits for a leader, registers this node (addresses may
+//! have changed) and waits until this node has applied the log up to that registration:
+//! from then on its metadata is current, and the node reports ready.
 //!
-//! Changes go through [`Controller::propose`]: the command is appended to the Raft log,
-//! committed by the quorum, applied by every member's state machine, and its outcome
-//! returned. A command the metadata refuses comes back as [`ControllerError::Rejected`]
-//! with the reason; nothing of it was applied.
-//!
-//! Multi-node quorums need the cluster RPC (vote, append entries, install snapshot over the
-//! internal port), which is not built yet: the network here knows no peers, which is
-//! exactly right for a single voter and refuses anything else.
+//! Changes go through [`Controller::propose`]. On the leader the command is appended,
+//! committed by the quorum and applied; on a follower it is forwarded to the leader over
+//! the cluster RPC (a [`Forwarder`]). Either way the call returns once the command is
+//! applied *here* too, so a read of the metadata right after sees it. A command the
+//! metadata refuses comes back as [`ControllerError::Rejected`]; a command not committed
+//! within [`PROPOSE_TIMEOUT`] (no quorum) as [`ControllerError::Unavailable`] — it may still
+//! commit later, and a retry of a creation with the same UUID is safe.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,12 +30,22 @@ use openraft::raft::{
 use openraft::{BasicNode, Raft};
 use tokio::sync::watch;
 
-use crate::metadata::{Applied, Command, Metadata, MetadataError, NodeId, NodeInfo};
+use crate::metadata::{Applied, Command, Metadata, MetadataError, NodeId, NodeInfo, Response};
 use crate::store::{StoreError, open_storage};
 use crate::types::TypeConfig;
 
-/// How long starting waits for the single voter to lead and catch up.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a proposal may take to commit before the caller is told there is no quorum.
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends a command to the leader and returns the outcome with its log index.
+pub type ForwardFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(Response, u64), ControllerError>> + Send>,
+>;
+
+/// Forwards proposals from a follower to the leader (the cluster RPC implements it).
+pub trait Forwarder: Send + Sync + 'static {
+    fn forward(&self, leader: NodeId, address: String, command: Command) -> ForwardFuture;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -73,9 +85,10 @@ pub struct ControllerStatus {
 }
 
 pub struct Controller {
-    node_id: NodeId,
+    node: NodeInfo,
     raft: Raft<TypeConfig>,
     metadata: watch::Receiver<Arc<Metadata>>,
+    forwarder: Option<Arc<dyn Forwarder>>,
 }
 
 fn raft_config() -> Result<Arc<openraft::Config>, ControllerError> {
@@ -95,71 +108,117 @@ fn raft_config() -> Result<Arc<openraft::Config>, ControllerError> {
 }
 
 impl Controller {
-    /// Starts the one-voter controller of `runnel dev` with its state in `dir`.
+    /// Starts the one-voter controller of `runnel dev` with its state in `dir`, ready.
     pub async fn start_single(dir: &Path, node: NodeInfo) -> Result<Controller, ControllerError> {
+        let controller = Controller::start(dir, node, BTreeMap::new(), NoPeers, None).await?;
+        controller.wait_ready(PROPOSE_TIMEOUT * 6).await?;
+        Ok(controller)
+    }
+
+    /// Opens the storage and starts the Raft node with `voters` (id -> cluster address;
+    /// empty: this node alone). Returns at once; see [`Controller::wait_ready`].
+    pub async fn start<N: RaftNetworkFactory<TypeConfig>>(
+        dir: &Path,
+        node: NodeInfo,
+        voters: BTreeMap<NodeId, String>,
+        network: N,
+        forwarder: Option<Arc<dyn Forwarder>>,
+    ) -> Result<Controller, ControllerError> {
         let (log_store, state_machine) = open_storage(dir).await?;
         let metadata = state_machine.subscribe();
-        let raft = Raft::new(node.id, raft_config()?, NoPeers, log_store, state_machine)
+        let raft = Raft::new(node.id, raft_config()?, network, log_store, state_machine)
             .await
             .map_err(|e| ControllerError::Unavailable(e.to_string()))?;
         let unavailable = |e: &dyn std::fmt::Display| ControllerError::Unavailable(e.to_string());
         let initialized = raft.is_initialized().await.map_err(|e| unavailable(&e))?;
         if !initialized {
-            let members = BTreeMap::from([(
-                node.id,
-                BasicNode {
-                    addr: node.cluster.clone(),
-                },
-            )]);
-            raft.initialize(members)
-                .await
-                .map_err(|e| unavailable(&e))?;
+            let members: BTreeMap<NodeId, BasicNode> = if voters.is_empty() {
+                BTreeMap::from([(node.id, BasicNode::new(&node.cluster))])
+            } else {
+                voters
+                    .iter()
+                    .map(|(id, address)| (*id, BasicNode::new(address)))
+                    .collect()
+            };
+            // Every voter may initialize the same membership; one that already learned
+            // it from another voter is told so, which is fine.
+            if let Err(error) = raft.initialize(members).await {
+                tracing::info!(%error, "controller membership already initialized");
+            }
         }
-        raft.wait(Some(START_TIMEOUT))
-            .current_leader(node.id, "the single voter leads")
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let controller = Controller {
-            node_id: node.id,
+        Ok(Controller {
+            node,
             raft,
             metadata,
-        };
-        controller.wait_caught_up(START_TIMEOUT).await?;
-        controller.propose(Command::RegisterNode(node)).await?;
-        Ok(controller)
+            forwarder,
+        })
     }
 
-    /// Waits until everything in this node's log so far is applied here.
-    async fn wait_caught_up(&self, timeout: Duration) -> Result<(), ControllerError> {
-        let last = self.status().log_index;
+    /// Waits for a leader, registers this node and waits until this node has applied the
+    /// log up to that registration.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), ControllerError> {
         self.raft
             .wait(Some(timeout))
-            .applied_index_at_least(Some(last), "caught up with the metadata log")
+            .metrics(
+                |m| m.current_leader.is_some(),
+                "a controller leader is known",
+            )
             .await
-            .map(|_| ())
-            .map_err(|e| ControllerError::Unavailable(e.to_string()))
+            .map_err(|e| ControllerError::Unavailable(e.to_string()))?;
+        self.propose(Command::RegisterNode(self.node.clone()))
+            .await?;
+        Ok(())
     }
 
     pub fn node_id(&self) -> NodeId {
-        self.node_id
+        self.node.id
     }
 
-    /// Appends `command` to the metadata log and returns what applying it did.
+    /// The Raft handle, for the cluster RPC server.
+    pub fn raft(&self) -> Raft<TypeConfig> {
+        self.raft.clone()
+    }
+
+    /// Appends `command` to the metadata log (through the leader) and returns what applying
+    /// it did, once this node has applied it too.
     pub async fn propose(&self, command: Command) -> Result<Applied, ControllerError> {
-        match self.raft.client_write(command).await {
-            Ok(response) => match response.data.into_command() {
-                Some(outcome) => Ok(outcome?),
-                None => Err(ControllerError::Unavailable(
-                    "the log answered a command with an internal entry".to_string(),
-                )),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(ControllerError::NotLeader {
-                    leader: forward.leader_id,
-                })
-            }
-            Err(error) => Err(ControllerError::Unavailable(error.to_string())),
-        }
+        let (outcome, index) = self.propose_indexed(command).await?;
+        self.raft
+            .wait(Some(PROPOSE_TIMEOUT))
+            .applied_index_at_least(Some(index), "the proposal applied here")
+            .await
+            .map_err(|e| ControllerError::Unavailable(e.to_string()))?;
+        Ok(outcome?)
+    }
+
+    async fn propose_indexed(&self, command: Command) -> Result<(Response, u64), ControllerError> {
+        let forward = match propose_locally(&self.raft, command.clone()).await {
+            Err(ControllerError::NotLeader {
+                leader: Some(leader),
+            }) => leader,
+            other => return other,
+        };
+        let (Some(forwarder), Some(address)) = (&self.forwarder, self.address_of(forward)) else {
+            return Err(ControllerError::NotLeader {
+                leader: Some(forward),
+            });
+        };
+        tokio::time::timeout(
+            PROPOSE_TIMEOUT,
+            forwarder.forward(forward, address, command),
+        )
+        .await
+        .map_err(|_| no_quorum())?
+    }
+
+    /// The cluster address of a member, from the current membership.
+    fn address_of(&self, id: NodeId) -> Option<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .nodes()
+            .find(|(member, _)| **member == id)
+            .map(|(_, node)| node.addr.clone())
     }
 
     /// The metadata as applied on this node.
@@ -179,7 +238,7 @@ impl Controller {
             leader: metrics.current_leader,
             log_index: metrics.last_log_index.unwrap_or(0),
             applied_index: metrics.last_applied.map_or(0, |id| id.index),
-            is_leader: metrics.current_leader == Some(self.node_id),
+            is_leader: metrics.current_leader == Some(self.node.id),
         }
     }
 
@@ -188,6 +247,43 @@ impl Controller {
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "controller shutdown");
         }
+    }
+}
+
+fn no_quorum() -> ControllerError {
+    ControllerError::Unavailable(format!(
+        "the command was not committed within {} s: no controller quorum (it may still \
+         commit later)",
+        PROPOSE_TIMEOUT.as_secs()
+    ))
+}
+
+/// Proposes `command` on this node's Raft: the outcome and its log index if this node
+/// leads, `NotLeader` with the leader otherwise. Used by the cluster RPC for forwarded
+/// proposals too (which are never forwarded again).
+pub async fn propose_locally(
+    raft: &Raft<TypeConfig>,
+    command: Command,
+) -> Result<(Response, u64), ControllerError> {
+    match tokio::time::timeout(PROPOSE_TIMEOUT, raft.client_write(command)).await {
+        Err(_elapsed) => Err(no_quorum()),
+        Ok(Ok(response)) => match response.data.into_command() {
+            Some(outcome) => Ok((outcome, response.log_id.index)),
+            None => Err(ControllerError::Unavailable(
+                "the log answered a command with an internal entry".to_string(),
+            )),
+        },
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+            match forward.leader_id {
+                Some(leader) => Err(ControllerError::NotLeader {
+                    leader: Some(leader),
+                }),
+                None => Err(ControllerError::Unavailable(
+                    "no controller leader is known right now".to_string(),
+                )),
+            }
+        }
+        Ok(Err(error)) => Err(ControllerError::Unavailable(error.to_string())),
     }
 }
 

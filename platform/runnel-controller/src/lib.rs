@@ -19,7 +19,10 @@ pub mod metadata;
 pub mod store;
 pub mod types;
 
-pub use controller::{Controller, ControllerError, ControllerStatus};
+pub use controller::{
+    Controller, ControllerError, ControllerStatus, ForwardFuture, Forwarder, PROPOSE_TIMEOUT,
+    propose_locally,
+};
 pub use metadata::{
     Applied, Command, Metadata, MetadataError, NodeId, NodeInfo, NodeRoles, PartitionMeta,
     Response, TopicMeta,

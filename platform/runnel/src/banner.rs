@@ -36,6 +36,8 @@ pub struct Banner {
     pub partitions_open: usize,
     pub partitions_offline: usize,
     pub http: SocketAddr,
+    /// The cluster RPC address, when this node serves it (a multi-voter quorum).
+    pub cluster: Option<SocketAddr>,
     pub coming: Vec<ComingListener>,
     pub ready_in: Duration,
 }
@@ -65,6 +67,9 @@ impl fmt::Display for Banner {
         writeln!(f, "http: http://{}", self.http)?;
         writeln!(f, "health: http://{}/health/ready", self.http)?;
         writeln!(f, "metrics: http://{}/metrics", self.http)?;
+        if let Some(cluster) = self.cluster {
+            writeln!(f, "cluster: {cluster}")?;
+        }
         for listener in &self.coming {
             writeln!(f, "{}: {} (coming)", listener.name, listener.listen)?;
         }
@@ -84,6 +89,7 @@ mod tests {
             partitions_open: 2,
             partitions_offline: 1,
             http: "127.0.0.1:40123".parse().unwrap(),
+            cluster: None,
             coming: vec![ComingListener {
                 name: "kafka",
                 listen: "127.0.0.1:9092".parse().unwrap(),

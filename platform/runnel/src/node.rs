@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use runnel_controller::{Controller, NodeInfo, NodeRoles};
+use runnel_grpc::cluster::ClusterNetwork;
 
 use crate::admin::ControllerSlot;
 use crate::banner::{Banner, ComingListener};
@@ -101,14 +102,19 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
             return Err(error);
         }
     };
-    let controller = match start_controller(&config, &data_dir, http.local_addr()).await {
-        Ok(controller) => controller,
-        Err(error) => {
-            log.close_all().await.ok();
-            http.stop().await.ok();
-            return Err(error);
-        }
-    };
+    let started_controller =
+        match start_controller(&config, &data_dir, http.local_addr(), &shutdown).await {
+            Ok(started) => started,
+            Err(error) => {
+                log.close_all().await.ok();
+                http.stop().await.ok();
+                return Err(error);
+            }
+        };
+    let StartedController {
+        controller,
+        cluster_server,
+    } = started_controller;
     // Set once, right here; nothing else sets it.
     let _ = controller_slot.set(controller.clone());
     let stop_maintenance = CancellationToken::new();
@@ -132,20 +138,24 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
         partitions_open: log.partitions().len(),
         partitions_offline: log.offline_partitions().len(),
         http: http.local_addr(),
-        coming: vec![
-            ComingListener {
+        cluster: cluster_server.as_ref().map(|server| server.address),
+        coming: [
+            Some(ComingListener {
                 name: "kafka",
                 listen: config.kafka.listen,
-            },
-            ComingListener {
+            }),
+            Some(ComingListener {
                 name: "grpc",
                 listen: config.grpc.listen,
-            },
-            ComingListener {
+            }),
+            cluster_server.is_none().then_some(ComingListener {
                 name: "cluster",
                 listen: config.cluster.listen,
-            },
-        ],
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
         ready_in,
     };
     print_banner(&banner);
@@ -167,6 +177,9 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
         tracing::error!(%error, "the partition reconciliation task failed");
     }
     controller.shutdown().await;
+    if let Some(server) = cluster_server {
+        server.stop().await;
+    }
     let http_result = http.stop().await;
     log.close_all()
         .await
@@ -176,13 +189,20 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the controller (a single voter for now) under `<data dir>/controller` and
-/// registers this node with its advertised addresses.
+struct StartedController {
+    controller: Arc<Controller>,
+    cluster_server: Option<ClusterServer>,
+}
+
+/// Starts the controller under `<data dir>/controller` and waits until it is ready: a
+/// single voter in `runnel dev`, or one of `controller.voters` with the cluster RPC served
+/// on `cluster.listen`. Waiting for a quorum gives way to a shutdown signal.
 async fn start_controller(
     config: &NodeConfig,
     data_dir: &std::path::Path,
     http: std::net::SocketAddr,
-) -> anyhow::Result<Arc<Controller>> {
+    shutdown: &CancellationToken,
+) -> anyhow::Result<StartedController> {
     let node = NodeInfo {
         id: config.node.id,
         kafka: config.kafka.advertised_address(),
@@ -199,10 +219,95 @@ async fn start_controller(
         },
         alive: true,
     };
-    let controller = Controller::start_single(&data_dir.join("controller"), node)
+    let dir = data_dir.join("controller");
+    let voters = config
+        .controller
+        .voters()
+        .map_err(|reason| anyhow::anyhow!("controller.voters: {reason}"))?;
+    if voters.is_empty() {
+        let controller = Controller::start_single(&dir, node)
+            .await
+            .with_context(|| format!("start the controller in {}", dir.display()))?;
+        return Ok(StartedController {
+            controller: Arc::new(controller),
+            cluster_server: None,
+        });
+    }
+    let controller = Arc::new(
+        Controller::start(
+            &dir,
+            node,
+            voters,
+            ClusterNetwork,
+            Some(runnel_grpc::cluster::forwarder()),
+        )
         .await
-        .with_context(|| format!("start the controller in {}/controller", data_dir.display()))?;
-    Ok(Arc::new(controller))
+        .with_context(|| format!("start the controller in {}", dir.display()))?,
+    );
+    let server = ClusterServer::start(config.cluster.listen, &controller).await?;
+    loop {
+        tokio::select! {
+            ready = controller.wait_ready(READY_ATTEMPT) => match ready {
+                Ok(()) => break,
+                Err(error) => tracing::warn!(%error, "waiting for the controller quorum"),
+            },
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    Ok(StartedController {
+        controller,
+        cluster_server: Some(server),
+    })
+}
+
+/// How long one attempt to reach the quorum at startup waits before logging and retrying.
+const READY_ATTEMPT: Duration = Duration::from_secs(10);
+
+/// The cluster RPC server (Raft between the voters, forwarded proposals).
+struct ClusterServer {
+    address: std::net::SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ClusterServer {
+    async fn start(
+        listen: std::net::SocketAddr,
+        controller: &Controller,
+    ) -> anyhow::Result<ClusterServer> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("bind the cluster listener on {listen} (cluster.listen)"))?;
+        let address = listener
+            .local_addr()
+            .context("read the cluster listener's address")?;
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let service =
+            runnel_grpc::cluster::ClusterService::new(controller.node_id(), controller.raft());
+        let stop = CancellationToken::new();
+        let signal = stop.clone().cancelled_owned();
+        let task = tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "the cluster rpc server failed");
+            }
+        });
+        tracing::info!(%address, "cluster rpc listening");
+        Ok(ClusterServer {
+            address,
+            stop,
+            task,
+        })
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
 }
 
 async fn open_log(config: &NodeConfig, metrics: Arc<LogMetrics>) -> anyhow::Result<LogManager> {

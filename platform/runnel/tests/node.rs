@@ -45,6 +45,13 @@ struct Node {
 impl Node {
     /// Starts `runnel <args>` and waits for the banner to end (`ready in N ms`).
     fn start(dir: &Path, args: &[&str]) -> Node {
+        let mut node = Node::spawn(dir, args);
+        node.read_banner();
+        node
+    }
+
+    /// Starts `runnel <args>` in `dir` without waiting for it to be ready.
+    fn spawn(dir: &Path, args: &[&str]) -> Node {
         let stderr_path = dir.join("runnel.stderr");
         let stderr = std::fs::File::create(&stderr_path).expect("create the stderr file");
         let mut child = runnel(dir)
@@ -64,15 +71,13 @@ impl Node {
                 }
             }
         });
-        let mut node = Node {
+        Node {
             child,
             stdout_lines,
             stderr_path,
             banner: Vec::new(),
             http: SocketAddr::from(([0, 0, 0, 0], 0)),
-        };
-        node.read_banner();
-        node
+        }
     }
 
     fn read_banner(&mut self) {
@@ -580,5 +585,204 @@ fn wait_until(condition: impl Fn() -> bool, what: &str) {
             "timed out waiting: {what}"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A free port on 127.0.0.1 (bound, then released for the node to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A three-voter cluster of real `runnel start` processes on 127.0.0.1.
+struct Cluster {
+    root: tempfile::TempDir,
+    voters: String,
+    ports: Vec<u16>,
+    nodes: Vec<Option<Node>>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let voters = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("{}@127.0.0.1:{port}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        Cluster {
+            root: tempfile::tempdir().unwrap(),
+            voters,
+            ports,
+            nodes: vec![None, None, None],
+        }
+    }
+
+    fn dir(&self, id: usize) -> PathBuf {
+        self.root.path().join(format!("node-{id}"))
+    }
+
+    /// Starts node `id` (1-based) from its config file, without waiting.
+    fn spawn(&mut self, id: usize) {
+        let dir = self.dir(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = format!(
+            "[node]\nid = {id}\ndata_dir = \"{data}\"\n\
+             [kafka]\nlisten = \"127.0.0.1:0\"\n[grpc]\nlisten = \"127.0.0.1:0\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n\
+             [cluster]\nlisten = \"127.0.0.1:{port}\"\n\
+             [controller]\nvoters = \"{voters}\"\n",
+            data = dir.join("data").display(),
+            port = self.ports[id - 1],
+            voters = self.voters,
+        );
+        let file = dir.join("runnel.toml");
+        std::fs::write(&file, config).unwrap();
+        let file = file.display().to_string();
+        self.nodes[id - 1] = Some(Node::spawn(&dir, &["start", "--config", &file]));
+    }
+
+    fn node(&self, id: usize) -> &Node {
+        self.nodes[id - 1].as_ref().expect("node running")
+    }
+
+    fn kill(&mut self, id: usize) {
+        let mut node = self.nodes[id - 1].take().expect("node running");
+        node.signal(libc::SIGKILL);
+        node.wait_for_exit();
+    }
+
+    fn leader(&self, asking: usize) -> usize {
+        let cluster = self.node(asking).get("/v1/cluster").body;
+        let value: serde_json::Value = serde_json::from_str(&cluster).expect("cluster json");
+        value["controller"]["leader"].as_u64().expect("a leader") as usize
+    }
+
+    fn topics(&self, id: usize) -> serde_json::Value {
+        serde_json::from_str(&self.node(id).get("/v1/topics").body).expect("topics json")
+    }
+}
+
+fn topic_names(topics: &serde_json::Value) -> Vec<String> {
+    topics
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_three_voter_cluster_agrees_survives_its_leader_and_refuses_without_quorum() {
+    let mut cluster = Cluster::new();
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    for id in 1..=3 {
+        cluster.nodes[id - 1].as_mut().unwrap().read_banner();
+    }
+
+    // A topic created through any node appears on all, with its partitions on disk.
+    let created = cluster.node(2).request(
+        "POST",
+        "/v1/topics",
+        Some(r#"{"name": "a", "partitions": 3, "replication_factor": 3}"#),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    for id in 1..=3 {
+        wait_until(
+            || topic_names(&cluster.topics(id)) == ["a"],
+            &format!("topic a on node {id}"),
+        );
+        let partition = cluster.dir(id).join("data/partitions/a-2");
+        wait_until(|| partition.is_dir(), &format!("a-2 on node {id}"));
+    }
+
+    // Kill the leader: a survivor accepts changes again within 5 s.
+    let leader = cluster.leader(1);
+    cluster.kill(leader);
+    let survivor = if leader == 1 { 2 } else { 1 };
+    let killed_at = Instant::now();
+    loop {
+        let attempt = cluster.node(survivor).request(
+            "POST",
+            "/v1/topics",
+            Some(r#"{"name": "b", "partitions": 1, "replication_factor": 2}"#),
+        );
+        // 409: an earlier attempt that timed out was committed after all.
+        if attempt.status == 201 || attempt.status == 409 {
+            break;
+        }
+        assert_eq!(attempt.status, 503, "{}", attempt.body);
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(5),
+            "no new leader within 5 s: {}",
+            attempt.body
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let recovered_in = killed_at.elapsed();
+    eprintln!("changes accepted again {recovered_in:?} after killing the leader");
+
+    // The killed node restarts and catches up.
+    cluster.spawn(leader);
+    cluster.nodes[leader - 1].as_mut().unwrap().read_banner();
+    wait_until(
+        || topic_names(&cluster.topics(leader)) == ["a", "b"],
+        "the restarted node caught up",
+    );
+
+    // Two of three down, the leader left alone: changes fail with a clear error after the
+    // proposal timeout, and nothing committed is lost.
+    let remaining = cluster.leader(leader);
+    let others: Vec<usize> = (1..=3).filter(|id| *id != remaining).collect();
+    for id in &others {
+        cluster.kill(*id);
+    }
+    let refused = cluster.node(remaining).request(
+        "POST",
+        "/v1/topics",
+        Some(r#"{"name": "c", "partitions": 1}"#),
+    );
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(
+        refused.body.contains("quorum") || refused.body.contains("leader"),
+        "{}",
+        refused.body
+    );
+    let names = topic_names(&cluster.topics(remaining));
+    assert!(
+        names.starts_with(&["a".to_string(), "b".to_string()]),
+        "{names:?}"
+    );
+
+    // All three restarted: the metadata is identical on each (with or without `c`, which
+    // the lone leader logged but could not commit, and may commit now).
+    for id in &others {
+        cluster.spawn(*id);
+    }
+    for id in &others {
+        cluster.nodes[id - 1].as_mut().unwrap().read_banner();
+    }
+    wait_until(
+        || {
+            let first = cluster.topics(1);
+            first == cluster.topics(2) && first == cluster.topics(3)
+        },
+        "the same metadata on all three",
+    );
+    for id in 1..=3 {
+        let node = cluster.nodes[id - 1].as_mut().unwrap();
+        node.signal(libc::SIGTERM);
+        assert_eq!(
+            node.wait_for_exit().code(),
+            Some(0),
+            "node {id}: {}",
+            node.stderr()
+        );
     }
 }

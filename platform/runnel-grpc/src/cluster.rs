@@ -1,0 +1,310 @@
+//! The cluster RPC: openraft's messages and forwarded proposals between nodes, over tonic.
+//!
+//! Each message carries openraft's own request or response serialized as JSON (see
+//! `schemas/proto/runnel/cluster/v1/cluster.proto`), and names the node it is meant for: a
+//! node answers FAILED_PRECONDITION to a request for another id, so an address that now
+//! belongs to another node is never mistaken for the intended one.
+//!
+//! Clients connect lazily and reconnect after a failure; a peer that cannot be reached is
+//! reported to openraft as `Unreachable`, which backs off and retries. A Raft error on the
+//! remote side comes back as openraft's `RemoteError`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft};
+use runnel_controller::{
+    Command, ControllerError, ForwardFuture, Forwarder, NodeId, Response, TypeConfig,
+    propose_locally,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use crate::proto::cluster_client::ClusterClient;
+use crate::proto::cluster_server::{Cluster, ClusterServer};
+use crate::proto::{RaftReply, RaftRequest};
+
+/// Raft messages larger than this are refused (snapshots travel in chunks far below it).
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a forwarded proposal answers: the outcome and its log index, or why it failed.
+type ForwardReply = Result<(Response, u64), String>;
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Status> {
+    serde_json::to_vec(value).map_err(|e| Status::internal(format!("encode: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(bytes).map_err(|e| Status::invalid_argument(format!("decode: {e}")))
+}
+
+/// The server side: answers peers' Raft messages and forwarded proposals.
+pub struct ClusterService {
+    node_id: NodeId,
+    raft: Raft<TypeConfig>,
+}
+
+impl ClusterService {
+    pub fn new(node_id: NodeId, raft: Raft<TypeConfig>) -> ClusterServer<ClusterService> {
+        ClusterServer::new(ClusterService { node_id, raft })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    fn check_target(&self, request: &RaftRequest) -> Result<(), Status> {
+        if request.target != self.node_id {
+            return Err(Status::failed_precondition(format!(
+                "this is node {}, not node {}",
+                self.node_id, request.target
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn vote(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<tonic::Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        self.check_target(&request)?;
+        let vote: VoteRequest<NodeId> = decode(&request.payload)?;
+        let result = self.raft.vote(vote).await;
+        Ok(tonic::Response::new(RaftReply {
+            payload: encode(&result)?,
+        }))
+    }
+
+    async fn append_entries(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<tonic::Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        self.check_target(&request)?;
+        let append: AppendEntriesRequest<TypeConfig> = decode(&request.payload)?;
+        let result = self.raft.append_entries(append).await;
+        Ok(tonic::Response::new(RaftReply {
+            payload: encode(&result)?,
+        }))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<tonic::Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        self.check_target(&request)?;
+        let chunk: InstallSnapshotRequest<TypeConfig> = decode(&request.payload)?;
+        let result = self.raft.install_snapshot(chunk).await;
+        Ok(tonic::Response::new(RaftReply {
+            payload: encode(&result)?,
+        }))
+    }
+
+    async fn propose(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<tonic::Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        self.check_target(&request)?;
+        let command: Command = decode(&request.payload)?;
+        // A forwarded proposal is never forwarded again: if leadership moved meanwhile,
+        // the sender retries with the new leader.
+        let reply: ForwardReply = propose_locally(&self.raft, command)
+            .await
+            .map_err(|e| e.to_string());
+        Ok(tonic::Response::new(RaftReply {
+            payload: encode(&reply)?,
+        }))
+    }
+}
+
+/// The client side: one lazily connected tonic client per peer.
+#[derive(Clone, Default)]
+pub struct ClusterNetwork;
+
+impl RaftNetworkFactory<TypeConfig> for ClusterNetwork {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
+        Peer {
+            target,
+            address: node.addr.clone(),
+            client: None,
+        }
+    }
+}
+
+pub struct Peer {
+    target: NodeId,
+    address: String,
+    client: Option<ClusterClient<Channel>>,
+}
+
+/// Why a call to a peer failed before any Raft answer came back.
+enum CallError {
+    Unreachable(String),
+    Network(String),
+}
+
+impl Peer {
+    async fn client(&mut self) -> Result<ClusterClient<Channel>, CallError> {
+        if let Some(client) = &self.client {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.address))
+            .map_err(|e| CallError::Unreachable(format!("bad address {}: {e}", self.address)))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect().await.map_err(|e| {
+            CallError::Unreachable(format!(
+                "connect to node {} at {}: {e}",
+                self.target, self.address
+            ))
+        })?;
+        let client = ClusterClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Sends one message and decodes the reply; drops the connection on a transport error.
+    async fn call<Req: Serialize, Reply: DeserializeOwned>(
+        &mut self,
+        kind: Kind,
+        message: &Req,
+        timeout: Duration,
+    ) -> Result<Reply, CallError> {
+        let payload =
+            serde_json::to_vec(message).map_err(|e| CallError::Network(format!("encode: {e}")))?;
+        let mut client = self.client().await?;
+        let mut request = Request::new(RaftRequest {
+            target: self.target,
+            payload,
+        });
+        request.set_timeout(timeout);
+        let reply = match kind {
+            Kind::Vote => client.vote(request).await,
+            Kind::Append => client.append_entries(request).await,
+            Kind::Snapshot => client.install_snapshot(request).await,
+            Kind::Propose => client.propose(request).await,
+        };
+        let reply = reply.map_err(|status| {
+            self.client = None;
+            CallError::Network(format!(
+                "node {} at {}: {status}",
+                self.target, self.address
+            ))
+        })?;
+        serde_json::from_slice(&reply.into_inner().payload).map_err(|e| {
+            CallError::Network(format!("decode the reply of node {}: {e}", self.target))
+        })
+    }
+
+    fn rpc_error<E: std::error::Error>(&self, error: CallError) -> RPCError<NodeId, BasicNode, E> {
+        match error {
+            CallError::Unreachable(message) => {
+                RPCError::Unreachable(Unreachable::new(&std::io::Error::other(message)))
+            }
+            CallError::Network(message) => {
+                RPCError::Network(NetworkError::new(&std::io::Error::other(message)))
+            }
+        }
+    }
+
+    async fn raft_call<Req: Serialize, Reply: DeserializeOwned, E>(
+        &mut self,
+        kind: Kind,
+        message: &Req,
+        option: &RPCOption,
+    ) -> Result<Reply, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        E: std::error::Error + DeserializeOwned,
+    {
+        let reply: Result<Reply, RaftError<NodeId, E>> = self
+            .call(kind, message, option.hard_ttl())
+            .await
+            .map_err(|e| self.rpc_error(e))?;
+        reply.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Vote,
+    Append,
+    Snapshot,
+    Propose,
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.raft_call(Kind::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.raft_call(Kind::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.raft_call(Kind::Vote, &rpc, &option).await
+    }
+}
+
+/// Forwards proposals to the leader over the cluster RPC.
+pub struct ClusterForwarder;
+
+impl Forwarder for ClusterForwarder {
+    fn forward(&self, leader: NodeId, address: String, command: Command) -> ForwardFuture {
+        Box::pin(async move {
+            let mut peer = Peer {
+                target: leader,
+                address,
+                client: None,
+            };
+            let reply: ForwardReply = peer
+                .call(Kind::Propose, &command, runnel_controller::PROPOSE_TIMEOUT)
+                .await
+                .map_err(|e| match e {
+                    CallError::Unreachable(m) | CallError::Network(m) => {
+                        ControllerError::Unavailable(format!("forward to the leader: {m}"))
+                    }
+                })?;
+            reply.map_err(ControllerError::Unavailable)
+        })
+    }
+}
+
+/// The forwarder as the controller takes it.
+pub fn forwarder() -> Arc<dyn Forwarder> {
+    Arc::new(ClusterForwarder)
+}
