@@ -156,9 +156,9 @@ pub struct NodeConfig {
 pub struct ControllerSection {
     /// `controller.voters`: the voters of the metadata quorum, comma-separated
     /// `id@host:port` with each voter's cluster address, the same list on every voter, e.g.
-    /// `1@10.0.0.1:9094,2@10.0.0.2:9094,3@10.0.0.3:9094`. This node must be one of them
-    /// (broker-only nodes joining as learners come later). Empty (the default): this node
-    /// alone is the quorum, as in `runnel dev`.
+    /// `1@10.0.0.1:9094,2@10.0.0.2:9094,3@10.0.0.3:9094`. A node not in the list is a
+    /// broker only: it joins as a learner and follows the metadata log. Empty (the
+    /// default): this node alone is the quorum, as in `runnel dev`.
     pub voters: String,
 }
 
@@ -561,20 +561,11 @@ impl NodeConfig {
 
         problems.extend(self.log.problems());
 
-        match self.controller.voters() {
-            Err(reason) => problems.push(ConfigProblem {
+        if let Err(reason) = self.controller.voters() {
+            problems.push(ConfigProblem {
                 key: "controller.voters".to_string(),
                 reason,
-            }),
-            Ok(voters) if !voters.is_empty() && !voters.contains_key(&self.node.id) => problems
-                .push(ConfigProblem {
-                    key: "controller.voters".to_string(),
-                    reason: format!(
-                        "node.id {} is not among the voters; every node is a voter for now",
-                        self.node.id
-                    ),
-                }),
-            Ok(_) => {}
+            });
         }
         if problems.is_empty() {
             Ok(())

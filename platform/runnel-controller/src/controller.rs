@@ -131,7 +131,10 @@ impl Controller {
             .map_err(|e| ControllerError::Unavailable(e.to_string()))?;
         let unavailable = |e: &dyn std::fmt::Display| ControllerError::Unavailable(e.to_string());
         let initialized = raft.is_initialized().await.map_err(|e| unavailable(&e))?;
-        if !initialized {
+        // A learner (a node not among the voters) never initializes: the leader adds it and
+        // replicates the log to it.
+        let learner = !voters.is_empty() && !voters.contains_key(&node.id);
+        if !initialized && !learner {
             let members: BTreeMap<NodeId, BasicNode> = if voters.is_empty() {
                 BTreeMap::from([(node.id, BasicNode::new(&node.cluster))])
             } else {

@@ -9,11 +9,13 @@
 //! reported to openraft as `Unreachable`, which backs off and retries. A Raft error on the
 //! remote side comes back as openraft's `RemoteError`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -114,6 +116,37 @@ impl Cluster for ClusterService {
         }))
     }
 
+    async fn join(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<tonic::Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        self.check_target(&request)?;
+        let join: JoinRequest = decode(&request.payload)?;
+        // Not blocking: the learner catches up by itself, and says it is ready once it has.
+        let added = self
+            .raft
+            .add_learner(join.id, BasicNode::new(&join.address), false)
+            .await;
+        let reply: JoinReply = match added {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(JoinRefusal {
+                    leader: forward.leader_id.zip(forward.leader_node.map(|n| n.addr)),
+                    message: "this node is not the controller leader".to_string(),
+                })
+            }
+            Err(error) => Err(JoinRefusal {
+                leader: None,
+                message: error.to_string(),
+            }),
+        };
+        tracing::info!(learner = join.id, address = %join.address, ok = reply.is_ok(), "join request");
+        Ok(tonic::Response::new(RaftReply {
+            payload: encode(&reply)?,
+        }))
+    }
+
     async fn propose(
         &self,
         request: Request<RaftRequest>,
@@ -130,6 +163,64 @@ impl Cluster for ClusterService {
             payload: encode(&reply)?,
         }))
     }
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct JoinRequest {
+    id: NodeId,
+    address: String,
+}
+
+/// Why a join was not accepted, and the leader to ask instead if known.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct JoinRefusal {
+    leader: Option<(NodeId, String)>,
+    message: String,
+}
+
+type JoinReply = Result<(), JoinRefusal>;
+
+const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Asks the voters to add this node (`id`, reachable at `address`) as a learner: each voter
+/// in turn, following a redirect to the leader. Returns the last refusal if none accepted.
+pub async fn join(
+    id: NodeId,
+    address: &str,
+    voters: &BTreeMap<NodeId, String>,
+) -> Result<(), String> {
+    let request = JoinRequest {
+        id,
+        address: address.to_string(),
+    };
+    let mut last = String::from("no voters to ask");
+    let mut candidates: Vec<(NodeId, String)> =
+        voters.iter().map(|(id, a)| (*id, a.clone())).collect();
+    let mut redirects = 0;
+    while let Some((target, voter_address)) = candidates.pop() {
+        let mut peer = Peer {
+            target,
+            address: voter_address,
+            client: None,
+        };
+        match peer
+            .call::<_, JoinReply>(Kind::Join, &request, JOIN_TIMEOUT)
+            .await
+        {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(refusal)) => {
+                last = format!("node {target}: {}", refusal.message);
+                if let Some(leader) = refusal.leader
+                    && redirects < voters.len()
+                {
+                    redirects += 1;
+                    candidates.push(leader);
+                }
+            }
+            Err(CallError::Unreachable(message) | CallError::Network(message)) => last = message,
+        }
+    }
+    Err(last)
 }
 
 /// The client side: one lazily connected tonic client per peer.
@@ -202,6 +293,7 @@ impl Peer {
             Kind::Append => client.append_entries(request).await,
             Kind::Snapshot => client.install_snapshot(request).await,
             Kind::Propose => client.propose(request).await,
+            Kind::Join => client.join(request).await,
         };
         let reply = reply.map_err(|status| {
             self.client = None;
@@ -249,6 +341,7 @@ enum Kind {
     Append,
     Snapshot,
     Propose,
+    Join,
 }
 
 impl RaftNetwork<TypeConfig> for Peer {

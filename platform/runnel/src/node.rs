@@ -203,6 +203,11 @@ async fn start_controller(
     http: std::net::SocketAddr,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<StartedController> {
+    let voters = config
+        .controller
+        .voters()
+        .map_err(|reason| anyhow::anyhow!("controller.voters: {reason}"))?;
+    let learner = !voters.is_empty() && !voters.contains_key(&config.node.id);
     let node = NodeInfo {
         id: config.node.id,
         kafka: config.kafka.advertised_address(),
@@ -214,16 +219,12 @@ async fn start_controller(
             .clone()
             .unwrap_or_else(|| http.to_string()),
         roles: NodeRoles {
-            controller: true,
+            controller: !learner,
             broker: true,
         },
         alive: true,
     };
     let dir = data_dir.join("controller");
-    let voters = config
-        .controller
-        .voters()
-        .map_err(|reason| anyhow::anyhow!("controller.voters: {reason}"))?;
     if voters.is_empty() {
         let controller = Controller::start_single(&dir, node)
             .await
@@ -237,7 +238,7 @@ async fn start_controller(
         Controller::start(
             &dir,
             node,
-            voters,
+            voters.clone(),
             ClusterNetwork,
             Some(runnel_grpc::cluster::forwarder()),
         )
@@ -245,6 +246,22 @@ async fn start_controller(
         .with_context(|| format!("start the controller in {}", dir.display()))?,
     );
     let server = ClusterServer::start(config.cluster.listen, &controller).await?;
+    if learner {
+        // A broker-only node asks the voters to add it as a learner, until one does.
+        let address = config.cluster.advertised_address();
+        loop {
+            tokio::select! {
+                joined = runnel_grpc::cluster::join(config.node.id, &address, &voters) => match joined {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "asking the voters to join as a learner");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                },
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    }
     loop {
         tokio::select! {
             ready = controller.wait_ready(READY_ATTEMPT) => match ready {

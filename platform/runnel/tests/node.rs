@@ -597,7 +597,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A three-voter cluster of real `runnel start` processes on 127.0.0.1.
+/// A cluster of real `runnel start` processes on 127.0.0.1.
 struct Cluster {
     root: tempfile::TempDir,
     voters: String,
@@ -606,10 +606,13 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new() -> Cluster {
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    /// `nodes` nodes, of which the first `voters` are the controller quorum and the rest
+    /// broker-only learners.
+    fn new(nodes: usize, voters: usize) -> Cluster {
+        let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
         let voters = ports
             .iter()
+            .take(voters)
             .enumerate()
             .map(|(i, port)| format!("{}@127.0.0.1:{port}", i + 1))
             .collect::<Vec<_>>()
@@ -618,7 +621,7 @@ impl Cluster {
             root: tempfile::tempdir().unwrap(),
             voters,
             ports,
-            nodes: vec![None, None, None],
+            nodes: (0..nodes).map(|_| None).collect(),
         }
     }
 
@@ -678,7 +681,7 @@ fn topic_names(topics: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn a_three_voter_cluster_agrees_survives_its_leader_and_refuses_without_quorum() {
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::new(3, 3);
     for id in 1..=3 {
         cluster.spawn(id);
     }
@@ -776,6 +779,58 @@ fn a_three_voter_cluster_agrees_survives_its_leader_and_refuses_without_quorum()
         "the same metadata on all three",
     );
     for id in 1..=3 {
+        let node = cluster.nodes[id - 1].as_mut().unwrap();
+        node.signal(libc::SIGTERM);
+        assert_eq!(
+            node.wait_for_exit().code(),
+            Some(0),
+            "node {id}: {}",
+            node.stderr()
+        );
+    }
+}
+
+#[test]
+fn a_broker_only_node_joins_as_a_learner_and_hosts_partitions() {
+    let mut cluster = Cluster::new(2, 1);
+    cluster.spawn(1);
+    cluster.spawn(2);
+    for id in 1..=2 {
+        cluster.nodes[id - 1].as_mut().unwrap().read_banner();
+    }
+    let nodes: serde_json::Value =
+        serde_json::from_str(&cluster.node(1).get("/v1/cluster").body).unwrap();
+    let learner = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == 2)
+        .expect("the learner registered")
+        .clone();
+    assert_eq!(learner["roles"]["controller"], false, "{learner}");
+
+    // Created through the learner (forwarded to the leader), placed on both brokers.
+    let created = cluster.node(2).request(
+        "POST",
+        "/v1/topics",
+        Some(r#"{"name": "events", "partitions": 2, "replication_factor": 2}"#),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    for id in 1..=2 {
+        wait_until(
+            || topic_names(&cluster.topics(id)) == ["events"],
+            &format!("events on node {id}"),
+        );
+        let partition = cluster.dir(id).join("data/partitions/events-1");
+        wait_until(|| partition.is_dir(), &format!("events-1 on node {id}"));
+    }
+
+    // The learner restarts and comes back with the metadata.
+    cluster.kill(2);
+    cluster.spawn(2);
+    cluster.nodes[1].as_mut().unwrap().read_banner();
+    assert_eq!(topic_names(&cluster.topics(2)), ["events"]);
+    for id in 1..=2 {
         let node = cluster.nodes[id - 1].as_mut().unwrap();
         node.signal(libc::SIGTERM);
         assert_eq!(
