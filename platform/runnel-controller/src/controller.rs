@@ -214,6 +214,12 @@ impl Controller {
         .map_err(|_| no_quorum())?
     }
 
+    /// The current leader and its cluster address, if known.
+    pub fn leader_address(&self) -> Option<(NodeId, String)> {
+        let leader = self.status().leader?;
+        Some((leader, self.address_of(leader)?))
+    }
+
     /// The cluster address of a member, from the current membership.
     fn address_of(&self, id: NodeId) -> Option<String> {
         let metrics = self.raft.metrics().borrow().clone();

@@ -7,6 +7,8 @@
 //! - [`types`]: the openraft type configuration (log entries carry [`Command`]s).
 //! - [`store`]: the durable openraft log store and state machine, in one directory on local
 //!   disk; the metadata is published on a `watch` channel after every change.
+//! - [`liveness`]: the leader fences nodes that stop heartbeating and unfences them when
+//!   they are back.
 //! - [`controller`]: the Raft node: start (a single voter for now), propose, follow the
 //!   metadata, report the Raft state.
 //!
@@ -15,6 +17,7 @@
 //! storage API is still moving; 0.9 has the conformance suite this crate's storage runs.
 
 pub mod controller;
+pub mod liveness;
 pub mod metadata;
 pub mod store;
 pub mod types;

@@ -23,12 +23,14 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, Raft};
+use runnel_controller::liveness::{HEARTBEAT_INTERVAL, Heartbeats};
 use runnel_controller::{
-    Command, ControllerError, ForwardFuture, Forwarder, NodeId, Response, TypeConfig,
+    Command, Controller, ControllerError, ForwardFuture, Forwarder, NodeId, Response, TypeConfig,
     propose_locally,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
@@ -55,13 +57,22 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
 pub struct ClusterService {
     node_id: NodeId,
     raft: Raft<TypeConfig>,
+    heartbeats: Heartbeats,
 }
 
 impl ClusterService {
-    pub fn new(node_id: NodeId, raft: Raft<TypeConfig>) -> ClusterServer<ClusterService> {
-        ClusterServer::new(ClusterService { node_id, raft })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    pub fn new(
+        node_id: NodeId,
+        raft: Raft<TypeConfig>,
+        heartbeats: Heartbeats,
+    ) -> ClusterServer<ClusterService> {
+        ClusterServer::new(ClusterService {
+            node_id,
+            raft,
+            heartbeats,
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     fn check_target(&self, request: &RaftRequest) -> Result<(), Status> {
@@ -113,6 +124,19 @@ impl Cluster for ClusterService {
         let result = self.raft.install_snapshot(chunk).await;
         Ok(tonic::Response::new(RaftReply {
             payload: encode(&result)?,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<tonic::Response<RaftReply>, Status> {
+        let request = request.into_inner();
+        self.check_target(&request)?;
+        let sender: NodeId = decode(&request.payload)?;
+        self.heartbeats.record(sender);
+        Ok(tonic::Response::new(RaftReply {
+            payload: encode(&())?,
         }))
     }
 
@@ -294,6 +318,7 @@ impl Peer {
             Kind::Snapshot => client.install_snapshot(request).await,
             Kind::Propose => client.propose(request).await,
             Kind::Join => client.join(request).await,
+            Kind::Heartbeat => client.heartbeat(request).await,
         };
         let reply = reply.map_err(|status| {
             self.client = None;
@@ -342,6 +367,7 @@ enum Kind {
     Snapshot,
     Propose,
     Join,
+    Heartbeat,
 }
 
 impl RaftNetwork<TypeConfig> for Peer {
@@ -370,6 +396,46 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.raft_call(Kind::Vote, &rpc, &option).await
+    }
+}
+
+/// Tells the controller leader every second that this node is alive, until `cancel`.
+pub async fn run_heartbeats(
+    controller: Arc<Controller>,
+    heartbeats: Heartbeats,
+    cancel: CancellationToken,
+) {
+    let mut peer: Option<Peer> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
+        }
+        let Some((leader, address)) = controller.leader_address() else {
+            continue;
+        };
+        if leader == controller.node_id() {
+            heartbeats.record(leader);
+            continue;
+        }
+        // Keep the connection while the leader stays the same.
+        let reuse = peer
+            .as_ref()
+            .is_some_and(|p| p.target == leader && p.address == address);
+        if !reuse {
+            peer = Some(Peer {
+                target: leader,
+                address,
+                client: None,
+            });
+        }
+        if let Some(peer) = peer.as_mut()
+            && let Err(CallError::Unreachable(message) | CallError::Network(message)) = peer
+                .call::<_, ()>(Kind::Heartbeat, &controller.node_id(), HEARTBEAT_INTERVAL)
+                .await
+        {
+            tracing::debug!(%message, "heartbeat to the controller leader");
+        }
     }
 }
 

@@ -37,6 +37,7 @@ use runnel_log::{LogManager, LogMetrics};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use runnel_controller::liveness::Heartbeats;
 use runnel_controller::{Controller, NodeInfo, NodeRoles};
 use runnel_grpc::cluster::ClusterNetwork;
 
@@ -245,7 +246,20 @@ async fn start_controller(
         .await
         .with_context(|| format!("start the controller in {}", dir.display()))?,
     );
-    let server = ClusterServer::start(config.cluster.listen, &controller).await?;
+    let heartbeats = Heartbeats::default();
+    let server =
+        ClusterServer::start(config.cluster.listen, &controller, heartbeats.clone()).await?;
+    // Liveness: heartbeats to the leader, and fencing while this node leads.
+    tokio::spawn(runnel_grpc::cluster::run_heartbeats(
+        controller.clone(),
+        heartbeats.clone(),
+        server.stop.clone(),
+    ));
+    tokio::spawn(runnel_controller::liveness::run_fencing(
+        controller.clone(),
+        heartbeats,
+        server.stop.clone(),
+    ));
     if learner {
         // A broker-only node asks the voters to add it as a learner, until one does.
         let address = config.cluster.advertised_address();
@@ -291,6 +305,7 @@ impl ClusterServer {
     async fn start(
         listen: std::net::SocketAddr,
         controller: &Controller,
+        heartbeats: Heartbeats,
     ) -> anyhow::Result<ClusterServer> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -300,8 +315,11 @@ impl ClusterServer {
             .context("read the cluster listener's address")?;
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let service =
-            runnel_grpc::cluster::ClusterService::new(controller.node_id(), controller.raft());
+        let service = runnel_grpc::cluster::ClusterService::new(
+            controller.node_id(),
+            controller.raft(),
+            heartbeats,
+        );
         let stop = CancellationToken::new();
         let signal = stop.clone().cancelled_owned();
         let task = tokio::spawn(async move {

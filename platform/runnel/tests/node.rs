@@ -731,12 +731,44 @@ fn a_three_voter_cluster_agrees_survives_its_leader_and_refuses_without_quorum()
     let recovered_in = killed_at.elapsed();
     eprintln!("changes accepted again {recovered_in:?} after killing the leader");
 
-    // The killed node restarts and catches up.
+    // The new leader fences the silent node once its session expires; placement skips it.
+    let alive = |cluster: &Cluster, asking: usize, id: usize| -> bool {
+        let body: serde_json::Value =
+            serde_json::from_str(&cluster.node(asking).get("/v1/cluster").body).unwrap();
+        body["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id as u64)
+            .map(|n| n["alive"] == true)
+            .unwrap_or(false)
+    };
+    let fence_deadline = Instant::now() + Duration::from_secs(15);
+    while alive(&cluster, survivor, leader) {
+        assert!(
+            Instant::now() < fence_deadline,
+            "node {leader} never fenced"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let too_wide = cluster.node(survivor).request(
+        "POST",
+        "/v1/topics",
+        Some(r#"{"name": "wide", "partitions": 1, "replication_factor": 3}"#),
+    );
+    assert_eq!(too_wide.status, 400, "{}", too_wide.body);
+    assert!(too_wide.body.contains("2 live broker"), "{}", too_wide.body);
+
+    // The killed node restarts, catches up, and is alive again.
     cluster.spawn(leader);
     cluster.nodes[leader - 1].as_mut().unwrap().read_banner();
     wait_until(
         || topic_names(&cluster.topics(leader)) == ["a", "b"],
         "the restarted node caught up",
+    );
+    wait_until(
+        || alive(&cluster, survivor, leader),
+        "the restarted node unfenced",
     );
 
     // Two of three down, the leader left alone: changes fail with a clear error after the
