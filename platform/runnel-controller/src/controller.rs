@@ -31,7 +31,7 @@ use openraft::{BasicNode, Raft};
 use tokio::sync::watch;
 
 use crate::metadata::{Applied, Command, Metadata, MetadataError, NodeId, NodeInfo, Response};
-use crate::store::{StoreError, open_storage};
+use crate::store::{CommittedIndex, StoreError, open_storage};
 use crate::types::TypeConfig;
 
 /// How long a proposal may take to commit before the caller is told there is no quorum.
@@ -77,9 +77,10 @@ impl ControllerError {
 pub struct ControllerStatus {
     pub term: u64,
     pub leader: Option<NodeId>,
-    /// The last index in this node's log (openraft 0.9 does not report the commit index;
-    /// once caught up, applied equals it).
+    /// The last index in this node's log.
     pub log_index: u64,
+    /// The last index known committed (saved by openraft through the log store).
+    pub commit_index: u64,
     pub applied_index: u64,
     pub is_leader: bool,
 }
@@ -88,6 +89,7 @@ pub struct Controller {
     node: NodeInfo,
     raft: Raft<TypeConfig>,
     metadata: watch::Receiver<Arc<Metadata>>,
+    committed: CommittedIndex,
     forwarder: Option<Arc<dyn Forwarder>>,
 }
 
@@ -126,6 +128,7 @@ impl Controller {
     ) -> Result<Controller, ControllerError> {
         let (log_store, state_machine) = open_storage(dir).await?;
         let metadata = state_machine.subscribe();
+        let committed = log_store.committed_index();
         let raft = Raft::new(node.id, raft_config()?, network, log_store, state_machine)
             .await
             .map_err(|e| ControllerError::Unavailable(e.to_string()))?;
@@ -153,6 +156,7 @@ impl Controller {
             node,
             raft,
             metadata,
+            committed,
             forwarder,
         })
     }
@@ -246,6 +250,7 @@ impl Controller {
             term: metrics.current_term,
             leader: metrics.current_leader,
             log_index: metrics.last_log_index.unwrap_or(0),
+            commit_index: self.committed.get(),
             applied_index: metrics.last_applied.map_or(0, |id| id.index),
             is_leader: metrics.current_leader == Some(self.node.id),
         }

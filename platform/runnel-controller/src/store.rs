@@ -70,7 +70,7 @@ mod durable;
 mod log;
 mod state_machine;
 
-pub use log::{LOG_FILE, LogReader, LogStore, MAX_RECORD_LEN};
+pub use log::{CommittedIndex, LOG_FILE, LogReader, LogStore, MAX_RECORD_LEN};
 pub use state_machine::{SNAPSHOT_FILE, SnapshotBuilder, StateMachineStore};
 
 /// Why the controller's storage failed.

@@ -48,6 +48,7 @@ struct ControllerView {
     leader: Option<u64>,
     term: u64,
     log_index: u64,
+    commit_index: u64,
     applied_index: u64,
 }
 
@@ -90,6 +91,7 @@ pub async fn cluster(State(slot): State<ControllerSlot>) -> Response {
             leader: status.leader,
             term: status.term,
             log_index: status.log_index,
+            commit_index: status.commit_index,
             applied_index: status.applied_index,
         },
     })

@@ -44,7 +44,7 @@ pub fn node_registry(
         Uptime { started },
     );
     log.register(&mut registry);
-    let gauges: [(&str, &str, ReadStatus); 5] = [
+    let gauges: [(&str, &str, ReadStatus); 6] = [
         ("term", "Raft term of the metadata quorum", |s| {
             s.term as f64
         }),
@@ -61,6 +61,11 @@ pub fn node_registry(
         ("log_index", "Last index of this node's metadata log", |s| {
             s.log_index as f64
         }),
+        (
+            "commit_index",
+            "Last metadata log index known committed",
+            |s| s.commit_index as f64,
+        ),
         (
             "applied_index",
             "Last metadata log index applied on this node",

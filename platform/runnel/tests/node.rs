@@ -529,6 +529,7 @@ fn topics_created_through_the_admin_api_get_partitions_and_survive_a_restart() {
         "runnel_controller_term",
         "runnel_controller_is_leader 1",
         "runnel_controller_applied_index",
+        "runnel_controller_commit_index",
     ] {
         assert!(metrics.contains(name), "{name} in\n{metrics}");
     }

@@ -39,6 +39,19 @@ pub struct LogStore {
     _lock: Arc<DirLock>,
 }
 
+/// Reads the committed log index openraft last saved, for the metrics (openraft 0.9's own
+/// metrics do not carry it).
+#[derive(Clone)]
+pub struct CommittedIndex {
+    memory: Arc<Mutex<LogMemory>>,
+}
+
+impl CommittedIndex {
+    pub fn get(&self) -> u64 {
+        lock(&self.memory).committed.map_or(0, |id| id.index)
+    }
+}
+
 /// Reads log entries for replication, concurrently with the [`LogStore`]'s writes.
 #[derive(Clone)]
 pub struct LogReader {
@@ -171,6 +184,13 @@ impl LogStore {
             disk: Arc::new(Mutex::new(disk)),
             _lock: dir_lock,
         })
+    }
+
+    /// A handle on the committed index, to read while openraft owns the store.
+    pub fn committed_index(&self) -> CommittedIndex {
+        CommittedIndex {
+            memory: self.memory.clone(),
+        }
     }
 
     fn reader(&self) -> LogReader {
