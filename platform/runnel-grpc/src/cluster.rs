@@ -86,73 +86,35 @@ impl ClusterService {
     }
 }
 
-#[tonic::async_trait]
-impl Cluster for ClusterService {
-    async fn vote(
+impl ClusterService {
+    /// Checks the target, decodes the request's payload and encodes what `handle` answers.
+    async fn serve<Message, Reply, Answer>(
         &self,
         request: Request<RaftRequest>,
-    ) -> Result<tonic::Response<RaftReply>, Status> {
+        handle: impl FnOnce(Message) -> Answer,
+    ) -> Result<tonic::Response<RaftReply>, Status>
+    where
+        Message: DeserializeOwned,
+        Reply: Serialize,
+        Answer: std::future::Future<Output = Reply>,
+    {
         let request = request.into_inner();
         self.check_target(&request)?;
-        let vote: VoteRequest<NodeId> = decode(&request.payload)?;
-        let result = self.raft.vote(vote).await;
+        let message: Message = decode(&request.payload)?;
+        let reply = handle(message).await;
         Ok(tonic::Response::new(RaftReply {
-            payload: encode(&result)?,
+            payload: encode(&reply)?,
         }))
     }
 
-    async fn append_entries(
-        &self,
-        request: Request<RaftRequest>,
-    ) -> Result<tonic::Response<RaftReply>, Status> {
-        let request = request.into_inner();
-        self.check_target(&request)?;
-        let append: AppendEntriesRequest<TypeConfig> = decode(&request.payload)?;
-        let result = self.raft.append_entries(append).await;
-        Ok(tonic::Response::new(RaftReply {
-            payload: encode(&result)?,
-        }))
-    }
-
-    async fn install_snapshot(
-        &self,
-        request: Request<RaftRequest>,
-    ) -> Result<tonic::Response<RaftReply>, Status> {
-        let request = request.into_inner();
-        self.check_target(&request)?;
-        let chunk: InstallSnapshotRequest<TypeConfig> = decode(&request.payload)?;
-        let result = self.raft.install_snapshot(chunk).await;
-        Ok(tonic::Response::new(RaftReply {
-            payload: encode(&result)?,
-        }))
-    }
-
-    async fn heartbeat(
-        &self,
-        request: Request<RaftRequest>,
-    ) -> Result<tonic::Response<RaftReply>, Status> {
-        let request = request.into_inner();
-        self.check_target(&request)?;
-        let sender: NodeId = decode(&request.payload)?;
-        self.heartbeats.record(sender);
-        Ok(tonic::Response::new(RaftReply {
-            payload: encode(&())?,
-        }))
-    }
-
-    async fn join(
-        &self,
-        request: Request<RaftRequest>,
-    ) -> Result<tonic::Response<RaftReply>, Status> {
-        let request = request.into_inner();
-        self.check_target(&request)?;
-        let join: JoinRequest = decode(&request.payload)?;
+    async fn add_learner(&self, join: JoinRequest) -> JoinReply {
         // Not blocking: the learner catches up by itself, and says it is ready once it has.
         let added = self
             .raft
             .add_learner(join.id, BasicNode::new(&join.address), false)
             .await;
-        let reply: JoinReply = match added {
+        tracing::info!(learner = join.id, address = %join.address, ok = added.is_ok(), "join request");
+        match added {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Err(JoinRefusal {
@@ -164,28 +126,55 @@ impl Cluster for ClusterService {
                 leader: None,
                 message: error.to_string(),
             }),
-        };
-        tracing::info!(learner = join.id, address = %join.address, ok = reply.is_ok(), "join request");
-        Ok(tonic::Response::new(RaftReply {
-            payload: encode(&reply)?,
-        }))
+        }
+    }
+}
+
+type Served = Result<tonic::Response<RaftReply>, Status>;
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn vote(&self, request: Request<RaftRequest>) -> Served {
+        self.serve(request, |vote: VoteRequest<NodeId>| self.raft.vote(vote))
+            .await
     }
 
-    async fn propose(
-        &self,
-        request: Request<RaftRequest>,
-    ) -> Result<tonic::Response<RaftReply>, Status> {
-        let request = request.into_inner();
-        self.check_target(&request)?;
-        let command: Command = decode(&request.payload)?;
+    async fn append_entries(&self, request: Request<RaftRequest>) -> Served {
+        self.serve(request, |append: AppendEntriesRequest<TypeConfig>| {
+            self.raft.append_entries(append)
+        })
+        .await
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftRequest>) -> Served {
+        self.serve(request, |chunk: InstallSnapshotRequest<TypeConfig>| {
+            self.raft.install_snapshot(chunk)
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, request: Request<RaftRequest>) -> Served {
+        self.serve(request, |sender: NodeId| async move {
+            self.heartbeats.record(sender);
+        })
+        .await
+    }
+
+    async fn join(&self, request: Request<RaftRequest>) -> Served {
+        self.serve(request, |join: JoinRequest| self.add_learner(join))
+            .await
+    }
+
+    async fn propose(&self, request: Request<RaftRequest>) -> Served {
         // A forwarded proposal is never forwarded again: if leadership moved meanwhile,
         // the sender retries with the new leader.
-        let reply: ForwardReply = propose_locally(&self.raft, command)
-            .await
-            .map_err(|e| e.to_string());
-        Ok(tonic::Response::new(RaftReply {
-            payload: encode(&reply)?,
-        }))
+        self.serve(request, |command: Command| async move {
+            let reply: ForwardReply = propose_locally(&self.raft, command)
+                .await
+                .map_err(|e| e.to_string());
+            reply
+        })
+        .await
     }
 }
 

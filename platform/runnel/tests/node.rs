@@ -666,6 +666,23 @@ impl Cluster {
         value["controller"]["leader"].as_u64().expect("a leader") as usize
     }
 
+    /// Creates a topic through node `via` (the only topic so far) and waits until every
+    /// node lists it and holds `partition` on disk.
+    fn create_and_see_everywhere(&self, via: usize, body: &str, partition: &str) {
+        let created = self.node(via).request("POST", "/v1/topics", Some(body));
+        assert_eq!(created.status, 201, "{}", created.body);
+        let name: serde_json::Value = serde_json::from_str(body).unwrap();
+        let name = name["name"].as_str().unwrap().to_string();
+        for id in 1..=self.nodes.len() {
+            wait_until(
+                || topic_names(&self.topics(id)) == [name.clone()],
+                &format!("{name} on node {id}"),
+            );
+            let directory = self.dir(id).join("data/partitions").join(partition);
+            wait_until(|| directory.is_dir(), &format!("{partition} on node {id}"));
+        }
+    }
+
     fn topics(&self, id: usize) -> serde_json::Value {
         serde_json::from_str(&self.node(id).get("/v1/topics").body).expect("topics json")
     }
@@ -691,20 +708,11 @@ fn a_three_voter_cluster_agrees_survives_its_leader_and_refuses_without_quorum()
     }
 
     // A topic created through any node appears on all, with its partitions on disk.
-    let created = cluster.node(2).request(
-        "POST",
-        "/v1/topics",
-        Some(r#"{"name": "a", "partitions": 3, "replication_factor": 3}"#),
+    cluster.create_and_see_everywhere(
+        2,
+        r#"{"name": "a", "partitions": 3, "replication_factor": 3}"#,
+        "a-2",
     );
-    assert_eq!(created.status, 201, "{}", created.body);
-    for id in 1..=3 {
-        wait_until(
-            || topic_names(&cluster.topics(id)) == ["a"],
-            &format!("topic a on node {id}"),
-        );
-        let partition = cluster.dir(id).join("data/partitions/a-2");
-        wait_until(|| partition.is_dir(), &format!("a-2 on node {id}"));
-    }
 
     // Kill the leader: a survivor accepts changes again within 5 s.
     let leader = cluster.leader(1);
@@ -843,20 +851,11 @@ fn a_broker_only_node_joins_as_a_learner_and_hosts_partitions() {
     assert_eq!(learner["roles"]["controller"], false, "{learner}");
 
     // Created through the learner (forwarded to the leader), placed on both brokers.
-    let created = cluster.node(2).request(
-        "POST",
-        "/v1/topics",
-        Some(r#"{"name": "events", "partitions": 2, "replication_factor": 2}"#),
+    cluster.create_and_see_everywhere(
+        2,
+        r#"{"name": "events", "partitions": 2, "replication_factor": 2}"#,
+        "events-1",
     );
-    assert_eq!(created.status, 201, "{}", created.body);
-    for id in 1..=2 {
-        wait_until(
-            || topic_names(&cluster.topics(id)) == ["events"],
-            &format!("events on node {id}"),
-        );
-        let partition = cluster.dir(id).join("data/partitions/events-1");
-        wait_until(|| partition.is_dir(), &format!("events-1 on node {id}"));
-    }
 
     // The learner restarts and comes back with the metadata.
     cluster.kill(2);
