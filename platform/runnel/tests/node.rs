@@ -660,6 +660,44 @@ impl Cluster {
         node.wait_for_exit();
     }
 
+    /// Waits for the banners of the given nodes (they become ready together).
+    fn read_banners(&mut self, ids: &[usize]) {
+        for id in ids {
+            self.nodes[id - 1]
+                .as_mut()
+                .expect("node running")
+                .read_banner();
+        }
+    }
+
+    /// Stops every running node with SIGTERM; each must exit 0.
+    fn stop_all(&mut self) {
+        for (index, slot) in self.nodes.iter_mut().enumerate() {
+            if let Some(node) = slot.as_mut() {
+                node.signal(libc::SIGTERM);
+                let status = node.wait_for_exit();
+                assert_eq!(
+                    status.code(),
+                    Some(0),
+                    "node {}: {}",
+                    index + 1,
+                    node.stderr()
+                );
+            }
+        }
+    }
+
+    /// Node `id` as node `asking` lists it in `/v1/cluster`.
+    fn node_info(&self, asking: usize, id: usize) -> Option<serde_json::Value> {
+        let body: serde_json::Value =
+            serde_json::from_str(&self.node(asking).get("/v1/cluster").body).unwrap();
+        body["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["id"] == id as u64)
+            .cloned()
+    }
+
     fn leader(&self, asking: usize) -> usize {
         let cluster = self.node(asking).get("/v1/cluster").body;
         let value: serde_json::Value = serde_json::from_str(&cluster).expect("cluster json");
@@ -703,9 +741,7 @@ fn a_three_voter_cluster_agrees_survives_its_leader_and_refuses_without_quorum()
     for id in 1..=3 {
         cluster.spawn(id);
     }
-    for id in 1..=3 {
-        cluster.nodes[id - 1].as_mut().unwrap().read_banner();
-    }
+    cluster.read_banners(&[1, 2, 3]);
 
     // A topic created through any node appears on all, with its partitions on disk.
     cluster.create_and_see_everywhere(
@@ -741,16 +777,10 @@ fn a_three_voter_cluster_agrees_survives_its_leader_and_refuses_without_quorum()
     eprintln!("changes accepted again {recovered_in:?} after killing the leader");
 
     // The new leader fences the silent node once its session expires; placement skips it.
-    let alive = |cluster: &Cluster, asking: usize, id: usize| -> bool {
-        let body: serde_json::Value =
-            serde_json::from_str(&cluster.node(asking).get("/v1/cluster").body).unwrap();
-        body["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["id"] == id as u64)
-            .map(|n| n["alive"] == true)
-            .unwrap_or(false)
+    let alive = |cluster: &Cluster, asking: usize, id: usize| {
+        cluster
+            .node_info(asking, id)
+            .is_some_and(|node| node["alive"] == true)
     };
     let fence_deadline = Instant::now() + Duration::from_secs(15);
     while alive(&cluster, survivor, leader) {
@@ -770,7 +800,7 @@ fn a_three_voter_cluster_agrees_survives_its_leader_and_refuses_without_quorum()
 
     // The killed node restarts, catches up, and is alive again.
     cluster.spawn(leader);
-    cluster.nodes[leader - 1].as_mut().unwrap().read_banner();
+    cluster.read_banners(&[leader]);
     wait_until(
         || topic_names(&cluster.topics(leader)) == ["a", "b"],
         "the restarted node caught up",
@@ -809,9 +839,7 @@ fn a_three_voter_cluster_agrees_survives_its_leader_and_refuses_without_quorum()
     for id in &others {
         cluster.spawn(*id);
     }
-    for id in &others {
-        cluster.nodes[id - 1].as_mut().unwrap().read_banner();
-    }
+    cluster.read_banners(&others);
     wait_until(
         || {
             let first = cluster.topics(1);
@@ -819,16 +847,7 @@ fn a_three_voter_cluster_agrees_survives_its_leader_and_refuses_without_quorum()
         },
         "the same metadata on all three",
     );
-    for id in 1..=3 {
-        let node = cluster.nodes[id - 1].as_mut().unwrap();
-        node.signal(libc::SIGTERM);
-        assert_eq!(
-            node.wait_for_exit().code(),
-            Some(0),
-            "node {id}: {}",
-            node.stderr()
-        );
-    }
+    cluster.stop_all();
 }
 
 #[test]
@@ -836,18 +855,8 @@ fn a_broker_only_node_joins_as_a_learner_and_hosts_partitions() {
     let mut cluster = Cluster::new(2, 1);
     cluster.spawn(1);
     cluster.spawn(2);
-    for id in 1..=2 {
-        cluster.nodes[id - 1].as_mut().unwrap().read_banner();
-    }
-    let nodes: serde_json::Value =
-        serde_json::from_str(&cluster.node(1).get("/v1/cluster").body).unwrap();
-    let learner = nodes["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["id"] == 2)
-        .expect("the learner registered")
-        .clone();
+    cluster.read_banners(&[1, 2]);
+    let learner = cluster.node_info(1, 2).expect("the learner registered");
     assert_eq!(learner["roles"]["controller"], false, "{learner}");
 
     // Created through the learner (forwarded to the leader), placed on both brokers.
@@ -860,16 +869,7 @@ fn a_broker_only_node_joins_as_a_learner_and_hosts_partitions() {
     // The learner restarts and comes back with the metadata.
     cluster.kill(2);
     cluster.spawn(2);
-    cluster.nodes[1].as_mut().unwrap().read_banner();
+    cluster.read_banners(&[2]);
     assert_eq!(topic_names(&cluster.topics(2)), ["events"]);
-    for id in 1..=2 {
-        let node = cluster.nodes[id - 1].as_mut().unwrap();
-        node.signal(libc::SIGTERM);
-        assert_eq!(
-            node.wait_for_exit().code(),
-            Some(0),
-            "node {id}: {}",
-            node.stderr()
-        );
-    }
+    cluster.stop_all();
 }
