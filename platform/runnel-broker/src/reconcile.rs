@@ -10,8 +10,11 @@
 //! two versions this node has seen (its topic was deleted, or it moved away). A local
 //! partition the metadata has never listed (a *stray*, say data from another cluster or
 //! from before the metadata was reset) is reported and left alone, never deleted on a guess.
-//! Partition directories do not record the topic's UUID yet, so a topic deleted and created
-//! again under the same name while this node was away keeps its old local data.
+//! Each partition directory records its topic's UUID: a local partition whose topic was
+//! deleted and created again under the same name while this node was away has another
+//! UUID, and is replaced (its old data deleted) rather than served as the new topic's.
+//! A partition without a recorded UUID (created before they were recorded) adopts the
+//! metadata's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -23,11 +26,29 @@ use runnel_log::{LogManager, TopicPartition};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+/// A partition this node should host: its config and its topic's UUID.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wanted {
+    pub config: TopicConfig,
+    pub topic_id: String,
+}
+
+/// A partition on this node: its config and the topic UUID its directory records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Local {
+    pub config: TopicConfig,
+    pub topic_id: Option<String>,
+}
+
 /// What to change on this node.
 #[derive(Debug, Default, PartialEq)]
 pub struct Plan {
-    pub create: Vec<(TopicPartition, TopicConfig)>,
+    pub create: Vec<(TopicPartition, Wanted)>,
     pub reconfigure: Vec<(TopicPartition, TopicConfig)>,
+    /// Record the topic UUID in a directory that has none yet.
+    pub adopt: Vec<(TopicPartition, String)>,
+    /// Local data of an earlier topic of the same name: delete it, create the partition anew.
+    pub replace: Vec<(TopicPartition, Wanted)>,
     pub delete: Vec<TopicPartition>,
     /// Local partitions the metadata has never given this node: reported, kept.
     pub strays: Vec<TopicPartition>,
@@ -35,7 +56,11 @@ pub struct Plan {
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.create.is_empty() && self.reconfigure.is_empty() && self.delete.is_empty()
+        self.create.is_empty()
+            && self.reconfigure.is_empty()
+            && self.adopt.is_empty()
+            && self.replace.is_empty()
+            && self.delete.is_empty()
     }
 }
 
@@ -45,7 +70,7 @@ pub fn hosted(
     metadata: &Metadata,
     node: NodeId,
     defaults: &TopicConfig,
-) -> BTreeMap<TopicPartition, TopicConfig> {
+) -> BTreeMap<TopicPartition, Wanted> {
     let mut hosted = BTreeMap::new();
     for topic in metadata.topics.values() {
         // Overrides were validated by the controller; should one still fail here (a newer
@@ -62,7 +87,10 @@ pub fn hosted(
             if partition.replicas.contains(&node) {
                 hosted.insert(
                     TopicPartition::new(&topic.name, index as u32),
-                    config.clone(),
+                    Wanted {
+                        config: config.clone(),
+                        topic_id: topic.id.to_string(),
+                    },
                 );
             }
         }
@@ -77,18 +105,26 @@ pub fn plan(
     metadata: &Metadata,
     node: NodeId,
     defaults: &TopicConfig,
-    local: &BTreeMap<TopicPartition, TopicConfig>,
+    local: &BTreeMap<TopicPartition, Local>,
     previously_hosted: &BTreeSet<TopicPartition>,
 ) -> Plan {
     let wanted = hosted(metadata, node, defaults);
     let mut plan = Plan::default();
-    for (tp, config) in &wanted {
-        match local.get(tp) {
-            None => plan.create.push((tp.clone(), config.clone())),
-            Some(current) if current != config => {
-                plan.reconfigure.push((tp.clone(), config.clone()))
+    for (tp, want) in &wanted {
+        let Some(have) = local.get(tp) else {
+            plan.create.push((tp.clone(), want.clone()));
+            continue;
+        };
+        match &have.topic_id {
+            Some(id) if *id != want.topic_id => {
+                plan.replace.push((tp.clone(), want.clone()));
+                continue;
             }
+            None => plan.adopt.push((tp.clone(), want.topic_id.clone())),
             Some(_) => {}
+        }
+        if have.config != want.config {
+            plan.reconfigure.push((tp.clone(), want.config.clone()));
         }
     }
     for tp in local.keys() {
@@ -107,15 +143,36 @@ pub fn plan(
 /// Carries out `plan`; returns how many steps failed (each is logged).
 pub async fn apply(log: &LogManager, plan: Plan) -> usize {
     let mut failures = 0;
-    for (tp, config) in plan.create {
-        match log.create(&tp, config).await {
-            Ok(_) => {
+    let mut failed = |tp: &TopicPartition, what: &str, error: &dyn std::fmt::Display| {
+        failures += 1;
+        tracing::error!(topic = %tp.topic, partition = tp.partition, %error, "{what} failed");
+    };
+    for (tp, want) in plan.replace {
+        tracing::warn!(topic = %tp.topic, partition = tp.partition, "local data belongs to an earlier topic of the same name: replacing it");
+        if let Err(error) = log.delete(&tp).await {
+            failed(&tp, "deleting an earlier topic's partition", &error);
+            continue;
+        }
+        match create(log, &tp, want).await {
+            Ok(()) => {
                 tracing::info!(topic = %tp.topic, partition = tp.partition, "partition created")
             }
-            Err(error) => {
-                failures += 1;
-                tracing::error!(topic = %tp.topic, partition = tp.partition, %error, "creating partition failed");
+            Err(error) => failed(&tp, "creating partition", &error),
+        }
+    }
+    for (tp, want) in plan.create {
+        match create(log, &tp, want).await {
+            Ok(()) => {
+                tracing::info!(topic = %tp.topic, partition = tp.partition, "partition created")
             }
+            Err(error) => failed(&tp, "creating partition", &error),
+        }
+    }
+    for (tp, topic_id) in plan.adopt {
+        if let Some(partition) = log.get(&tp)
+            && let Err(error) = partition.set_topic_id(&topic_id).await
+        {
+            failed(&tp, "recording the topic id", &error);
         }
     }
     for (tp, config) in plan.reconfigure {
@@ -129,25 +186,41 @@ pub async fn apply(log: &LogManager, plan: Plan) -> usize {
             Ok(()) => {
                 tracing::info!(topic = %tp.topic, partition = tp.partition, "partition deleted")
             }
-            Err(error) => {
-                failures += 1;
-                tracing::error!(topic = %tp.topic, partition = tp.partition, %error, "deleting partition failed");
-            }
+            Err(error) => failed(&tp, "deleting partition", &error),
         }
     }
     failures
 }
 
+async fn create(
+    log: &LogManager,
+    tp: &TopicPartition,
+    want: Wanted,
+) -> Result<(), runnel_log::LogError> {
+    let partition = log.create(tp, want.config).await?;
+    partition.set_topic_id(&want.topic_id).await
+}
+
 /// The partitions on this node, open or offline. An offline one (it failed to open) is
 /// not created again, but is still deleted when its topic goes.
-fn local_partitions(log: &LogManager) -> BTreeMap<TopicPartition, TopicConfig> {
+fn local_partitions(log: &LogManager) -> BTreeMap<TopicPartition, Local> {
     let mut local: BTreeMap<_, _> = log
         .partitions()
         .into_iter()
-        .map(|(tp, partition)| (tp, (*partition.config()).clone()))
+        .map(|(tp, partition)| {
+            let here = Local {
+                config: (*partition.config()).clone(),
+                topic_id: partition.topic_id(),
+            };
+            (tp, here)
+        })
         .collect();
     for (tp, _reason) in log.offline_partitions() {
-        local.entry(tp).or_insert_with(|| log.defaults().clone());
+        // Unknown id: an offline partition is adopted at most, never replaced on a guess.
+        local.entry(tp).or_insert_with(|| Local {
+            config: log.defaults().clone(),
+            topic_id: None,
+        });
     }
     local
 }
@@ -238,9 +311,13 @@ mod tests {
         let defaults = TopicConfig::default();
         let stale = TopicPartition::new("gone", 0);
         let stray = TopicPartition::new("never-known", 0);
+        let here = |config: &TopicConfig| Local {
+            config: config.clone(),
+            topic_id: None,
+        };
         let local = BTreeMap::from([
-            (stale.clone(), defaults.clone()),
-            (stray.clone(), defaults.clone()),
+            (stale.clone(), here(&defaults)),
+            (stray.clone(), here(&defaults)),
         ]);
         let previously = BTreeSet::from([stale.clone()]);
         let mut created = 0;
@@ -256,7 +333,11 @@ mod tests {
                 vec![stray.clone()],
                 "never in the metadata: kept"
             );
-            assert!(plan.create.iter().all(|(_, c)| c.cleanup_policy.compact));
+            assert!(
+                plan.create
+                    .iter()
+                    .all(|(_, w)| w.config.cleanup_policy.compact)
+            );
             assert!(
                 plan.create.iter().any(|(tp, _)| tp.topic == "b"),
                 "b has a replica everywhere"
@@ -274,13 +355,53 @@ mod tests {
     fn a_changed_config_is_applied_and_a_settled_node_has_nothing_to_do() {
         let metadata = metadata_with(1, &[("a", 1, 1)]);
         let defaults = TopicConfig::default();
-        let settled = hosted(&metadata, 1, &defaults);
+        let settled: BTreeMap<_, _> = hosted(&metadata, 1, &defaults)
+            .into_iter()
+            .map(|(tp, want)| {
+                let here = Local {
+                    config: want.config,
+                    topic_id: Some(want.topic_id),
+                };
+                (tp, here)
+            })
+            .collect();
         let none = BTreeSet::new();
         assert!(plan(&metadata, 1, &defaults, &settled, &none).is_empty());
         let mut outdated = settled.clone();
-        outdated.values_mut().for_each(|c| *c = defaults.clone());
+        outdated
+            .values_mut()
+            .for_each(|l| l.config = defaults.clone());
         let plan = plan(&metadata, 1, &defaults, &outdated, &none);
         assert_eq!(plan.reconfigure.len(), 1);
+        assert!(plan.create.is_empty() && plan.delete.is_empty() && plan.replace.is_empty());
+    }
+
+    #[test]
+    fn data_of_an_earlier_topic_with_the_same_name_is_replaced_and_no_id_is_adopted() {
+        let metadata = metadata_with(1, &[("a", 2, 1)]);
+        let defaults = TopicConfig::default();
+        let wanted = hosted(&metadata, 1, &defaults);
+        let mut local = BTreeMap::new();
+        let a0 = TopicPartition::new("a", 0);
+        let a1 = TopicPartition::new("a", 1);
+        local.insert(
+            a0.clone(),
+            Local {
+                config: wanted[&a0].config.clone(),
+                topic_id: Some("an-earlier-uuid".to_string()),
+            },
+        );
+        local.insert(
+            a1.clone(),
+            Local {
+                config: wanted[&a1].config.clone(),
+                topic_id: None,
+            },
+        );
+        let plan = plan(&metadata, 1, &defaults, &local, &BTreeSet::new());
+        assert_eq!(plan.replace.len(), 1);
+        assert_eq!(plan.replace[0].0, a0);
+        assert_eq!(plan.adopt, vec![(a1.clone(), wanted[&a1].topic_id.clone())]);
         assert!(plan.create.is_empty() && plan.delete.is_empty());
     }
 }

@@ -46,6 +46,8 @@ use crate::segment::{self, Segment};
 
 const CLEAN_SHUTDOWN_MARKER: &str = ".clean-shutdown";
 const LOCK_FILE: &str = ".lock";
+/// Records which topic (by UUID) the directory belongs to, like Kafka's file of that name.
+const PARTITION_METADATA: &str = "partition.metadata";
 /// How long opening waits for the previous writer of the directory to let go.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// Appends taken as one group at most; more wait for the next group.
@@ -115,6 +117,8 @@ pub(crate) struct Shared {
     closed: std::sync::atomic::AtomicBool,
     /// Set under `maintenance` by `close`: no retention or compaction starts after it.
     closing: std::sync::atomic::AtomicBool,
+    /// The topic UUID recorded in the directory, read once at open.
+    topic_id: Mutex<Option<String>>,
     /// Serializes retention and compaction, which both replace sealed segments.
     pub maintenance: Mutex<()>,
     pub metrics: Arc<LogMetrics>,
@@ -350,6 +354,35 @@ impl PartitionLog {
         self.shared.leader_epoch.store(epoch, Ordering::Release);
     }
 
+    /// The UUID of the topic this partition belongs to, as recorded in the directory
+    /// (`None` if none was recorded yet).
+    pub fn topic_id(&self) -> Option<String> {
+        self.shared
+            .topic_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records the topic's UUID in the directory (durably), so a topic deleted and created
+    /// again under the same name is never mistaken for the old one.
+    pub async fn set_topic_id(&self, topic_id: &str) -> Result<(), LogError> {
+        if self.topic_id().as_deref() == Some(topic_id) {
+            return Ok(());
+        }
+        let path = self.shared.dir.join(PARTITION_METADATA);
+        let contents = format!("version: 0\ntopic_id: {topic_id}\n");
+        tokio::task::spawn_blocking(move || segment::write_durably(&path, contents.as_bytes()))
+            .await
+            .map_err(|e| LogError::io("record the topic id", std::io::Error::other(e)))??;
+        *self
+            .shared
+            .topic_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(topic_id.to_string());
+        Ok(())
+    }
+
     /// Whether the partition went offline, and why.
     pub fn offline_reason(&self) -> Option<String> {
         self.shared.offline.get().cloned()
@@ -497,6 +530,14 @@ pub(crate) fn decompression_limit(config: &TopicConfig) -> usize {
         .clamp(FLOOR, CEILING)
 }
 
+/// The topic UUID recorded in `dir`, if any.
+fn read_topic_id(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(PARTITION_METADATA)).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("topic_id: "))
+        .map(|id| id.trim().to_string())
+}
+
 /// Creates `dir` if needed, fsyncing its parent so the new entry survives a crash.
 pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), LogError> {
     if dir.is_dir() {
@@ -621,6 +662,7 @@ fn open_blocking(
     }
     let log_start = list.first().map_or(0, |s| s.base_offset);
     let log_end = active.next_offset();
+    let dir_for_topic_id = dir.clone();
     metrics.segments.inc_by(list.len() as i64);
     let shared = Shared {
         dir,
@@ -633,6 +675,7 @@ fn open_blocking(
         offline: OnceLock::new(),
         closed: std::sync::atomic::AtomicBool::new(false),
         closing: std::sync::atomic::AtomicBool::new(false),
+        topic_id: Mutex::new(read_topic_id(&dir_for_topic_id)),
         maintenance: Mutex::new(()),
         metrics,
     };

@@ -475,3 +475,19 @@ async fn flush_ms_fsyncs_even_when_appends_never_stop() {
         "flush.ms=30 never fsynced during 400 ms of appends"
     );
 }
+
+#[tokio::test]
+async fn the_topic_id_is_recorded_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), config()).await;
+    assert_eq!(log.topic_id(), None);
+    log.set_topic_id("2d7543f8-7a8f-45f2-a0be-0f7aa18f6254")
+        .await
+        .unwrap();
+    log.close().await.unwrap();
+    let log = open(dir.path(), config()).await;
+    assert_eq!(
+        log.topic_id().as_deref(),
+        Some("2d7543f8-7a8f-45f2-a0be-0f7aa18f6254")
+    );
+}

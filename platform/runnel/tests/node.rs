@@ -524,6 +524,14 @@ fn topics_created_through_the_admin_api_get_partitions_and_survive_a_restart() {
         || partition(0).is_dir() && partition(1).is_dir(),
         "partitions created",
     );
+    // Each partition directory records the topic's UUID.
+    let created: serde_json::Value = serde_json::from_str(&created.body).unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let metadata_file = partition(1).join("partition.metadata");
+    wait_until(
+        || std::fs::read_to_string(&metadata_file).is_ok_and(|text| text.contains(&id)),
+        "the topic id recorded",
+    );
     let metrics = node.get("/metrics").body;
     for name in [
         "runnel_controller_term",
