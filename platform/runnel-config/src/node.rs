@@ -104,6 +104,13 @@ pub enum ConfigError {
     /// An error of the layering itself that cannot be pinned on one key.
     #[error("cannot load configuration: {reason}")]
     Load { reason: String },
+    /// A failure after warnings were found: both are reported, since a misspelled key is
+    /// often the reason for the failure.
+    #[error("{error} (also: {})", warnings.join("; "))]
+    WithWarnings {
+        error: Box<ConfigError>,
+        warnings: Vec<String>,
+    },
 }
 
 impl ConfigError {
@@ -446,7 +453,25 @@ impl NodeConfig {
         overrides: &[(String, String)],
     ) -> Result<Loaded, ConfigError> {
         let mut warnings = Vec::new();
+        let config = Self::load_layers(file, env, overrides, &mut warnings).map_err(|error| {
+            if warnings.is_empty() {
+                error
+            } else {
+                ConfigError::WithWarnings {
+                    error: Box::new(error),
+                    warnings: warnings.clone(),
+                }
+            }
+        })?;
+        Ok(Loaded { config, warnings })
+    }
 
+    fn load_layers(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(String, String)],
+        warnings: &mut Vec<String>,
+    ) -> Result<NodeConfig, ConfigError> {
         let defaults = config::Config::try_from(&NodeConfig::default()).map_err(load_error)?;
         let mut builder = config::Config::builder().add_source(defaults);
 
@@ -502,7 +527,7 @@ impl NodeConfig {
             load_error(error)
         })?;
         config.validate()?;
-        Ok(Loaded { config, warnings })
+        Ok(config)
     }
 
     /// Checks every value without I/O. The error lists every problem, each naming its key and
@@ -758,6 +783,17 @@ fn load_error(error: config::ConfigError) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_also_reports_the_warnings_found_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("runnel.toml");
+        std::fs::write(&file, "[node]\nid = 0\n[kafka]\nlisen = \"127.0.0.1:1\"\n").unwrap();
+        let error = NodeConfig::load(Some(&file), Vec::new(), &[]).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("node.id"), "{message}");
+        assert!(message.contains("kafka.lisen"), "{message}");
+    }
 
     fn pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
