@@ -360,13 +360,22 @@ impl Metadata {
         }
         let mut placed = Vec::with_capacity(count as usize);
         for _ in 0..count {
-            let leader = *brokers
+            let count_of =
+                |counts: &BTreeMap<NodeId, usize>, b: &NodeId| counts.get(b).copied().unwrap_or(0);
+            // Applying runs on every voter: no panics, even on an impossible state.
+            let Some(leader) = brokers
                 .iter()
-                .min_by_key(|b| (leaders[b], replicas[b], **b))
-                .expect("at least one broker: checked above");
+                .copied()
+                .min_by_key(|b| (count_of(&leaders, b), count_of(&replicas, b), *b))
+            else {
+                return Err(MetadataError::InvalidReplicationFactor {
+                    requested: replication_factor,
+                    available: 0,
+                });
+            };
             let mut followers: Vec<NodeId> =
                 brokers.iter().copied().filter(|b| *b != leader).collect();
-            followers.sort_by_key(|b| (replicas[b], *b));
+            followers.sort_by_key(|b| (count_of(&replicas, b), *b));
             followers.truncate(usize::from(replication_factor) - 1);
             let mut set = vec![leader];
             set.extend(followers);

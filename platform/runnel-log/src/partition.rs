@@ -646,12 +646,16 @@ fn open_blocking(
         }
         list.push(Arc::new(segment));
     }
-    if list.is_empty() {
-        list.push(Arc::new(Segment::create(&dir, 0)?));
-        segment::sync_dir(&dir)
-            .map_err(|source| LogError::io(format!("fsync {}", dir.display()), source))?;
-    }
-    let active = list.last().cloned().expect("at least one segment");
+    let active = match list.last() {
+        Some(last) => last.clone(),
+        None => {
+            let first = Arc::new(Segment::create(&dir, 0)?);
+            segment::sync_dir(&dir)
+                .map_err(|source| LogError::io(format!("fsync {}", dir.display()), source))?;
+            list.push(first.clone());
+            first
+        }
+    };
     // Whatever survived the crash may still sit only in the page cache.
     active.sync()?;
     if !active.is_empty() {
