@@ -319,7 +319,7 @@ impl RaftNetworkFactory<TypeConfig> for NoPeers {
 impl NoPeer {
     fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
         RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!(
-            "node {} is not reachable: the cluster RPC is not built yet",
+            "node {} is not reachable: a single-voter controller has no peers",
             self.target
         ))))
     }

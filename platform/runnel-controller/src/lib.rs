@@ -9,7 +9,7 @@
 //!   disk; the metadata is published on a `watch` channel after every change.
 //! - [`liveness`]: the leader fences nodes that stop heartbeating and unfences them when
 //!   they are back.
-//! - [`controller`]: the Raft node: start (a single voter for now), propose, follow the
+//! - [`controller`]: the Raft node: start (one voter, or a quorum with learners), propose, follow the
 //!   metadata, report the Raft state.
 //!
 //! Raft: openraft 0.9 (the stable line) with `storage-v2`, which lets the crate implement

@@ -5,10 +5,12 @@
 //! 2. bind the HTTP listener (liveness answers from here on, readiness says 503);
 //! 3. open the log under `<node.data_dir>/partitions`, recovering every partition; one that
 //!    fails to open stays offline and is counted in the banner, the rest serve;
-//! 4. start the controller (a one-voter metadata quorum under `<data dir>/controller`: it
-//!    initializes itself on first start and recovers the metadata after a restart), wait
-//!    until it has applied its whole log, register this node, and start reconciling local
-//!    partitions with the metadata;
+//! 4. start the controller under `<data dir>/controller`: a one-voter quorum (`runnel dev`)
+//!    that initializes itself and recovers after a restart, or, with `controller.voters`,
+//!    a member of a multi-voter quorum (a learner if its id is not listed) serving the
+//!    cluster RPC on `cluster.listen`; wait until it has a leader, has registered this node
+//!    and has applied the log up to that; then start reconciling local partitions with the
+//!    metadata;
 //! 5. start the log's retention and compaction schedule;
 //! 6. mark the node ready and print the banner (see [`crate::banner`]).
 //!
