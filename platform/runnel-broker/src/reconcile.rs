@@ -140,14 +140,18 @@ pub fn plan(
     plan
 }
 
-/// Carries out `plan`; returns how many steps failed (each is logged).
-pub async fn apply(log: &LogManager, plan: Plan) -> usize {
+/// Carries out `plan`, stopping between steps once `cancel` fires; returns how many steps
+/// failed (each is logged).
+pub async fn apply(log: &LogManager, plan: Plan, cancel: &CancellationToken) -> usize {
     let mut failures = 0;
     let mut failed = |tp: &TopicPartition, what: &str, error: &dyn std::fmt::Display| {
         failures += 1;
         tracing::error!(topic = %tp.topic, partition = tp.partition, %error, "{what} failed");
     };
     for (tp, want) in plan.replace {
+        if cancel.is_cancelled() {
+            return failures;
+        }
         tracing::warn!(topic = %tp.topic, partition = tp.partition, "local data belongs to an earlier topic of the same name: replacing it");
         if let Err(error) = log.delete(&tp).await {
             failed(&tp, "deleting an earlier topic's partition", &error);
@@ -161,6 +165,9 @@ pub async fn apply(log: &LogManager, plan: Plan) -> usize {
         }
     }
     for (tp, want) in plan.create {
+        if cancel.is_cancelled() {
+            return failures;
+        }
         match create(log, &tp, want).await {
             Ok(()) => {
                 tracing::info!(topic = %tp.topic, partition = tp.partition, "partition created")
@@ -169,6 +176,9 @@ pub async fn apply(log: &LogManager, plan: Plan) -> usize {
         }
     }
     for (tp, topic_id) in plan.adopt {
+        if cancel.is_cancelled() {
+            return failures;
+        }
         if let Some(partition) = log.get(&tp)
             && let Err(error) = partition.set_topic_id(&topic_id).await
         {
@@ -176,12 +186,18 @@ pub async fn apply(log: &LogManager, plan: Plan) -> usize {
         }
     }
     for (tp, config) in plan.reconfigure {
+        if cancel.is_cancelled() {
+            return failures;
+        }
         if let Some(partition) = log.get(&tp) {
             partition.set_config(config);
             tracing::info!(topic = %tp.topic, partition = tp.partition, "partition config updated");
         }
     }
     for tp in plan.delete {
+        if cancel.is_cancelled() {
+            return failures;
+        }
         match log.delete(&tp).await {
             Ok(()) => {
                 tracing::info!(topic = %tp.topic, partition = tp.partition, "partition deleted")
@@ -192,13 +208,25 @@ pub async fn apply(log: &LogManager, plan: Plan) -> usize {
     failures
 }
 
-async fn create(
-    log: &LogManager,
-    tp: &TopicPartition,
-    want: Wanted,
-) -> Result<(), runnel_log::LogError> {
-    let partition = log.create(tp, want.config).await?;
-    partition.set_topic_id(&want.topic_id).await
+async fn create(log: &LogManager, tp: &TopicPartition, want: Wanted) -> Result<(), String> {
+    let partition = log
+        .create(tp, want.config)
+        .await
+        .map_err(|e| e.to_string())?;
+    // A directory that records another topic's UUID is never relabelled: that data is not
+    // this topic's (it is replaced through `Plan::replace` once it is listed as local).
+    if let Some(existing) = partition.topic_id()
+        && existing != want.topic_id
+    {
+        return Err(format!(
+            "the directory holds topic {existing}, not {}",
+            want.topic_id
+        ));
+    }
+    partition
+        .set_topic_id(&want.topic_id)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// The partitions on this node, open or offline. An offline one (it failed to open) is
@@ -250,12 +278,20 @@ pub async fn run(
                 tracing::warn!(topic = %tp.topic, partition = tp.partition, "stray partition: not in the cluster metadata, left untouched");
             }
         }
-        previously_hosted = hosted(&current, node, log.defaults()).into_keys().collect();
+        let deletes = plan.delete.clone();
         let failures = if plan.is_empty() {
             0
         } else {
-            apply(&log, plan).await
+            apply(&log, plan, &cancel).await
         };
+        // A partition whose delete failed stays "previously hosted", so it is retried.
+        let still_local = local_partitions(&log);
+        previously_hosted = hosted(&current, node, log.defaults()).into_keys().collect();
+        previously_hosted.extend(
+            deletes
+                .into_iter()
+                .filter(|tp| still_local.contains_key(tp)),
+        );
         tokio::select! {
             _ = cancel.cancelled() => return,
             changed = metadata.changed() => {

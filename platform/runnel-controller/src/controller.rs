@@ -181,6 +181,12 @@ impl Controller {
         self.node.id
     }
 
+    /// Whether the Raft node stopped (a fatal storage error, or shut down): nothing will
+    /// succeed any more.
+    pub fn is_stopped(&self) -> bool {
+        self.raft.metrics().borrow().running_state.is_err()
+    }
+
     /// The Raft handle, for the cluster RPC server.
     pub fn raft(&self) -> Raft<TypeConfig> {
         self.raft.clone()

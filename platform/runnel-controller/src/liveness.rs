@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::Controller;
+use crate::controller::{Controller, propose_locally};
 use crate::metadata::{Command, NodeId};
 
 /// How long a node may be silent before the leader fences it.
@@ -29,6 +29,8 @@ pub struct Heartbeats {
 }
 
 impl Heartbeats {
+    /// Notes a heartbeat. The caller only records members of the cluster, so the table
+    /// stays bounded by the membership.
     pub fn record(&self, node: NodeId) {
         self.seen
             .lock()
@@ -63,31 +65,47 @@ fn verdict(
 }
 
 /// Runs on every node until `cancel`: while this node leads, fences silent nodes and
-/// unfences the ones heard from again.
+/// unfences the ones heard from again. Decisions are proposed on this node only (never
+/// forwarded) and only while it still leads in the term it decided in, so a deposed
+/// leader cannot push stale verdicts onto its successor.
 pub async fn run_fencing(
     controller: Arc<Controller>,
     heartbeats: Heartbeats,
     cancel: CancellationToken,
 ) {
-    let mut leading_since: Option<Instant> = None;
+    let raft = controller.raft();
+    // The term this node leads in, and since when.
+    let mut leading: Option<(u64, Instant)> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
         }
-        if !controller.status().is_leader {
-            leading_since = None;
+        let status = controller.status();
+        if !status.is_leader {
+            leading = None;
             continue;
         }
-        let since = *leading_since.get_or_insert_with(Instant::now);
+        let since = match leading {
+            Some((term, since)) if term == status.term => since,
+            _ => {
+                let now = Instant::now();
+                leading = Some((status.term, now));
+                now
+            }
+        };
         heartbeats.record(controller.node_id());
         let now = Instant::now();
         for node in controller.metadata().nodes.values() {
             let Some(alive) = verdict(node.alive, heartbeats.last_seen(node.id), since, now) else {
                 continue;
             };
+            let still = controller.status();
+            if !still.is_leader || still.term != status.term {
+                break;
+            }
             let command = Command::SetNodeAlive { id: node.id, alive };
-            match controller.propose(command).await {
+            match propose_locally(&raft, command).await {
                 Ok(_) => tracing::warn!(node = node.id, alive, "node liveness changed"),
                 Err(error) => {
                     tracing::warn!(node = node.id, %error, "could not record node liveness")

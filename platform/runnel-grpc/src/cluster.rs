@@ -41,6 +41,8 @@ use crate::proto::{RaftReply, RaftRequest};
 /// Raft messages larger than this are refused (snapshots travel in chunks far below it).
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The largest metadata snapshot a node accepts.
+const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 
 /// What a forwarded proposal answers: the outcome and its log index, or why it failed.
 type ForwardReply = Result<(Response, u64), String>;
@@ -147,15 +149,36 @@ impl Cluster for ClusterService {
     }
 
     async fn install_snapshot(&self, request: Request<RaftRequest>) -> Served {
-        self.serve(request, |chunk: InstallSnapshotRequest<TypeConfig>| {
-            self.raft.install_snapshot(chunk)
-        })
-        .await
+        let request = request.into_inner();
+        self.check_target(&request)?;
+        let chunk: InstallSnapshotRequest<TypeConfig> = decode(&request.payload)?;
+        // The chunk is written at the offset the sender names: bound it, or a forged offset
+        // would size an allocation.
+        let end = chunk.offset.saturating_add(chunk.data.len() as u64);
+        if end > MAX_SNAPSHOT_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "snapshot chunk ends at byte {end}, past the {MAX_SNAPSHOT_BYTES}-byte limit"
+            )));
+        }
+        let result = self.raft.install_snapshot(chunk).await;
+        Ok(tonic::Response::new(RaftReply {
+            payload: encode(&result)?,
+        }))
     }
 
     async fn heartbeat(&self, request: Request<RaftRequest>) -> Served {
         self.serve(request, |sender: NodeId| async move {
-            self.heartbeats.record(sender);
+            // Only members count, so the table stays bounded by the membership.
+            let member = self
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .nodes()
+                .any(|(id, _)| *id == sender);
+            if member {
+                self.heartbeats.record(sender);
+            }
         })
         .await
     }

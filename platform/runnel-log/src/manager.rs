@@ -57,6 +57,9 @@ pub fn is_safe_topic_name(topic: &str) -> bool {
     runnel_config::validate_topic_name(topic).is_ok()
 }
 
+/// Ends the name of a partition directory being deleted.
+const TOMBSTONE_SUFFIX: &str = ".deleted";
+
 /// What one maintenance pass did over all partitions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MaintenanceReport {
@@ -96,11 +99,16 @@ impl LogManager {
             for entry in entries {
                 let entry = entry
                     .map_err(|source| LogError::io(format!("list {}", root.display()), source))?;
-                if let Some(tp) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(TopicPartition::from_dir_name)
-                {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if name.ends_with(TOMBSTONE_SUFFIX) {
+                    // A delete that did not finish removing its files.
+                    if let Err(error) = std::fs::remove_dir_all(entry.path()) {
+                        tracing::warn!(path = %entry.path().display(), %error, "removing a deleted partition's files");
+                    }
+                    continue;
+                }
+                if let Some(tp) = TopicPartition::from_dir_name(name) {
                     found.push(tp);
                 }
             }
@@ -210,22 +218,46 @@ impl LogManager {
     /// Closes the partition and removes its directory.
     pub async fn delete(&self, tp: &TopicPartition) -> Result<(), LogError> {
         let _changes = self.changes.lock().await;
-        let removed = self.write_partitions().remove(tp);
+        let open = self.get(tp);
+        if let Some(log) = &open {
+            log.close().await?;
+        }
+        // First an atomic rename to a name no partition has (`from_dir_name` rejects it),
+        // made durable: from then on a crash or a failed removal can never bring the old
+        // data back as a partition. Only then is the partition forgotten.
+        let dir = self.root.join(tp.dir_name());
+        let tombstone = self
+            .root
+            .join(format!("{}.{}{TOMBSTONE_SUFFIX}", tp.dir_name(), now_ms()));
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), LogError> {
+            match std::fs::rename(&dir, &tombstone) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(source) => {
+                    return Err(LogError::io(format!("rename {}", dir.display()), source));
+                }
+            }
+            crate::segment::sync_dir(&root)
+                .map_err(|source| LogError::io(format!("fsync {}", root.display()), source))?;
+            if let Err(error) = std::fs::remove_dir_all(&tombstone) {
+                // Harmless: the tombstone is removed at the next start.
+                tracing::warn!(path = %tombstone.display(), %error, "removing a deleted partition's files");
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| LogError::io("delete partition", std::io::Error::other(e)))??;
+        self.write_partitions().remove(tp);
         self.offline
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(tp);
-        if let Some(log) = removed {
-            log.close().await?;
+        if let Some(log) = open {
             self.metrics.partitions.dec();
             self.metrics.segments.dec_by(log.segments().len() as i64);
         }
-        let dir = self.root.join(tp.dir_name());
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(LogError::io(format!("remove {}", dir.display()), source)),
-        }
+        Ok(())
     }
 
     /// One pass of segment.ms rolls, retention and compaction over every partition.

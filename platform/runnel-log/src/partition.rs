@@ -530,12 +530,20 @@ pub(crate) fn decompression_limit(config: &TopicConfig) -> usize {
         .clamp(FLOOR, CEILING)
 }
 
-/// The topic UUID recorded in `dir`, if any.
-fn read_topic_id(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join(PARTITION_METADATA)).ok()?;
-    text.lines()
+/// The topic UUID recorded in `dir`, if any. Only a missing file means "none": any other
+/// failure to read it is an error, so the partition stays offline rather than adopt a new
+/// UUID for data it cannot identify.
+fn read_topic_id(dir: &Path) -> Result<Option<String>, LogError> {
+    let path = dir.join(PARTITION_METADATA);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(LogError::io(format!("read {}", path.display()), source)),
+    };
+    Ok(text
+        .lines()
         .find_map(|line| line.strip_prefix("topic_id: "))
-        .map(|id| id.trim().to_string())
+        .map(|id| id.trim().to_string()))
 }
 
 /// Creates `dir` if needed, fsyncing its parent so the new entry survives a crash.
@@ -666,7 +674,7 @@ fn open_blocking(
     }
     let log_start = list.first().map_or(0, |s| s.base_offset);
     let log_end = active.next_offset();
-    let dir_for_topic_id = dir.clone();
+    let topic_id = read_topic_id(&dir)?;
     metrics.segments.inc_by(list.len() as i64);
     let shared = Shared {
         dir,
@@ -679,7 +687,7 @@ fn open_blocking(
         offline: OnceLock::new(),
         closed: std::sync::atomic::AtomicBool::new(false),
         closing: std::sync::atomic::AtomicBool::new(false),
-        topic_id: Mutex::new(read_topic_id(&dir_for_topic_id)),
+        topic_id: Mutex::new(topic_id),
         maintenance: Mutex::new(()),
         metrics,
     };

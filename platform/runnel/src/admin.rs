@@ -3,8 +3,10 @@
 //!
 //! - `GET /v1/cluster`: nodes, and this node's view of the controller;
 //! - `GET /v1/topics`: every topic with its id, configs and partitions;
-//! - `POST /v1/topics` with `{"name", "partitions", "replication_factor"?, "configs"?}`:
-//!   201 with the topic, 409 if it exists, 400 if a rule is broken, 503 without a quorum;
+//! - `POST /v1/topics` with `{"name", "partitions", "replication_factor"?, "configs"?,
+//!   "id"?}`: 201 with the topic, 409 if it exists, 400 if a rule is broken, 503 without a
+//!   quorum. A client that sends its own `id` (a UUID) can retry after a 503: the same
+//!   creation succeeds again with 201;
 //! - `DELETE /v1/topics/{name}`: 200, or 404 for an unknown topic.
 //!
 //! Errors are `{"error": "..."}` with a readable message.
@@ -24,6 +26,10 @@ pub type ControllerSlot = Arc<OnceLock<Arc<Controller>>>;
 
 #[derive(Debug, Deserialize)]
 pub struct CreateTopic {
+    /// The topic's UUID, chosen by the client so it can retry safely: the same creation
+    /// sent again succeeds with the first result. Drawn by the node if absent.
+    #[serde(default)]
+    id: Option<uuid::Uuid>,
     name: String,
     partitions: u32,
     #[serde(default = "one")]
@@ -120,7 +126,7 @@ pub async fn create_topic(
     let name = request.name.clone();
     let command = Command::CreateTopic {
         name: request.name,
-        id: uuid::Uuid::new_v4(),
+        id: request.id.unwrap_or_else(uuid::Uuid::new_v4),
         partitions: request.partitions,
         replication_factor: request.replication_factor,
         configs: request.configs,

@@ -133,7 +133,6 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
         stop_maintenance.clone(),
     );
 
-    readiness.set(true);
     let ready_in = started.elapsed();
     let banner = Banner {
         node_id: config.node.id,
@@ -161,13 +160,17 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
         .collect(),
         ready_in,
     };
-    print_banner(&banner);
-    tracing::info!(
-        ready_ms = ready_in.as_millis() as u64,
-        partitions = banner.partitions_open,
-        offline_partitions = banner.partitions_offline,
-        "ready"
-    );
+    // A signal during startup: stop without ever reporting ready.
+    if !shutdown.is_cancelled() {
+        readiness.set(true);
+        print_banner(&banner);
+        tracing::info!(
+            ready_ms = ready_in.as_millis() as u64,
+            partitions = banner.partitions_open,
+            offline_partitions = banner.partitions_offline,
+            "ready"
+        );
+    }
 
     shutdown.cancelled().await;
 
@@ -282,7 +285,13 @@ async fn start_controller(
         tokio::select! {
             ready = controller.wait_ready(READY_ATTEMPT) => match ready {
                 Ok(()) => break,
-                Err(error) => tracing::warn!(%error, "waiting for the controller quorum"),
+                Err(error) if !error.is_retryable() || controller.is_stopped() => {
+                    return Err(anyhow::Error::new(error).context("start the controller"));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "waiting for the controller quorum");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             },
             _ = shutdown.cancelled() => break,
         }
@@ -292,6 +301,9 @@ async fn start_controller(
         cluster_server: Some(server),
     })
 }
+
+/// How long stopping the cluster RPC server waits for open connections.
+const CLUSTER_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long one attempt to reach the quorum at startup waits before logging and retrying.
 const READY_ATTEMPT: Duration = Duration::from_secs(10);
@@ -341,9 +353,19 @@ impl ClusterServer {
         })
     }
 
+    /// Stops serving; a peer that keeps a connection open gets [`CLUSTER_DRAIN_TIMEOUT`].
     async fn stop(self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        let mut task = self.task;
+        if tokio::time::timeout(CLUSTER_DRAIN_TIMEOUT, &mut task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "cluster rpc connections still open after the drain timeout; closing them"
+            );
+            task.abort();
+        }
     }
 }
 

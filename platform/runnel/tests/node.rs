@@ -577,6 +577,14 @@ fn topics_created_through_the_admin_api_get_partitions_and_survive_a_restart() {
     let unknown = node.request("DELETE", "/v1/topics/Usuarios", None);
     assert_eq!(unknown.status, 404, "{}", unknown.body);
 
+    // A client that names the UUID can retry: the same creation succeeds again.
+    let retried =
+        r#"{"name": "retried", "partitions": 1, "id": "0f8fad5b-d9cb-469f-a165-70867728950e"}"#;
+    for attempt in 0..2 {
+        let response = node.request("POST", "/v1/topics", Some(retried));
+        assert_eq!(response.status, 201, "attempt {attempt}: {}", response.body);
+    }
+
     node.signal(libc::SIGTERM);
     assert_eq!(
         node.wait_for_exit().code(),
