@@ -6,4 +6,7 @@
 //! metadata no longer gives it. [`reconcile::plan`] decides (pure, tested without I/O);
 //! [`reconcile::run`] follows metadata changes and carries the plans out.
 
+pub mod broker;
 pub mod reconcile;
+
+pub use broker::{Broker, BrokerError, BrokerSettings, PendingProduce, Produced, TopicConfigs};

@@ -8,8 +8,8 @@ pub mod node;
 pub mod topic;
 
 pub use node::{
-    ConfigError, ConfigProblem, ControllerSection, ListenerSection, Loaded, LogSection,
-    NODE_CONFIG_KEYS, NodeConfig, NodeSection,
+    BrokerSection, ConfigError, ConfigProblem, ControllerSection, ListenerSection, Loaded,
+    LogSection, NODE_CONFIG_KEYS, NodeConfig, NodeSection,
 };
 pub use topic::{
     CleanupPolicy, TOPIC_CONFIG_KEYS, TimestampType, TopicConfig, TopicConfigError,

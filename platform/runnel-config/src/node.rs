@@ -52,6 +52,10 @@ pub const NODE_CONFIG_KEYS: &[&str] = &[
     "http.listen",
     "http.advertised",
     "controller.voters",
+    "broker.auto_create_topics_enable",
+    "broker.num_partitions",
+    "broker.default_replication_factor",
+    "broker.socket_request_max_bytes",
     "log.segment_bytes",
     "log.segment_ms",
     "log.retention_ms",
@@ -153,6 +157,8 @@ pub struct NodeConfig {
     pub http: ListenerSection,
     /// `[controller]`: the metadata quorum.
     pub controller: ControllerSection,
+    /// `[broker]`: how the broker serves clients.
+    pub broker: BrokerSection,
     /// `[log]`: defaults for every topic and the log manager's schedule.
     pub log: LogSection,
 }
@@ -198,6 +204,36 @@ impl ControllerSection {
             }
         }
         Ok(voters)
+    }
+}
+
+/// `[broker]`: how the broker serves clients, under the names of Kafka's broker settings
+/// (`auto.create.topics.enable` is `broker.auto_create_topics_enable` here).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BrokerSection {
+    /// `broker.auto_create_topics_enable`: a Metadata request for an unknown topic creates
+    /// it with `num_partitions` partitions, as in Kafka. Default `true`.
+    pub auto_create_topics_enable: bool,
+    /// `broker.num_partitions`: partitions of an auto-created topic, or of a CreateTopics
+    /// request that leaves the count to the broker; at least 1. Default `1`.
+    pub num_partitions: u32,
+    /// `broker.default_replication_factor`: replicas of such topics; at least 1. Default `1`.
+    pub default_replication_factor: u16,
+    /// `broker.socket_request_max_bytes`: the largest Kafka request frame; a larger one
+    /// closes its connection before anything is read into memory. 1024 to 2147483647.
+    /// Default `104857600` (100 MiB).
+    pub socket_request_max_bytes: u64,
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        BrokerSection {
+            auto_create_topics_enable: true,
+            num_partitions: 1,
+            default_replication_factor: 1,
+            socket_request_max_bytes: 100 * 1024 * 1024,
+        }
     }
 }
 
@@ -429,6 +465,7 @@ impl Default for NodeConfig {
             cluster: ListenerSection::on_localhost(9094),
             http: ListenerSection::on_localhost(9644),
             controller: ControllerSection::default(),
+            broker: BrokerSection::default(),
             log: LogSection::default(),
         }
     }
@@ -590,6 +627,27 @@ impl NodeConfig {
             problems.push(ConfigProblem {
                 key: "controller.voters".to_string(),
                 reason,
+            });
+        }
+        if self.broker.num_partitions == 0 {
+            problems.push(ConfigProblem {
+                key: "broker.num_partitions".to_string(),
+                reason: "must be at least 1".to_string(),
+            });
+        }
+        if self.broker.default_replication_factor == 0 {
+            problems.push(ConfigProblem {
+                key: "broker.default_replication_factor".to_string(),
+                reason: "must be at least 1".to_string(),
+            });
+        }
+        if !(1024..=i32::MAX as u64).contains(&self.broker.socket_request_max_bytes) {
+            problems.push(ConfigProblem {
+                key: "broker.socket_request_max_bytes".to_string(),
+                reason: format!(
+                    "{} is outside 1024 to 2147483647",
+                    self.broker.socket_request_max_bytes
+                ),
             });
         }
         if problems.is_empty() {

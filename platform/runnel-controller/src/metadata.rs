@@ -93,6 +93,9 @@ pub struct Metadata {
     pub connectors: BTreeMap<String, ConnectorSpec>,
     pub users: BTreeMap<String, UserSpec>,
     pub acls: Vec<AclSpec>,
+    /// The first producer id not yet handed out (Kafka's idempotent producers).
+    #[serde(default)]
+    pub next_producer_id: i64,
 }
 
 /// A change to the metadata, as it is stored in the Raft log.
@@ -128,6 +131,11 @@ pub enum Command {
         set: BTreeMap<String, String>,
         remove: Vec<String>,
     },
+    /// Hands out the next `count` producer ids, as a block a broker then gives to its
+    /// producers one by one (Kafka's AllocateProducerIds).
+    AllocateProducerIds {
+        count: u32,
+    },
 }
 
 /// What an applied command did.
@@ -146,6 +154,11 @@ pub enum Applied {
         added: Vec<PartitionMeta>,
     },
     ConfigsAltered,
+    /// The ids `first .. first + count` belong to the proposer.
+    ProducerIds {
+        first: i64,
+        count: u32,
+    },
 }
 
 /// Why a command was refused. Nothing of a refused command is applied.
@@ -167,6 +180,8 @@ pub enum MetadataError {
     UnknownNode(NodeId),
     #[error("node {id}: {reason}")]
     InvalidNode { id: NodeId, reason: String },
+    #[error("every producer id has been handed out")]
+    ProducerIdsExhausted,
 }
 
 /// The result of applying a command, as the Raft state machine returns it.
@@ -205,6 +220,17 @@ impl Metadata {
             Command::CreatePartitions { name, total } => self.create_partitions(name, *total),
             Command::AlterTopicConfigs { name, set, remove } => {
                 self.alter_topic_configs(name, set, remove)
+            }
+            Command::AllocateProducerIds { count } => {
+                let first = self.next_producer_id;
+                let next = first
+                    .checked_add(i64::from(*count))
+                    .ok_or(MetadataError::ProducerIdsExhausted)?;
+                self.next_producer_id = next;
+                Ok(Applied::ProducerIds {
+                    first,
+                    count: *count,
+                })
             }
         }
     }

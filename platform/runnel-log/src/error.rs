@@ -39,6 +39,20 @@ pub enum LogError {
     InvalidTopicName(String),
     #[error("partition log is closed")]
     Closed,
+    /// An idempotent producer's batch does not follow its previous one; nothing was written.
+    #[error("producer {producer_id}: expected sequence {expected}, received {received}")]
+    OutOfOrderSequence {
+        producer_id: i64,
+        expected: i32,
+        received: i32,
+    },
+    /// A batch from an older epoch of a producer that has since started a newer one.
+    #[error("producer {producer_id}: epoch {epoch} is older than the current epoch {current}")]
+    InvalidProducerEpoch {
+        producer_id: i64,
+        epoch: i16,
+        current: i16,
+    },
 }
 
 impl LogError {

@@ -22,6 +22,7 @@ mod index;
 mod manager;
 mod metrics;
 mod partition;
+pub mod producers;
 mod segment;
 
 pub use batch::{BatchBuilder, BatchError, BatchHeader, NewRecord};
@@ -30,4 +31,6 @@ pub use compression::Compression;
 pub use error::LogError;
 pub use manager::{LogManager, MaintenanceReport, TopicPartition, is_safe_topic_name};
 pub use metrics::LogMetrics;
-pub use partition::{Appended, PartitionLog, ReadResult, RetentionOutcome, SegmentInfo, now_ms};
+pub use partition::{
+    Appended, PartitionLog, PendingAppend, ReadResult, RetentionOutcome, SegmentInfo, now_ms,
+};

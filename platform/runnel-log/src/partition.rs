@@ -42,12 +42,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use crate::batch;
 use crate::error::LogError;
 use crate::metrics::LogMetrics;
+use crate::producers::{self, ProducerStates, SequenceCheck};
 use crate::segment::{self, Segment};
 
 const CLEAN_SHUTDOWN_MARKER: &str = ".clean-shutdown";
 const LOCK_FILE: &str = ".lock";
 /// Records which topic (by UUID) the directory belongs to, like Kafka's file of that name.
 const PARTITION_METADATA: &str = "partition.metadata";
+/// The log start offset when DeleteRecords moved it inside a segment, like Kafka's
+/// log-start-offset checkpoint.
+const LOG_START_FILE: &str = "log-start-offset";
 /// How long opening waits for the previous writer of the directory to let go.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// Appends taken as one group at most; more wait for the next group.
@@ -71,6 +75,19 @@ pub struct Appended {
     pub log_append_time: Option<i64>,
     /// Whether the batch was fsynced before this reply.
     pub durable: bool,
+    /// An idempotent producer's retry of a batch already in the log: nothing was written,
+    /// and the offsets are the first append's.
+    pub duplicate: bool,
+}
+
+/// An append queued by [`PartitionLog::submit_append`].
+#[must_use = "the append's outcome is only known by waiting for it"]
+pub struct PendingAppend(oneshot::Receiver<Result<Appended, LogError>>);
+
+impl PendingAppend {
+    pub async fn wait(self) -> Result<Appended, LogError> {
+        self.0.await.map_err(|_| LogError::Closed)?
+    }
 }
 
 /// Batches read from the log and the offsets at the time of the read.
@@ -205,7 +222,7 @@ impl PartitionLog {
         metrics: Arc<LogMetrics>,
     ) -> Result<PartitionLog, LogError> {
         let dir = dir.into();
-        let (shared, active, lock) =
+        let (shared, active, lock, producers) =
             tokio::task::spawn_blocking(move || open_blocking(dir, config, metrics))
                 .await
                 .map_err(|e| LogError::io("open partition", std::io::Error::other(e)))??;
@@ -217,6 +234,7 @@ impl PartitionLog {
             active,
             unflushed_records: 0,
             oldest_unflushed: None,
+            producers,
         };
         std::thread::Builder::new()
             .name("runnel-log-writer".to_string())
@@ -258,22 +276,38 @@ impl PartitionLog {
     /// Appends one record batch as a producer sent it. Returns once it is written (readable
     /// up to the high watermark); it is durable only if `durable` in the answer says so.
     pub async fn append(&self, batch: BytesMut) -> Result<Appended, LogError> {
-        self.call(|reply| Command::Append {
-            batch,
-            durable: false,
-            reply,
-        })
-        .await
+        self.submit_append(batch, false).await?.wait().await
     }
 
     /// Appends one record batch and returns only after an fsync covers it.
     pub async fn append_durable(&self, batch: BytesMut) -> Result<Appended, LogError> {
-        self.call(|reply| Command::Append {
+        self.submit_append(batch, true).await?.wait().await
+    }
+
+    /// Checks a batch as an append would (size, CRC, records, keys on compacted topics),
+    /// without appending it.
+    pub fn validate_batch(&self, batch: &[u8]) -> Result<batch::BatchHeader, LogError> {
+        check_produced(batch, &self.shared.config())
+    }
+
+    /// Queues one record batch for the writer and returns as soon as it is queued: batches
+    /// are appended in the order they were submitted, so a connection can submit in its
+    /// requests' order and wait for the answers concurrently. With `durable`, the answer
+    /// comes after an fsync covered the batch.
+    pub async fn submit_append(
+        &self,
+        batch: BytesMut,
+        durable: bool,
+    ) -> Result<PendingAppend, LogError> {
+        self.shared.check_online()?;
+        let (reply, receive) = oneshot::channel();
+        self.send(Command::Append {
             batch,
-            durable: true,
+            durable,
             reply,
         })
-        .await
+        .await?;
+        Ok(PendingAppend(receive))
     }
 
     /// fsyncs everything appended so far.
@@ -467,18 +501,28 @@ impl PartitionLog {
     /// The first offset whose record timestamp is at least `timestamp`, or `None` if every
     /// record below the high watermark is older (Kafka's ListOffsets by timestamp).
     pub async fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<u64>, LogError> {
+        Ok(self
+            .find_timestamp(timestamp)
+            .await?
+            .map(|(offset, _)| offset))
+    }
+
+    /// Like [`PartitionLog::offset_for_timestamp`], with the found record's timestamp.
+    pub async fn find_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>, LogError> {
         self.shared.check_online()?;
         let upper = self.high_watermark();
         let (segments, log_start) = self.shared.snapshot();
         let max_batch = decompression_limit(&self.shared.config());
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || -> Result<Option<u64>, LogError> {
+        tokio::task::spawn_blocking(move || -> Result<Option<(u64, i64)>, LogError> {
             for segment in &segments {
                 if segment.base_offset >= upper {
                     break;
                 }
-                if let Some(offset) = segment.offset_for_timestamp(timestamp, upper, max_batch)? {
-                    return Ok(Some(offset.max(log_start)));
+                if let Some((offset, found)) =
+                    segment.offset_for_timestamp(timestamp, upper, max_batch)?
+                {
+                    return Ok(Some((offset.max(log_start), found)));
                 }
             }
             Ok(None)
@@ -499,6 +543,27 @@ impl PartitionLog {
         tokio::task::spawn_blocking(move || enforce_retention_blocking(&shared, now_ms))
             .await
             .map_err(|e| LogError::io("retention", std::io::Error::other(e)))?
+    }
+
+    /// Kafka's DeleteRecords: moves the log start to `before` (at most the high watermark)
+    /// so nothing below it is served again, deletes the segments wholly below it, and
+    /// records the new start durably. Returns the log start after the call (never moves
+    /// back).
+    pub async fn delete_records(&self, before: u64) -> Result<u64, LogError> {
+        self.shared.check_online()?;
+        let high_watermark = self.high_watermark();
+        if before > high_watermark {
+            let (_, log_start) = self.shared.snapshot();
+            return Err(LogError::OffsetOutOfRange {
+                offset: before,
+                log_start,
+                log_end: high_watermark,
+            });
+        }
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || delete_records_blocking(&shared, before))
+            .await
+            .map_err(|e| LogError::io("delete records", std::io::Error::other(e)))?
     }
 
     /// Compacts the sealed segments (see [`crate::cleaner`]); does nothing unless
@@ -530,6 +595,21 @@ pub(crate) fn decompression_limit(config: &TopicConfig) -> usize {
         .clamp(FLOOR, CEILING)
 }
 
+/// The checks every produced batch passes before it is appended.
+fn check_produced(batch: &[u8], config: &TopicConfig) -> Result<batch::BatchHeader, LogError> {
+    if batch.len() as u64 > config.max_message_bytes {
+        return Err(LogError::BatchTooLarge {
+            size: batch.len(),
+            max: config.max_message_bytes,
+        });
+    }
+    Ok(batch::validate_produced(
+        batch,
+        decompression_limit(config),
+        config.cleanup_policy.compact,
+    )?)
+}
+
 /// The topic UUID recorded in `dir`, if any. Only a missing file means "none": any other
 /// failure to read it is an error, so the partition stays offline rather than adopt a new
 /// UUID for data it cannot identify.
@@ -553,7 +633,13 @@ pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), LogError> {
     }
     std::fs::create_dir_all(dir)
         .map_err(|source| LogError::io(format!("create {}", dir.display()), source))?;
+    // A relative path's parent may be empty: that is the working directory.
     if let Some(parent) = dir.parent() {
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
         segment::sync_dir(parent)
             .map_err(|source| LogError::io(format!("fsync {}", parent.display()), source))?;
     }
@@ -591,11 +677,13 @@ pub(crate) fn lock_directory(dir: &Path) -> Result<std::fs::File, LogError> {
     }
 }
 
+type Opened = (Shared, Arc<Segment>, std::fs::File, ProducerStates);
+
 fn open_blocking(
     dir: PathBuf,
     config: TopicConfig,
     metrics: Arc<LogMetrics>,
-) -> Result<(Shared, Arc<Segment>, std::fs::File), LogError> {
+) -> Result<Opened, LogError> {
     create_dir_durably(&dir)?;
     let lock = lock_directory(&dir)?;
     let marker = dir.join(CLEAN_SHUTDOWN_MARKER);
@@ -672,9 +760,13 @@ fn open_blocking(
         let first = active.first_batch_timestamp()?.unwrap_or(now_ms());
         active.mark_first_append(first.min(now_ms()));
     }
-    let log_start = list.first().map_or(0, |s| s.base_offset);
     let log_end = active.next_offset();
+    let log_start = list
+        .first()
+        .map_or(0, |s| s.base_offset)
+        .max(read_log_start(&dir)?.unwrap_or(0).min(log_end));
     let topic_id = read_topic_id(&dir)?;
+    let producers = recover_producers(&dir, &list, log_end)?;
     metrics.segments.inc_by(list.len() as i64);
     let shared = Shared {
         dir,
@@ -691,7 +783,43 @@ fn open_blocking(
         maintenance: Mutex::new(()),
         metrics,
     };
-    Ok((shared, active, lock))
+    Ok((shared, active, lock, producers))
+}
+
+/// The producer state as of `log_end`: the newest snapshot, then the batches after it.
+fn recover_producers(
+    dir: &Path,
+    segments: &[Arc<Segment>],
+    log_end: u64,
+) -> Result<ProducerStates, LogError> {
+    let (from, mut states) = producers::load_snapshot(dir, log_end)?.unwrap_or_default();
+    for segment in segments.iter().filter(|s| s.next_offset() > from) {
+        segment.for_each_batch(0, |_, _, header| {
+            if header.base_offset as u64 >= from {
+                states.record(header, header.base_offset as u64);
+            }
+            Ok(true)
+        })?;
+    }
+    Ok(states)
+}
+
+/// The log start offset DeleteRecords recorded, if any.
+fn read_log_start(dir: &Path) -> Result<Option<u64>, LogError> {
+    let path = dir.join(LOG_START_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| LogError::CorruptSegment {
+                path,
+                position: 0,
+                reason: "the log start offset file does not hold a number".to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(LogError::io(format!("read {}", path.display()), source)),
+    }
 }
 
 fn enforce_retention_blocking(shared: &Shared, now_ms: i64) -> Result<RetentionOutcome, LogError> {
@@ -754,6 +882,41 @@ fn enforce_retention_blocking(shared: &Shared, now_ms: i64) -> Result<RetentionO
     Ok(outcome)
 }
 
+fn delete_records_blocking(shared: &Shared, before: u64) -> Result<u64, LogError> {
+    let _maintenance = shared.maintenance.lock().unwrap_or_else(|e| e.into_inner());
+    let (list, log_start) = shared.snapshot();
+    if before <= log_start {
+        return Ok(log_start);
+    }
+    segment::write_durably(
+        &shared.dir.join(LOG_START_FILE),
+        before.to_string().as_bytes(),
+    )?;
+    let doomed: Vec<_> = list
+        .iter()
+        .take(list.len().saturating_sub(1))
+        .take_while(|s| s.next_offset() <= before)
+        .cloned()
+        .collect();
+    {
+        let mut segments = shared.segments.write().unwrap_or_else(|e| e.into_inner());
+        segments
+            .list
+            .retain(|s| !doomed.iter().any(|d| Arc::ptr_eq(d, s)));
+        segments.log_start = segments.log_start.max(before);
+    }
+    for segment in &doomed {
+        segment.delete_files()?;
+        shared.metrics.segments.dec();
+    }
+    if !doomed.is_empty() {
+        segment::sync_dir(&shared.dir)
+            .map_err(|source| LogError::io(format!("fsync {}", shared.dir.display()), source))?;
+    }
+    tracing::info!(partition = %shared.dir.display(), log_start = before, segments = doomed.len(), "records deleted");
+    Ok(before)
+}
+
 /// The partition's single writer. Owns the active segment and runs on its own thread,
 /// where blocking file I/O is fine: a handoff to a thread costs about as much as one to the
 /// blocking pool, and this way an append crosses threads once each way.
@@ -764,6 +927,8 @@ struct Writer {
     active: Arc<Segment>,
     unflushed_records: u64,
     oldest_unflushed: Option<Instant>,
+    /// Idempotent producers' recent batches (see [`crate::producers`]).
+    producers: ProducerStates,
 }
 
 enum Reply {
@@ -940,17 +1105,20 @@ impl Writer {
         now: i64,
     ) -> Result<Appended, LogError> {
         self.shared.check_online()?;
-        if batch.len() as u64 > config.max_message_bytes {
-            return Err(LogError::BatchTooLarge {
-                size: batch.len(),
-                max: config.max_message_bytes,
+        let header = check_produced(&batch, config)?;
+        if let SequenceCheck::Duplicate {
+            base_offset,
+            last_offset,
+        } = self.producers.check(&header)?
+        {
+            return Ok(Appended {
+                base_offset,
+                last_offset,
+                log_append_time: None,
+                durable: false,
+                duplicate: true,
             });
         }
-        let header = batch::validate_produced(
-            &batch,
-            decompression_limit(config),
-            config.cleanup_policy.compact,
-        )?;
         let base_offset = self.shared.log_end.load(Ordering::Acquire);
         let last_offset = base_offset + header.last_offset_delta as u64;
         let too_big = self.active.size() + batch.len() as u64 > config.segment_bytes;
@@ -979,6 +1147,7 @@ impl Writer {
         self.shared
             .log_end
             .store(last_offset + 1, Ordering::Release);
+        self.producers.record(&header, base_offset);
         self.unflushed_records += header.records_count as u64;
         self.oldest_unflushed.get_or_insert_with(Instant::now);
         let metrics = &self.shared.metrics;
@@ -990,6 +1159,7 @@ impl Writer {
             last_offset,
             log_append_time,
             durable: false,
+            duplicate: false,
         })
     }
 
@@ -1033,6 +1203,7 @@ impl Writer {
         self.flush()?;
         self.active.persist_current_index()?;
         let base = self.shared.log_end.load(Ordering::Acquire);
+        producers::write_snapshot(&self.shared.dir, base, &self.producers)?;
         let next = Arc::new(Segment::create(&self.shared.dir, base)?);
         segment::sync_dir(&self.shared.dir).map_err(|source| {
             LogError::io(format!("fsync {}", self.shared.dir.display()), source)
@@ -1055,6 +1226,8 @@ impl Writer {
         self.oldest_unflushed.get_or_insert_with(Instant::now);
         self.flush()?;
         self.active.persist_current_index()?;
+        let log_end = self.shared.log_end.load(Ordering::Acquire);
+        producers::write_snapshot(&self.shared.dir, log_end, &self.producers)?;
         let marker = self.shared.dir.join(CLEAN_SHUTDOWN_MARKER);
         segment::write_durably(&marker, b"")?;
         self.shared.closed.store(true, Ordering::Release);

@@ -780,13 +780,14 @@ impl Segment {
         Ok(())
     }
 
-    /// The first offset below `upper` whose record timestamp is at least `timestamp`.
+    /// The first offset below `upper` whose record timestamp is at least `timestamp`, with
+    /// that record's timestamp.
     pub fn offset_for_timestamp(
         &self,
         timestamp: i64,
         upper: u64,
         max_batch_bytes: usize,
-    ) -> Result<Option<u64>, LogError> {
+    ) -> Result<Option<(u64, i64)>, LogError> {
         if self.max_timestamp() < timestamp {
             return Ok(None);
         }
@@ -805,7 +806,7 @@ impl Segment {
                 return Ok(true);
             }
             if header.is_log_append_time() {
-                found = Some(header.base_offset as u64);
+                found = Some((header.base_offset as u64, header.max_timestamp));
                 return Ok(false);
             }
             let section = batch::records_section(bytes, max_batch_bytes)
@@ -815,10 +816,9 @@ impl Segment {
                 let offset = header
                     .base_offset
                     .saturating_add(i64::from(record.offset_delta));
-                if header.base_timestamp.saturating_add(record.timestamp_delta) >= timestamp
-                    && offset < upper as i64
-                {
-                    found = Some(offset as u64);
+                let record_timestamp = header.base_timestamp.saturating_add(record.timestamp_delta);
+                if record_timestamp >= timestamp && offset < upper as i64 {
+                    found = Some((offset as u64, record_timestamp));
                     return Ok(false);
                 }
             }
@@ -843,6 +843,11 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), LogError> {
         file.sync_all()?;
         std::fs::rename(&temporary, path)?;
         if let Some(dir) = path.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
             sync_dir(dir)?;
         }
         Ok(())

@@ -9,14 +9,15 @@
 //! http: http://127.0.0.1:9644
 //! health: http://127.0.0.1:9644/health/ready
 //! metrics: http://127.0.0.1:9644/metrics
-//! kafka: 127.0.0.1:9092 (coming)
+//! kafka: 127.0.0.1:9092
 //! grpc: 127.0.0.1:9093 (coming)
 //! cluster: 127.0.0.1:9094 (coming)
 //! ready in 12 ms
 //! ```
 //!
-//! The `http:` line is exactly `http: http://<bound address>` with nothing after it; the
-//! bound address is the real one, also when `http.listen` asked for port 0. Listeners marked
+//! The `http:` line is exactly `http: http://<bound address>` and the `kafka:` line
+//! `kafka: <bound address>`, with nothing after them; the bound address is the real one,
+//! also when the listener asked for port 0. Listeners marked
 //! `(coming)` are configured but not served by this build: nothing is bound there.
 
 use std::fmt;
@@ -38,6 +39,8 @@ pub struct Banner {
     pub http: SocketAddr,
     /// The cluster RPC address, when this node serves it (a multi-voter quorum).
     pub cluster: Option<SocketAddr>,
+    /// The Kafka listener's bound address.
+    pub kafka: SocketAddr,
     pub coming: Vec<ComingListener>,
     pub ready_in: Duration,
 }
@@ -67,6 +70,7 @@ impl fmt::Display for Banner {
         writeln!(f, "http: http://{}", self.http)?;
         writeln!(f, "health: http://{}/health/ready", self.http)?;
         writeln!(f, "metrics: http://{}/metrics", self.http)?;
+        writeln!(f, "kafka: {}", self.kafka)?;
         if let Some(cluster) = self.cluster {
             writeln!(f, "cluster: {cluster}")?;
         }
@@ -90,9 +94,10 @@ mod tests {
             partitions_offline: 1,
             http: "127.0.0.1:40123".parse().unwrap(),
             cluster: None,
+            kafka: "127.0.0.1:40124".parse().unwrap(),
             coming: vec![ComingListener {
-                name: "kafka",
-                listen: "127.0.0.1:9092".parse().unwrap(),
+                name: "grpc",
+                listen: "127.0.0.1:9093".parse().unwrap(),
             }],
             ready_in: Duration::from_micros(12_700),
         };

@@ -19,6 +19,10 @@ use std::time::Instant;
 
 use clap::Parser;
 
+/// A malformed Kafka request must not abort the process (see [`runnel_kafka::alloc`]).
+#[global_allocator]
+static ALLOCATOR: runnel_kafka::alloc::GuardedAllocator = runnel_kafka::alloc::GuardedAllocator;
+
 fn main() -> ExitCode {
     let started = Instant::now();
     let cli = cli::Cli::parse();

@@ -14,7 +14,9 @@
 //! 5. start the log's retention and compaction schedule;
 //! 6. mark the node ready and print the banner (see [`crate::banner`]).
 //!
-//! The Kafka, gRPC and cluster listeners are not bound yet: later releases add them.
+//! The Kafka listener is bound before the controller starts (so the node registers its
+//! real address) and serves once the controller is ready; the gRPC listener is not bound
+//! yet.
 //!
 //! # Shutdown
 //! On the first SIGINT/SIGTERM (also one that arrives during startup, which then completes
@@ -39,9 +41,11 @@ use runnel_log::{LogManager, LogMetrics};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use runnel_broker::{Broker, BrokerSettings};
 use runnel_controller::liveness::Heartbeats;
 use runnel_controller::{Controller, NodeInfo, NodeRoles};
 use runnel_grpc::cluster::ClusterNetwork;
+use runnel_kafka::{KafkaServer, KafkaSettings};
 
 use crate::admin::ControllerSlot;
 use crate::banner::{Banner, ComingListener};
@@ -94,6 +98,22 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     )
     .await?;
 
+    // Bound before the controller starts, so the node registers the real address (also
+    // when kafka.listen asks for port 0).
+    let kafka_listener = match tokio::net::TcpListener::bind(config.kafka.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            http.stop().await.ok();
+            return Err(anyhow::Error::new(error).context(format!(
+                "bind the kafka listener on {} (kafka.listen)",
+                config.kafka.listen
+            )));
+        }
+    };
+    let kafka_address = kafka_listener
+        .local_addr()
+        .context("read the kafka listener's address")?;
+
     let log = match open_log(&config, log_metrics).await {
         Ok(log) => Arc::new(log),
         Err(error) => {
@@ -105,15 +125,19 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
             return Err(error);
         }
     };
-    let started_controller =
-        match start_controller(&config, &data_dir, http.local_addr(), &shutdown).await {
-            Ok(started) => started,
-            Err(error) => {
-                log.close_all().await.ok();
-                http.stop().await.ok();
-                return Err(error);
-            }
-        };
+    let addresses = BoundAddresses {
+        http: http.local_addr(),
+        kafka: kafka_address,
+    };
+    let started_controller = match start_controller(&config, &data_dir, addresses, &shutdown).await
+    {
+        Ok(started) => started,
+        Err(error) => {
+            log.close_all().await.ok();
+            http.stop().await.ok();
+            return Err(error);
+        }
+    };
     let StartedController {
         controller,
         cluster_server,
@@ -127,6 +151,25 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
         controller.subscribe(),
         stop_maintenance.clone(),
     ));
+    let broker = Arc::new(Broker::new(
+        config.node.id,
+        log.clone(),
+        controller.clone(),
+        BrokerSettings {
+            auto_create_topics: config.broker.auto_create_topics_enable,
+            default_partitions: config.broker.num_partitions,
+            default_replication_factor: config.broker.default_replication_factor,
+        },
+    ));
+    let kafka = KafkaServer::start(
+        kafka_listener,
+        broker,
+        KafkaSettings {
+            max_request_bytes: config.broker.socket_request_max_bytes as usize,
+        },
+    )
+    .context("start the kafka listener")?;
+    tracing::info!(address = %kafka.local_addr(), "kafka listening");
     let maintenance = log.spawn_maintenance(
         interval(config.log.retention_check_interval_ms),
         interval(config.log.cleaner_interval_ms),
@@ -141,11 +184,8 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
         partitions_offline: log.offline_partitions().len(),
         http: http.local_addr(),
         cluster: cluster_server.as_ref().map(|server| server.address),
+        kafka: kafka.local_addr(),
         coming: [
-            Some(ComingListener {
-                name: "kafka",
-                listen: config.kafka.listen,
-            }),
             Some(ComingListener {
                 name: "grpc",
                 listen: config.grpc.listen,
@@ -175,6 +215,7 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     shutdown.cancelled().await;
 
     readiness.set(false);
+    kafka.stop().await;
     stop_maintenance.cancel();
     if let Err(error) = maintenance.await {
         tracing::error!(%error, "the log maintenance task failed");
@@ -203,10 +244,16 @@ struct StartedController {
 /// Starts the controller under `<data dir>/controller` and waits until it is ready: a
 /// single voter in `runnel dev`, or one of `controller.voters` with the cluster RPC served
 /// on `cluster.listen`. Waiting for a quorum gives way to a shutdown signal.
+/// The listeners bound before the controller starts, with their real addresses.
+struct BoundAddresses {
+    http: std::net::SocketAddr,
+    kafka: std::net::SocketAddr,
+}
+
 async fn start_controller(
     config: &NodeConfig,
     data_dir: &std::path::Path,
-    http: std::net::SocketAddr,
+    bound: BoundAddresses,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<StartedController> {
     let voters = config
@@ -216,14 +263,18 @@ async fn start_controller(
     let learner = !voters.is_empty() && !voters.contains_key(&config.node.id);
     let node = NodeInfo {
         id: config.node.id,
-        kafka: config.kafka.advertised_address(),
+        kafka: config
+            .kafka
+            .advertised
+            .clone()
+            .unwrap_or_else(|| bound.kafka.to_string()),
         grpc: config.grpc.advertised_address(),
         cluster: config.cluster.advertised_address(),
         http: config
             .http
             .advertised
             .clone()
-            .unwrap_or_else(|| http.to_string()),
+            .unwrap_or_else(|| bound.http.to_string()),
         roles: NodeRoles {
             controller: !learner,
             broker: true,

@@ -1,0 +1,121 @@
+//! One handler per API: a decoded request in, a response out, through the `Broker` API.
+//!
+//! A request is handled in two steps. The first runs on the connection's reader, in the
+//! order requests arrived, and does what must keep that order: a produce queues its
+//! batches on the partitions' writers there, so an idempotent producer's pipelined
+//! requests are appended in sequence. The second, the returned [`Reply`], runs on its own
+//! task (a fetch long-polls there) while the reader goes on; replies are written back in
+//! request order by the connection's writer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use kafka_protocol::messages::{RequestKind, ResponseKind};
+use kafka_protocol::protocol::StrBytes;
+use runnel_broker::Broker;
+
+use crate::codec::{self, Request};
+
+mod admin;
+mod configs;
+mod fetch;
+mod metadata;
+mod offsets;
+mod produce;
+
+/// The rest of a request's handling; `None` for a request that gets no response
+/// (a produce with acks=0).
+pub type Reply = Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send>>;
+
+fn ready(response: ResponseKind) -> Reply {
+    Box::pin(std::future::ready(Some(response)))
+}
+
+fn later(future: impl Future<Output = ResponseKind> + Send + 'static) -> Reply {
+    Box::pin(async move { Some(future.await) })
+}
+
+/// The id Kafka clients show for this cluster.
+pub const CLUSTER_ID: &str = "runnel";
+
+/// Handles one request (see the module docs for the two steps).
+pub async fn handle(broker: &Arc<Broker>, request: Request) -> Reply {
+    let version = request.version();
+    let broker = broker.clone();
+    match request.body {
+        RequestKind::ApiVersions(_) => {
+            ready(ResponseKind::ApiVersions(codec::api_versions_response()))
+        }
+        RequestKind::Metadata(body) => later(async move {
+            ResponseKind::Metadata(metadata::metadata(&broker, body, version).await)
+        }),
+        RequestKind::DescribeCluster(body) => ready(ResponseKind::DescribeCluster(
+            metadata::describe_cluster(&broker, body),
+        )),
+        RequestKind::Produce(body) => produce::produce(&broker, body, version).await,
+        RequestKind::Fetch(body) => {
+            later(async move { ResponseKind::Fetch(fetch::fetch(&broker, body, version).await) })
+        }
+        RequestKind::ListOffsets(body) => {
+            later(
+                async move { ResponseKind::ListOffsets(offsets::list_offsets(&broker, body).await) },
+            )
+        }
+        RequestKind::OffsetForLeaderEpoch(body) => ready(ResponseKind::OffsetForLeaderEpoch(
+            offsets::offset_for_leader_epoch(&broker, body),
+        )),
+        RequestKind::DeleteRecords(body) => later(async move {
+            ResponseKind::DeleteRecords(offsets::delete_records(&broker, body).await)
+        }),
+        RequestKind::InitProducerId(body) => later(async move {
+            ResponseKind::InitProducerId(produce::init_producer_id(&broker, body).await)
+        }),
+        RequestKind::CreateTopics(body) => later(async move {
+            ResponseKind::CreateTopics(admin::create_topics(&broker, body, version).await)
+        }),
+        RequestKind::DeleteTopics(body) => {
+            later(
+                async move { ResponseKind::DeleteTopics(admin::delete_topics(&broker, body).await) },
+            )
+        }
+        RequestKind::CreatePartitions(body) => later(async move {
+            ResponseKind::CreatePartitions(admin::create_partitions(&broker, body).await)
+        }),
+        RequestKind::DescribeConfigs(body) => ready(ResponseKind::DescribeConfigs(
+            configs::describe_configs(&broker, body, version),
+        )),
+        RequestKind::AlterConfigs(body) => {
+            later(
+                async move { ResponseKind::AlterConfigs(configs::alter_configs(&broker, body).await) },
+            )
+        }
+        RequestKind::IncrementalAlterConfigs(body) => later(async move {
+            ResponseKind::IncrementalAlterConfigs(
+                configs::incremental_alter_configs(&broker, body).await,
+            )
+        }),
+        // decode_request only decodes served keys, all of which are listed above.
+        other => {
+            tracing::warn!(request = ?std::mem::discriminant(&other), "request without a handler");
+            Box::pin(std::future::ready(None))
+        }
+    }
+}
+
+fn text(value: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(value.into())
+}
+
+/// Splits an advertised `host:port` into its parts for the protocol's broker entries.
+fn host_and_port(address: &str) -> (String, i32) {
+    match address.rsplit_once(':') {
+        Some((host, port)) => (
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port.parse().unwrap_or(-1),
+        ),
+        None => (address.to_string(), -1),
+    }
+}
