@@ -15,6 +15,9 @@ use runnel_config::TopicConfig;
 use runnel_controller::{Applied, Command, Controller, ControllerError, Metadata, NodeId};
 use runnel_log::{LogError, LogManager, PartitionLog, PendingAppend, ReadResult, TopicPartition};
 
+/// How long topic creation waits for this node to open the new partitions.
+pub const ADMIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Producer ids a broker takes from the controller at a time.
 const PRODUCER_ID_BLOCK: u32 = 1000;
 
@@ -204,11 +207,39 @@ impl Broker {
             configs: BTreeMap::new(),
         };
         match self.controller.propose(command).await {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                self.wait_until_served(topic, ADMIN_WAIT).await;
+                Ok(true)
+            }
             Err(ControllerError::Rejected(
                 runnel_controller::MetadataError::TopicAlreadyExists(_),
             )) => Ok(true),
             Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Waits (up to `timeout`) until every partition of `topic` that this node leads is
+    /// open here, so a client told the topic exists can use it at once. Topic creation is
+    /// applied by the controller first and the partitions opened after; this bridges the
+    /// gap (milliseconds) for admin calls, which are rare enough to poll.
+    pub async fn wait_until_served(&self, topic: &str, timeout: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let metadata = self.metadata();
+            let Some(meta) = metadata.topics.get(topic) else {
+                return;
+            };
+            let pending = meta.partitions.iter().enumerate().any(|(index, partition)| {
+                partition.leader == Some(self.node_id)
+                    && matches!(
+                        self.leader_log(topic, index as i32),
+                        Err(BrokerError::NotAvailable { .. })
+                    )
+            });
+            if !pending || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 

@@ -93,6 +93,9 @@ pub async fn create_topics(
         };
         match broker.admin(command, request.validate_only).await {
             Ok(_) => {
+                if !request.validate_only {
+                    broker.wait_until_served(&name, wait_for(request.timeout_ms)).await;
+                }
                 let mut result = result
                     .with_num_partitions(partitions as i32)
                     .with_replication_factor(replication_factor as i16);
@@ -228,6 +231,11 @@ pub async fn create_partitions(
                 )),
             }
         };
+        if outcome.is_ok() && !request.validate_only {
+            broker
+                .wait_until_served(&topic.name.0, wait_for(request.timeout_ms))
+                .await;
+        }
         results.push(match outcome {
             Ok(()) => result,
             Err(error) => result
@@ -236,4 +244,11 @@ pub async fn create_partitions(
         });
     }
     CreatePartitionsResponse::default().with_results(results)
+}
+
+/// How long an admin request waits for its partitions to open: its own timeout, within
+/// reason.
+fn wait_for(timeout_ms: i32) -> std::time::Duration {
+    std::time::Duration::from_millis(timeout_ms.clamp(0, 30_000) as u64)
+        .min(runnel_broker::broker::ADMIN_WAIT)
 }

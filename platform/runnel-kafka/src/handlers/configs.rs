@@ -63,10 +63,12 @@ pub fn describe_configs(
             match resource.resource_type {
                 TOPIC => match broker.topic_configs(&resource.resource_name) {
                     Ok(described) => {
+                        // No keys (null or empty) means every key.
                         let wanted = |key: &str| {
                             resource
                                 .configuration_keys
                                 .as_ref()
+                                .filter(|keys| !keys.is_empty())
                                 .is_none_or(|keys| keys.iter().any(|k| k.as_str() == key))
                         };
                         let configs = described

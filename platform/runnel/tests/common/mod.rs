@@ -1,0 +1,272 @@
+//! The test harness shared by the integration tests: real `runnel` processes on temporary
+//! data directories, with listeners on free ports read off the banner.
+#![allow(dead_code)] // each test binary uses part of it
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a node may take to print its banner (debug build, busy machine).
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a node may take to stop after SIGTERM/SIGINT.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The binary with a predictable environment: no `RUNNEL_*` variables from the caller, log
+/// level `info`, working directory `cwd`.
+pub fn runnel(cwd: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_runnel"));
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_string_lossy()
+            .to_ascii_uppercase()
+            .starts_with("RUNNEL_")
+        {
+            command.env_remove(name);
+        }
+    }
+    command.env("RUST_LOG", "info").current_dir(cwd);
+    command
+}
+
+/// A running node. Dropping it kills the process, so a failing test leaves nothing behind;
+/// the node's log (stderr) is printed then, to explain the failure.
+pub struct Node {
+    pub child: Child,
+    pub stdout_lines: mpsc::Receiver<String>,
+    pub stderr_path: PathBuf,
+    pub banner: Vec<String>,
+    pub http: SocketAddr,
+    /// The Kafka listener, from the banner's `kafka:` line.
+    pub kafka: Option<SocketAddr>,
+}
+
+impl Node {
+    /// Starts `runnel <args>` and waits for the banner to end (`ready in N ms`).
+    pub fn start(dir: &Path, args: &[&str]) -> Node {
+        let mut node = Node::spawn(dir, args);
+        node.read_banner();
+        node
+    }
+
+    /// Starts `runnel <args>` in `dir` without waiting for it to be ready.
+    pub fn spawn(dir: &Path, args: &[&str]) -> Node {
+        let stderr_path = dir.join("runnel.stderr");
+        let stderr = std::fs::File::create(&stderr_path).expect("create the stderr file");
+        let mut child = runnel(dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn runnel");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, stdout_lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Node {
+            child,
+            stdout_lines,
+            stderr_path,
+            banner: Vec::new(),
+            http: SocketAddr::from(([0, 0, 0, 0], 0)),
+            kafka: None,
+        }
+    }
+
+    pub fn read_banner(&mut self) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let mut http = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match self.stdout_lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(error) => panic!(
+                    "no complete banner within {STARTUP_TIMEOUT:?} ({error}); got {:?}",
+                    self.banner
+                ),
+            };
+            // The stable banner line: exactly `http: http://<bound address>`.
+            if let Some(address) = line.strip_prefix("http: http://") {
+                http = Some(
+                    address
+                        .parse()
+                        .expect("the http line holds a socket address"),
+                );
+            }
+            if let Some(address) = line.strip_prefix("kafka: ") {
+                self.kafka = address.parse().ok();
+            }
+            let done = line.starts_with("ready in ");
+            self.banner.push(line);
+            if done {
+                break;
+            }
+        }
+        self.http = http.expect("the banner has an http line");
+    }
+
+    pub fn banner_line(&self, prefix: &str) -> &str {
+        self.banner
+            .iter()
+            .find(|line| line.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no banner line starting {prefix:?} in {:?}", self.banner))
+    }
+
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
+        http_request(self.http, method, path, body)
+    }
+
+    pub fn get(&self, path: &str) -> HttpResponse {
+        http_get(self.http, path)
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) only sends a signal; the pid is our own child, not yet reaped
+        // (it is reaped only by `wait_for_exit` or on drop).
+        let result = unsafe { libc::kill(pid, signal) };
+        assert_eq!(result, 0, "kill({pid}, {signal}) failed");
+    }
+
+    /// Waits for the process to exit, failing the test after [`SHUTDOWN_TIMEOUT`].
+    pub fn wait_for_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "runnel did not exit within {SHUTDOWN_TIMEOUT:?} of the signal"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- runnel banner ---\n{}", self.banner.join("\n"));
+            eprintln!("--- runnel stderr ---\n{}", self.stderr());
+        }
+    }
+}
+
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+/// A minimal HTTP/1.1 GET: one request per connection, `Connection: close`, read to the end.
+pub fn http_get(address: SocketAddr, path: &str) -> HttpResponse {
+    http_request(address, "GET", path, None)
+}
+
+/// One HTTP/1.1 request with an optional JSON body, over a fresh connection.
+pub fn http_request(address: SocketAddr, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
+    let mut stream =
+        TcpStream::connect_timeout(&address, Duration::from_secs(5)).expect("connect to http");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("set read timeout");
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send the request");
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .expect("read the response");
+    let response = String::from_utf8(response).expect("a UTF-8 response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a response with headers");
+    let (status_line, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    HttpResponse {
+        status,
+        headers: headers.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// Runs the binary to completion (for commands that exit on their own).
+pub fn run_to_exit(cwd: &Path, args: &[&str]) -> Output {
+    runnel(cwd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run runnel")
+}
+
+pub fn dev_args(data_dir: &Path) -> Vec<String> {
+    vec![
+        "dev".to_string(),
+        "--data-dir".to_string(),
+        data_dir.display().to_string(),
+        "--set".to_string(),
+        "http.listen=127.0.0.1:0".to_string(),
+        "--set".to_string(),
+        "kafka.listen=127.0.0.1:0".to_string(),
+    ]
+}
+
+pub fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+pub fn wait_until(condition: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A free port on 127.0.0.1 (bound, then released for the node to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+

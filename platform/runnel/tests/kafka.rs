@@ -1,0 +1,598 @@
+//! The Kafka protocol at the byte level, against a real `runnel dev` process: bad input is
+//! refused and changes nothing, idempotent retries are written once (also across restarts
+//! and crashes), fetches long-poll, and the admin APIs go through the controller.
+//!
+//! Real clients (kcat, confluent-kafka, kafka-python, kafkajs) are driven by
+//! `tests/kafka_clients.rs`; this file speaks the protocol itself so it can send what no
+//! well-behaved client would.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use common::*;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use runnel_log::{BatchBuilder, NewRecord};
+
+const OFFSET_OUT_OF_RANGE: i16 = 1;
+const CORRUPT_MESSAGE: i16 = 2;
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const MESSAGE_TOO_LARGE: i16 = 10;
+const UNSUPPORTED_VERSION: i16 = 35;
+const TOPIC_ALREADY_EXISTS: i16 = 36;
+const INVALID_CONFIG: i16 = 40;
+const INVALID_REQUEST: i16 = 42;
+const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+
+/// A blocking Kafka connection that speaks one request at a time.
+struct Connection {
+    stream: TcpStream,
+    correlation: i32,
+}
+
+impl Connection {
+    fn open(address: SocketAddr) -> Connection {
+        let stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Connection {
+            stream,
+            correlation: 0,
+        }
+    }
+
+    fn send_raw(&mut self, frame: &[u8]) {
+        self.stream.write_all(frame).unwrap();
+    }
+
+    /// The next response frame's body (after the length), or `None` if the broker closed
+    /// the connection.
+    fn read_frame(&mut self) -> Option<Bytes> {
+        let mut length = [0u8; 4];
+        self.stream.read_exact(&mut length).ok()?;
+        let mut body = vec![0u8; i32::from_be_bytes(length) as usize];
+        self.stream.read_exact(&mut body).ok()?;
+        Some(Bytes::from(body))
+    }
+
+    /// Whether the broker closed the connection (EOF or reset) rather than answer.
+    fn is_closed_by_broker(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
+    }
+
+    fn frame<R: Request>(&mut self, request: &R, version: i16) -> BytesMut {
+        self.correlation += 1;
+        let mut frame = BytesMut::new();
+        frame.put_i32(0);
+        RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(StrBytes::from_static_str("runnel-test")))
+            .encode(&mut frame, R::header_version(version))
+            .unwrap();
+        request.encode(&mut frame, version).unwrap();
+        let length = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&length.to_be_bytes());
+        frame
+    }
+
+    fn call<R: Request>(&mut self, request: R, version: i16) -> R::Response {
+        let frame = self.frame(&request, version);
+        self.send_raw(&frame);
+        let mut body = self.read_frame().expect("a response");
+        let header_version = if R::KEY == ApiVersionsRequest::KEY {
+            0
+        } else {
+            R::Response::header_version(version)
+        };
+        let header = ResponseHeader::decode(&mut body, header_version).unwrap();
+        assert_eq!(header.correlation_id, self.correlation);
+        R::Response::decode(&mut body, version).unwrap()
+    }
+}
+
+fn start(dir: &std::path::Path) -> (Node, SocketAddr) {
+    let node = Node::start(dir, &as_strs(&dev_args(&dir.join("data"))));
+    let kafka = node.kafka.expect("the banner has a kafka line");
+    (node, kafka)
+}
+
+fn name(topic: &str) -> TopicName {
+    TopicName(StrBytes::from_string(topic.to_string()))
+}
+
+fn create_topic(conn: &mut Connection, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let request = CreateTopicsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![
+            create_topics_request::CreatableTopic::default()
+                .with_name(name(topic))
+                .with_num_partitions(partitions)
+                .with_replication_factor(1)
+                .with_configs(
+                    configs
+                        .iter()
+                        .map(|(k, v)| {
+                            create_topics_request::CreatableTopicConfig::default()
+                                .with_name(StrBytes::from_string(k.to_string()))
+                                .with_value(Some(StrBytes::from_string(v.to_string())))
+                        })
+                        .collect(),
+                ),
+        ]);
+    let response = conn.call(request, 7);
+    assert_eq!(response.topics[0].error_code, 0, "{:?}", response.topics[0]);
+}
+
+fn records(values: &[&str]) -> Vec<NewRecord> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| NewRecord {
+            timestamp: 1_700_000_000_000 + i as i64,
+            key: Some(format!("key-{v}").into_bytes()),
+            value: Some(v.as_bytes().to_vec()),
+            headers: vec![("h".to_string(), Some(b"1".to_vec()))],
+        })
+        .collect()
+}
+
+fn batch(values: &[&str]) -> Bytes {
+    BatchBuilder::default()
+        .build(&records(values))
+        .unwrap()
+        .freeze()
+}
+
+fn idempotent_batch(producer_id: i64, sequence: i32, values: &[&str]) -> Bytes {
+    BatchBuilder {
+        producer_id,
+        producer_epoch: 0,
+        base_sequence: sequence,
+        ..BatchBuilder::default()
+    }
+    .build(&records(values))
+    .unwrap()
+    .freeze()
+}
+
+/// Produces `records` to one partition; returns (error code, base offset).
+fn produce(conn: &mut Connection, topic: &str, partition: i32, records: Bytes) -> (i16, i64) {
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![
+            produce_request::TopicProduceData::default()
+                .with_name(name(topic))
+                .with_partition_data(vec![
+                    produce_request::PartitionProduceData::default()
+                        .with_index(partition)
+                        .with_records(Some(records)),
+                ]),
+        ]);
+    let response = conn.call(request, 9);
+    let answer = &response.responses[0].partition_responses[0];
+    (answer.error_code, answer.base_offset)
+}
+
+/// ListOffsets for one partition at `timestamp` (-1 latest, -2 earliest).
+fn list_offset(conn: &mut Connection, topic: &str, partition: i32, timestamp: i64) -> (i16, i64) {
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![
+            list_offsets_request::ListOffsetsTopic::default()
+                .with_name(name(topic))
+                .with_partitions(vec![
+                    list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(partition)
+                        .with_timestamp(timestamp),
+                ]),
+        ]);
+    let response = conn.call(request, 7);
+    let answer = &response.topics[0].partitions[0];
+    (answer.error_code, answer.offset)
+}
+
+fn fetch_request(topic: &str, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![
+            fetch_request::FetchTopic::default()
+                .with_topic(name(topic))
+                .with_partitions(vec![
+                    fetch_request::FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(offset)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ])
+}
+
+/// Fetches partition 0 from `offset`; returns (error code, high watermark, record bytes).
+fn fetch(conn: &mut Connection, topic: &str, offset: i64, max_wait_ms: i32) -> (i16, i64, Bytes) {
+    let response = conn.call(fetch_request(topic, offset, max_wait_ms), 12);
+    let data = &response.responses[0].partitions[0];
+    (
+        data.error_code,
+        data.high_watermark,
+        data.records.clone().unwrap_or_default(),
+    )
+}
+
+fn metadata_topics(conn: &mut Connection) -> Vec<String> {
+    let response = conn.call(MetadataRequest::default().with_topics(None), 12);
+    response
+        .topics
+        .iter()
+        .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+        .collect()
+}
+
+#[test]
+fn bad_frames_close_only_their_own_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, kafka) = start(dir.path());
+    let mut good = Connection::open(kafka);
+    assert!(metadata_topics(&mut good).is_empty());
+
+    // A length prefix above socket.request.max.bytes (100 MiB): refused from the prefix.
+    let mut oversized = Connection::open(kafka);
+    oversized.send_raw(&(200i32 << 20).to_be_bytes());
+    assert!(oversized.is_closed_by_broker());
+
+    // A negative length.
+    let mut negative = Connection::open(kafka);
+    negative.send_raw(&(-1i32).to_be_bytes());
+    assert!(negative.is_closed_by_broker());
+
+    // Metadata v1 whose topic array claims 54 million entries in a few bytes: the decoder
+    // reserves gigabytes for it, which must neither abort the process nor be answered.
+    let mut huge_array = Connection::open(kafka);
+    huge_array.send_raw(&[0, 0, 0, 14, 0, 3, 0, 1, 0, 0, 0, 9, 0, 0, 0x03, 0x3c, 0x0c, 0x00]);
+    assert!(huge_array.is_closed_by_broker());
+    // The same with a flexible (compact) array at the largest count a varint can hold.
+    let mut huge_compact = Connection::open(kafka);
+    let mut frame = vec![0, 3, 0, 12, 0, 0, 0, 9, 0, 0, 0];
+    frame.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+    let mut framed = (frame.len() as i32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&frame);
+    huge_compact.send_raw(&framed);
+    assert!(huge_compact.is_closed_by_broker());
+
+    // A truncated request header.
+    let mut truncated = Connection::open(kafka);
+    truncated.send_raw(&[0, 0, 0, 3, 0, 3, 0]);
+    assert!(truncated.is_closed_by_broker());
+
+    // A frame cut short by the client: nothing to answer, nothing breaks.
+    let mut cut = Connection::open(kafka);
+    cut.send_raw(&[0, 0, 0, 50, 0, 3]);
+    drop(cut);
+
+    // The first connection, and new ones, still work.
+    assert!(metadata_topics(&mut good).is_empty());
+    let mut fresh = Connection::open(kafka);
+    assert!(metadata_topics(&mut fresh).is_empty());
+}
+
+#[test]
+fn unknown_api_keys_and_versions_get_unsupported_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, kafka) = start(dir.path());
+    let mut conn = Connection::open(kafka);
+
+    // Api key 999 does not exist: header, then UNSUPPORTED_VERSION.
+    conn.send_raw(&[0, 0, 0, 10, 0x03, 0xe7, 0, 0, 0, 0, 0, 77, 0xff, 0xff]);
+    let mut answer = conn.read_frame().expect("an answer");
+    assert_eq!(answer.get_i32(), 77);
+    assert_eq!(answer.get_i16(), UNSUPPORTED_VERSION);
+
+    // Produce v2 is advertised (for old librdkafka) but refused.
+    conn.send_raw(&[0, 0, 0, 10, 0, 0, 0, 2, 0, 0, 0, 78, 0xff, 0xff]);
+    let mut answer = conn.read_frame().expect("an answer");
+    assert_eq!(answer.get_i32(), 78);
+    assert_eq!(answer.get_i16(), UNSUPPORTED_VERSION);
+
+    // ApiVersions at a version from the future: a v0 answer listing what is served.
+    conn.send_raw(&[0, 0, 0, 10, 0, 18, 0, 99, 0, 0, 0, 79, 0xff, 0xff]);
+    let mut answer = conn.read_frame().expect("an answer");
+    assert_eq!(answer.get_i32(), 79);
+    let versions = ApiVersionsResponse::decode(&mut answer, 0).unwrap();
+    assert_eq!(versions.error_code, UNSUPPORTED_VERSION);
+    let produce = versions.api_keys.iter().find(|k| k.api_key == 0).unwrap();
+    assert_eq!(produce.min_version, 0);
+
+    // The connection is still usable, and ApiVersions v3 answers normally.
+    let versions = conn.call(ApiVersionsRequest::default(), 3);
+    assert_eq!(versions.error_code, 0);
+    assert!(versions.api_keys.iter().any(|k| k.api_key == 1));
+}
+
+#[test]
+fn refused_batches_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, kafka) = start(dir.path());
+    let mut conn = Connection::open(kafka);
+    create_topic(&mut conn, "strict", 1, &[("max.message.bytes", "2000")]);
+
+    // A flipped byte in the records: the CRC no longer matches.
+    let mut corrupt = BytesMut::from(&batch(&["a", "b"])[..]);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    assert_eq!(
+        produce(&mut conn, "strict", 0, corrupt.freeze()).0,
+        CORRUPT_MESSAGE
+    );
+    // Larger than the topic's max.message.bytes.
+    let big = "x".repeat(3000);
+    assert_eq!(
+        produce(&mut conn, "strict", 0, batch(&[&big])).0,
+        MESSAGE_TOO_LARGE
+    );
+    // Two batches, the second truncated: neither is written.
+    let mut two = BytesMut::from(&batch(&["c"])[..]);
+    two.extend_from_slice(&batch(&["d"])[..20]);
+    assert_eq!(produce(&mut conn, "strict", 0, two.freeze()).0, CORRUPT_MESSAGE);
+    // A transactional batch: transactions are not supported yet.
+    let mut transactional = BytesMut::from(&batch(&["t"])[..]);
+    let attributes = i16::from_be_bytes([transactional[21], transactional[22]]) | 0x10;
+    transactional[21..23].copy_from_slice(&attributes.to_be_bytes());
+    let crc = crc32c(&transactional[21..]);
+    transactional[17..21].copy_from_slice(&crc.to_be_bytes());
+    assert_eq!(
+        produce(&mut conn, "strict", 0, transactional.freeze()).0,
+        INVALID_REQUEST
+    );
+    // Unknown topics and partitions (a produce never creates a topic).
+    assert_eq!(
+        produce(&mut conn, "nowhere", 0, batch(&["e"])).0,
+        UNKNOWN_TOPIC_OR_PARTITION
+    );
+    assert_eq!(
+        produce(&mut conn, "strict", 7, batch(&["f"])).0,
+        UNKNOWN_TOPIC_OR_PARTITION
+    );
+
+    assert_eq!(list_offset(&mut conn, "strict", 0, -1), (0, 0));
+    let (code, high_watermark, bytes) = fetch(&mut conn, "strict", 0, 0);
+    assert_eq!((code, high_watermark, bytes.len()), (0, 0, 0));
+    // A good batch still goes in at offset 0; a fetch beyond the end is out of range.
+    assert_eq!(produce(&mut conn, "strict", 0, batch(&["g", "h"])), (0, 0));
+    assert_eq!(fetch(&mut conn, "strict", 5, 0).0, OFFSET_OUT_OF_RANGE);
+    let (code, high_watermark, bytes) = fetch(&mut conn, "strict", 0, 0);
+    assert_eq!((code, high_watermark), (0, 2));
+    // Served as sent, but for the base offset and leader epoch the log stamps.
+    assert_eq!(&bytes[16..], &batch(&["g", "h"])[16..]);
+}
+
+fn crc32c(bytes: &[u8]) -> u32 {
+    // CRC-32C (Castagnoli), bitwise: small and enough for a test.
+    let mut crc = !0u32;
+    for byte in bytes {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn init_producer_id(conn: &mut Connection) -> i64 {
+    let response = conn.call(
+        InitProducerIdRequest::default()
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+        4,
+    );
+    assert_eq!(response.error_code, 0);
+    response.producer_id.0
+}
+
+#[test]
+fn idempotent_retries_are_written_once_across_restarts_and_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, kafka) = start(dir.path());
+    let mut conn = Connection::open(kafka);
+    create_topic(&mut conn, "idem", 1, &[]);
+    let producer = init_producer_id(&mut conn);
+    assert_ne!(producer, init_producer_id(&mut conn), "ids are unique");
+
+    let first = idempotent_batch(producer, 0, &["a", "b", "c"]);
+    assert_eq!(produce(&mut conn, "idem", 0, first.clone()), (0, 0));
+    assert_eq!(produce(&mut conn, "idem", 0, first.clone()), (0, 0), "a retry");
+    assert_eq!(
+        produce(&mut conn, "idem", 0, idempotent_batch(producer, 5, &["x"])).0,
+        OUT_OF_ORDER_SEQUENCE_NUMBER
+    );
+    let second = idempotent_batch(producer, 3, &["d"]);
+    assert_eq!(produce(&mut conn, "idem", 0, second.clone()), (0, 3));
+    assert_eq!(list_offset(&mut conn, "idem", 0, -1), (0, 4));
+
+    // A clean restart keeps the producer state (snapshot at close).
+    drop(conn);
+    let mut node = node;
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_for_exit().success());
+    let (node, kafka) = start(dir.path());
+    let mut conn = Connection::open(kafka);
+    assert_eq!(produce(&mut conn, "idem", 0, second.clone()), (0, 3));
+    let third = idempotent_batch(producer, 4, &["e", "f"]);
+    assert_eq!(produce(&mut conn, "idem", 0, third.clone()), (0, 4));
+
+    // A crash keeps it too (replayed from the log after the last snapshot).
+    drop(conn);
+    let mut node = node;
+    node.signal(libc::SIGKILL);
+    node.wait_for_exit();
+    let (_node, kafka) = start(dir.path());
+    let mut conn = Connection::open(kafka);
+    assert_eq!(produce(&mut conn, "idem", 0, third), (0, 4));
+    assert_eq!(
+        produce(&mut conn, "idem", 0, idempotent_batch(producer, 0, &["z"])).0,
+        OUT_OF_ORDER_SEQUENCE_NUMBER,
+        "an old sequence no longer among the last five batches is not a duplicate"
+    );
+    assert_eq!(list_offset(&mut conn, "idem", 0, -1), (0, 6));
+}
+
+#[test]
+fn a_fetch_waits_for_data_and_returns_when_it_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, kafka) = start(dir.path());
+    let mut conn = Connection::open(kafka);
+    create_topic(&mut conn, "poll", 1, &[]);
+
+    // Nothing there: the fetch waits max_wait_ms and returns empty.
+    let (code, _, bytes) = fetch(&mut conn, "poll", 0, 100);
+    assert_eq!((code, bytes.len()), (0, 0));
+
+    // A long poll (30 s) answered by a produce on another connection.
+    let waiter = std::thread::spawn(move || fetch(&mut conn, "poll", 0, 30_000));
+    std::thread::sleep(Duration::from_millis(200));
+    let mut producer = Connection::open(kafka);
+    assert_eq!(produce(&mut producer, "poll", 0, batch(&["wake"])), (0, 0));
+    let (code, high_watermark, bytes) = waiter.join().unwrap();
+    assert_eq!((code, high_watermark), (0, 1));
+    assert!(!bytes.is_empty());
+}
+
+#[test]
+fn topics_are_administered_through_the_controller() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, kafka) = start(dir.path());
+    let mut conn = Connection::open(kafka);
+
+    // validate_only checks without creating.
+    let validate = CreateTopicsRequest::default().with_validate_only(true).with_topics(vec![
+        create_topics_request::CreatableTopic::default()
+            .with_name(name("checked"))
+            .with_num_partitions(3)
+            .with_replication_factor(1),
+    ]);
+    assert_eq!(conn.call(validate, 7).topics[0].error_code, 0);
+    assert!(metadata_topics(&mut conn).is_empty());
+
+    create_topic(&mut conn, "admin", 2, &[("retention.ms", "60000")]);
+    let again = CreateTopicsRequest::default().with_topics(vec![
+        create_topics_request::CreatableTopic::default()
+            .with_name(name("admin"))
+            .with_num_partitions(2)
+            .with_replication_factor(1),
+    ]);
+    assert_eq!(conn.call(again, 7).topics[0].error_code, TOPIC_ALREADY_EXISTS);
+
+    // Metadata: the topic with its id and a leader for every partition.
+    let metadata = conn.call(
+        MetadataRequest::default().with_topics(Some(vec![
+            metadata_request::MetadataRequestTopic::default().with_name(Some(name("admin"))),
+        ])),
+        12,
+    );
+    let topic = &metadata.topics[0];
+    assert_eq!(topic.error_code, 0);
+    assert!(!topic.topic_id.is_nil());
+    assert_eq!(topic.partitions.len(), 2);
+    assert!(topic.partitions.iter().all(|p| p.leader_id.0 == 1));
+    assert_eq!(metadata.brokers.len(), 1);
+
+    // Configs: describe, then alter incrementally, then with a bad value.
+    let describe = |conn: &mut Connection| {
+        let response = conn.call(
+            DescribeConfigsRequest::default().with_resources(vec![
+                describe_configs_request::DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("admin")),
+            ]),
+            4,
+        );
+        response.results[0]
+            .configs
+            .iter()
+            .map(|c| {
+                (
+                    c.name.to_string(),
+                    c.value.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                )
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    assert_eq!(describe(&mut conn)["retention.ms"], "60000");
+    assert_eq!(describe(&mut conn)["cleanup.policy"], "delete");
+    let alter = |conn: &mut Connection, value: &str| {
+        let response = conn.call(
+            IncrementalAlterConfigsRequest::default().with_resources(vec![
+                incremental_alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("admin"))
+                    .with_configs(vec![
+                        incremental_alter_configs_request::AlterableConfig::default()
+                            .with_name(StrBytes::from_static_str("retention.ms"))
+                            .with_config_operation(0)
+                            .with_value(Some(StrBytes::from_string(value.to_string()))),
+                    ]),
+            ]),
+            1,
+        );
+        response.responses[0].error_code
+    };
+    assert_eq!(alter(&mut conn, "120000"), 0);
+    assert_eq!(describe(&mut conn)["retention.ms"], "120000");
+    assert_eq!(alter(&mut conn, "soon"), INVALID_CONFIG);
+    assert_eq!(describe(&mut conn)["retention.ms"], "120000");
+
+    // More partitions.
+    let grow = CreatePartitionsRequest::default().with_topics(vec![
+        create_partitions_request::CreatePartitionsTopic::default()
+            .with_name(name("admin"))
+            .with_count(4),
+    ]);
+    assert_eq!(conn.call(grow, 3).results[0].error_code, 0);
+    wait_until(
+        || {
+            let mut conn = Connection::open(kafka);
+            list_offset(&mut conn, "admin", 3, -1) == (0, 0)
+        },
+        "partition 3 serves",
+    );
+
+    // DeleteRecords moves the log start; earlier offsets are then out of range.
+    assert_eq!(produce(&mut conn, "admin", 0, batch(&["a", "b", "c"])).0, 0);
+    let delete = DeleteRecordsRequest::default().with_topics(vec![
+        delete_records_request::DeleteRecordsTopic::default()
+            .with_name(name("admin"))
+            .with_partitions(vec![
+                delete_records_request::DeleteRecordsPartition::default()
+                    .with_partition_index(0)
+                    .with_offset(2),
+            ]),
+    ]);
+    let deleted = conn.call(delete, 2);
+    assert_eq!(deleted.topics[0].partitions[0].low_watermark, 2);
+    assert_eq!(list_offset(&mut conn, "admin", 0, -2), (0, 2));
+    assert_eq!(fetch(&mut conn, "admin", 1, 0).0, OFFSET_OUT_OF_RANGE);
+
+    // Delete the topic.
+    let delete = DeleteTopicsRequest::default().with_topic_names(vec![name("admin")]);
+    assert_eq!(conn.call(delete, 5).responses[0].error_code, 0);
+    assert!(metadata_topics(&mut conn).is_empty());
+    let delete = DeleteTopicsRequest::default().with_topic_names(vec![name("admin")]);
+    assert_eq!(
+        conn.call(delete, 5).responses[0].error_code,
+        UNKNOWN_TOPIC_OR_PARTITION
+    );
+}
