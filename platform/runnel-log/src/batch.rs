@@ -557,6 +557,29 @@ pub(crate) fn assemble(
     Ok(out)
 }
 
+/// What the fuzz targets and their corpus replay run on untrusted bytes: every batch the
+/// bytes hold is validated as a produced batch would be (with a 1 MiB decompression
+/// bound) and its records and headers walked. Returns how many batches passed. Never
+/// panics, whatever the input.
+pub fn fuzz_produced_batch(bytes: &[u8]) -> usize {
+    let mut passed = 0;
+    for (position, header) in batch_positions(bytes) {
+        let Some(one) = bytes.get(position..position + header.total_len() as usize) else {
+            break;
+        };
+        if validate_produced(one, 1 << 20, false).is_err() {
+            continue;
+        }
+        passed += 1;
+        if let Ok(section) = records_section(one, 1 << 20) {
+            for record in Records::new(&section, header.records_count).flatten() {
+                let _ = (record.key, record.value, record.headers.len());
+            }
+        }
+    }
+    passed
+}
+
 /// Walks concatenated batches, yielding `(position, header)` for each batch that lies
 /// wholly inside `bytes`; stops at the first incomplete or unparsable one.
 pub fn batch_positions(bytes: &[u8]) -> impl Iterator<Item = (usize, BatchHeader)> + '_ {

@@ -94,7 +94,9 @@ pub async fn create_topics(
         match broker.admin(command, request.validate_only).await {
             Ok(_) => {
                 if !request.validate_only {
-                    broker.wait_until_served(&name, wait_for(request.timeout_ms)).await;
+                    broker
+                        .wait_until_served(&name, wait_for(request.timeout_ms))
+                        .await;
                 }
                 let mut result = result
                     .with_num_partitions(partitions as i32)
