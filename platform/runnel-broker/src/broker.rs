@@ -229,13 +229,17 @@ impl Broker {
             let Some(meta) = metadata.topics.get(topic) else {
                 return;
             };
-            let pending = meta.partitions.iter().enumerate().any(|(index, partition)| {
-                partition.leader == Some(self.node_id)
-                    && matches!(
-                        self.leader_log(topic, index as i32),
-                        Err(BrokerError::NotAvailable { .. })
-                    )
-            });
+            let pending = meta
+                .partitions
+                .iter()
+                .enumerate()
+                .any(|(index, partition)| {
+                    partition.leader == Some(self.node_id)
+                        && matches!(
+                            self.leader_log(topic, index as i32),
+                            Err(BrokerError::NotAvailable { .. })
+                        )
+                });
             if !pending || tokio::time::Instant::now() >= deadline {
                 return;
             }

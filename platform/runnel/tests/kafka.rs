@@ -258,7 +258,9 @@ fn bad_frames_close_only_their_own_connection() {
     // Metadata v1 whose topic array claims 54 million entries in a few bytes: the decoder
     // reserves gigabytes for it, which must neither abort the process nor be answered.
     let mut huge_array = Connection::open(kafka);
-    huge_array.send_raw(&[0, 0, 0, 14, 0, 3, 0, 1, 0, 0, 0, 9, 0, 0, 0x03, 0x3c, 0x0c, 0x00]);
+    huge_array.send_raw(&[
+        0, 0, 0, 14, 0, 3, 0, 1, 0, 0, 0, 9, 0, 0, 0x03, 0x3c, 0x0c, 0x00,
+    ]);
     assert!(huge_array.is_closed_by_broker());
     // The same with a flexible (compact) array at the largest count a varint can hold.
     let mut huge_compact = Connection::open(kafka);
@@ -342,7 +344,10 @@ fn refused_batches_write_nothing() {
     // Two batches, the second truncated: neither is written.
     let mut two = BytesMut::from(&batch(&["c"])[..]);
     two.extend_from_slice(&batch(&["d"])[..20]);
-    assert_eq!(produce(&mut conn, "strict", 0, two.freeze()).0, CORRUPT_MESSAGE);
+    assert_eq!(
+        produce(&mut conn, "strict", 0, two.freeze()).0,
+        CORRUPT_MESSAGE
+    );
     // A transactional batch: transactions are not supported yet.
     let mut transactional = BytesMut::from(&batch(&["t"])[..]);
     let attributes = i16::from_be_bytes([transactional[21], transactional[22]]) | 0x10;
@@ -414,7 +419,11 @@ fn idempotent_retries_are_written_once_across_restarts_and_crashes() {
 
     let first = idempotent_batch(producer, 0, &["a", "b", "c"]);
     assert_eq!(produce(&mut conn, "idem", 0, first.clone()), (0, 0));
-    assert_eq!(produce(&mut conn, "idem", 0, first.clone()), (0, 0), "a retry");
+    assert_eq!(
+        produce(&mut conn, "idem", 0, first.clone()),
+        (0, 0),
+        "a retry"
+    );
     assert_eq!(
         produce(&mut conn, "idem", 0, idempotent_batch(producer, 5, &["x"])).0,
         OUT_OF_ORDER_SEQUENCE_NUMBER
@@ -478,12 +487,14 @@ fn topics_are_administered_through_the_controller() {
     let mut conn = Connection::open(kafka);
 
     // validate_only checks without creating.
-    let validate = CreateTopicsRequest::default().with_validate_only(true).with_topics(vec![
-        create_topics_request::CreatableTopic::default()
-            .with_name(name("checked"))
-            .with_num_partitions(3)
-            .with_replication_factor(1),
-    ]);
+    let validate = CreateTopicsRequest::default()
+        .with_validate_only(true)
+        .with_topics(vec![
+            create_topics_request::CreatableTopic::default()
+                .with_name(name("checked"))
+                .with_num_partitions(3)
+                .with_replication_factor(1),
+        ]);
     assert_eq!(conn.call(validate, 7).topics[0].error_code, 0);
     assert!(metadata_topics(&mut conn).is_empty());
 
@@ -494,7 +505,10 @@ fn topics_are_administered_through_the_controller() {
             .with_num_partitions(2)
             .with_replication_factor(1),
     ]);
-    assert_eq!(conn.call(again, 7).topics[0].error_code, TOPIC_ALREADY_EXISTS);
+    assert_eq!(
+        conn.call(again, 7).topics[0].error_code,
+        TOPIC_ALREADY_EXISTS
+    );
 
     // Metadata: the topic with its id and a leader for every partition.
     let metadata = conn.call(

@@ -191,7 +191,12 @@ pub fn http_get(address: SocketAddr, path: &str) -> HttpResponse {
 }
 
 /// One HTTP/1.1 request with an optional JSON body, over a fresh connection.
-pub fn http_request(address: SocketAddr, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
+pub fn http_request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> HttpResponse {
     let mut stream =
         TcpStream::connect_timeout(&address, Duration::from_secs(5)).expect("connect to http");
     stream
@@ -269,4 +274,3 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
-
