@@ -191,7 +191,8 @@ pub fn validate(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
 /// log: on top of [`validate`], it must hold at least one record and one per offset it spans
 /// (only compaction leaves gaps), its records (decompressed, at most `max_decompressed`
 /// bytes) must decode with offset deltas 0, 1, 2, … and nothing after the last, and with
-/// `require_keys` (compacted topics) every record needs a key.
+/// `require_keys` (compacted topics) every record needs a key. The header returned carries
+/// the records' true max timestamp (see [`set_max_timestamp`]).
 pub fn validate_produced(
     bytes: &[u8],
     max_decompressed: usize,
@@ -211,10 +212,13 @@ pub fn validate_produced(
     }
     let section = records_section(bytes, max_decompressed)?;
     let mut records = Records::new(&section, header.records_count);
+    let mut max_timestamp = i64::MIN;
     for expected_delta in 0..header.records_count {
         let record = records
             .next()
             .ok_or_else(|| BatchError::MalformedRecord("fewer records than counted".into()))??;
+        max_timestamp =
+            max_timestamp.max(header.base_timestamp.saturating_add(record.timestamp_delta));
         if record.offset_delta != expected_delta {
             return Err(BatchError::MalformedRecord(format!(
                 "record {expected_delta} has offset delta {}",
@@ -230,7 +234,20 @@ pub fn validate_produced(
             "bytes left after the last record".into(),
         ));
     }
+    let mut header = header;
+    if !header.is_log_append_time() {
+        header.max_timestamp = max_timestamp;
+    }
     Ok(header)
+}
+
+/// Sets a batch's max timestamp and recomputes its CRC. Some producers (kafkajs) leave
+/// records' own timestamps out of it; like Kafka, the log stores the true maximum, which
+/// timestamp lookups and time-based retention rely on.
+pub fn set_max_timestamp(batch: &mut [u8], max_timestamp: i64) {
+    batch[35..43].copy_from_slice(&max_timestamp.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Stamps the offsets of an appended batch; both fields lie outside the CRC.

@@ -39,7 +39,7 @@ use bytes::{Bytes, BytesMut};
 use runnel_config::{TimestampType, TopicConfig};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
-use crate::batch;
+use crate::batch::{self, BatchHeader};
 use crate::error::LogError;
 use crate::metrics::LogMetrics;
 use crate::producers::{self, ProducerStates, SequenceCheck};
@@ -1129,6 +1129,9 @@ impl Writer {
         let offsets_overflow = last_offset - self.active.base_offset >= u64::from(u32::MAX);
         if !self.active.is_empty() && (too_big || too_old || offsets_overflow) {
             self.roll().map_err(|e| self.shared.go_offline(e))?;
+        }
+        if BatchHeader::parse(&batch)?.max_timestamp != header.max_timestamp {
+            batch::set_max_timestamp(&mut batch, header.max_timestamp);
         }
         batch::stamp_offsets(
             &mut batch,
