@@ -1,0 +1,222 @@
+#!/usr/bin/env node
+// kafkajs 2.2.4 against a Runnel node, end to end.
+//
+// Environment: RUNNEL_BOOTSTRAP (host:port of the Kafka listener), RUNNEL_TOPIC (a name unused
+// so far; this script creates and deletes it), and NODE_PATH pointing at the node_modules that
+// scripts/install-test-clients prints.
+//
+// Steps: create the topic with 3 partitions (CreateTopics v3, then Metadata until every
+// partition has a leader); produce keyed, unkeyed and null values with the codecs kafkajs has
+// built in (none and gzip), with headers and explicit timestamps on some, every message to an
+// explicit partition (kafkajs reports one base offset per partition, not per message, so the
+// script must know where each message went); check each base offset; ListOffsets (earliest,
+// latest, by timestamp); DescribeConfigs, AlterConfigs of retention.ms (kafkajs has no
+// IncrementalAlterConfigs), DescribeConfigs again; DeleteTopics and check the topic left the
+// metadata.
+//
+// --consume (off by default) waits for consumer groups: the kafkajs consumer always joins a
+// group (FindCoordinator, JoinGroup, SyncGroup, Heartbeat, OffsetFetch), which Runnel does not
+// implement yet. With it the script also consumes everything from the beginning and compares
+// it with what was sent, as multisets per partition and in order per key.
+//
+// Exit 0 when everything matched. Otherwise one line on stderr, "kafkajs: <step>: <what
+// differed>", and exit 1.
+
+const { Kafka, CompressionTypes, ConfigResourceTypes, Partitioners, logLevel } = require('kafkajs')
+
+const BOOTSTRAP = process.env.RUNNEL_BOOTSTRAP
+const TOPIC = process.env.RUNNEL_TOPIC
+const PARTITIONS = 3
+const CODECS = { none: CompressionTypes.None, gzip: CompressionTypes.GZIP }
+const MESSAGES_PER_CODEC = 12
+const NEW_RETENTION_MS = '5400000'
+const WHOLE_RUN_MS = 150000
+const WAIT_MS = 30000
+
+let currentStep = 'start'
+
+function step(name) {
+  currentStep = name
+  console.log(`== ${name}`)
+}
+
+function check(condition, whatDiffered) {
+  if (!condition) throw new Error(whatDiffered)
+}
+
+// The messages one send carries: unique values, keys on most (each key bound to one
+// partition), a null value, headers on even ones and an explicit (hour-old) timestamp on
+// every fourth.
+function plannedMessages(codec, codecIndex, baseMs) {
+  const messages = []
+  for (let i = 0; i < MESSAGES_PER_CODEC; i++) {
+    const partition = i % PARTITIONS
+    let key = i % 4 === 1 ? null : `key-${partition}`
+    let value = `${codec} message ${i} ` + 'runnel '.repeat(40)
+    if (i === 7) [key, value] = [`gone-${codec}`, null]
+    const headers = i % 2 === 0 ? { index: String(i), codec } : undefined
+    const timestamp = i % 4 === 0 ? String(baseMs + codecIndex * 100 + i) : undefined
+    messages.push({ partition, key, value, headers, timestamp })
+  }
+  return messages
+}
+
+async function createTopic(admin) {
+  step('create topic')
+  const created = await admin.createTopics({
+    topics: [{ topic: TOPIC, numPartitions: PARTITIONS }],
+    waitForLeaders: true,
+    timeout: 10000,
+  })
+  check(created, 'createTopics answered that the topic already exists')
+  const { topics } = await admin.fetchTopicMetadata({ topics: [TOPIC] })
+  check(topics.length === 1 && topics[0].partitions.length === PARTITIONS,
+    `metadata does not show ${PARTITIONS} partitions: ${JSON.stringify(topics)}`)
+}
+
+// Sends each codec's messages in one request and returns them, in the order sent, each with
+// the offset it must have: partitions start empty and kafkajs keeps a partition's order.
+async function produceAll(kafka) {
+  const sent = []
+  const nextOffset = new Array(PARTITIONS).fill(0)
+  const baseMs = (Math.floor(Date.now() / 1000) - 3600) * 1000
+  const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner })
+  await producer.connect()
+  for (const [codecIndex, [codec, compression]] of Object.entries(CODECS).entries()) {
+    step(`produce with compression ${codec}`)
+    const messages = plannedMessages(codec, codecIndex, baseMs)
+    const firstOffset = [...nextOffset]
+    for (const message of messages) sent.push({ ...message, offset: nextOffset[message.partition]++ })
+    const results = await producer.send({ topic: TOPIC, compression, acks: -1, messages })
+    for (const { partition, errorCode, baseOffset } of results) {
+      check(errorCode === 0 && Number(baseOffset) === firstOffset[partition],
+        `partition ${partition}: error ${errorCode}, base offset ${baseOffset}, expected ${firstOffset[partition]}`)
+    }
+    check(results.length === PARTITIONS, `acknowledged partitions ${JSON.stringify(results)}`)
+  }
+  await producer.disconnect()
+  return sent
+}
+
+async function checkListOffsets(admin, sent) {
+  step('list offsets')
+  const counts = new Array(PARTITIONS).fill(0)
+  for (const message of sent) counts[message.partition]++
+  for (const { partition, low, high } of await admin.fetchTopicOffsets(TOPIC)) {
+    check(Number(low) === 0 && Number(high) === counts[partition],
+      `partition ${partition}: earliest ${low}, latest ${high}, expected 0 and ${counts[partition]}`)
+  }
+  // A timestamp between the explicit ones; the implicit ones are "now", later than all of them.
+  const target = Number(sent.find(m => m.timestamp !== undefined && m.offset > 0).timestamp)
+  for (const { partition, offset } of await admin.fetchTopicOffsetsByTimestamp(TOPIC, target)) {
+    const atOrAfter = sent.filter(m => m.partition === partition && (m.timestamp === undefined || Number(m.timestamp) >= target))
+    const wanted = Math.min(...atOrAfter.map(m => m.offset))
+    check(Number(offset) === wanted, `partition ${partition}, timestamp ${target}: offset ${offset}, expected ${wanted}`)
+  }
+  // kafkajs answers the high watermark where the broker found no record (offset -1).
+  for (const { partition, offset } of await admin.fetchTopicOffsetsByTimestamp(TOPIC, Date.now() + 86400000)) {
+    check(Number(offset) === counts[partition],
+      `partition ${partition}, a timestamp after every record: offset ${offset}, expected ${counts[partition]}`)
+  }
+}
+
+async function consumeAll(kafka, sent, produceWindow) {
+  step('consume from the beginning (consumer group)')
+  const consumer = kafka.consumer({ groupId: `${TOPIC}-group` })
+  await consumer.connect()
+  await consumer.subscribe({ topics: [TOPIC], fromBeginning: true })
+  const records = []
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`consumed ${records.length} of ${sent.length} before the timeout`)), WAIT_MS)
+    consumer.run({
+      eachMessage: async ({ partition, message }) => {
+        records.push({ partition, ...message })
+        if (records.length === sent.length) {
+          clearTimeout(timer)
+          resolve()
+        }
+      },
+    }).catch(reject)
+  })
+  await consumer.disconnect()
+
+  step('compare consumed with sent')
+  const text = buffer => (buffer === null ? null : buffer.toString())
+  const headerText = headers => JSON.stringify(Object.entries(headers || {}).map(([k, v]) => [k, String(v)]).sort())
+  const sentByOffset = new Map(sent.map(m => [`${m.partition}/${m.offset}`, m]))
+  for (const record of records) {
+    const where = `partition ${record.partition} offset ${record.offset}`
+    const message = sentByOffset.get(`${record.partition}/${record.offset}`)
+    check(message !== undefined, `${where}: consumed twice, or nothing was sent there`)
+    check(text(record.key) === message.key && text(record.value) === message.value,
+      `${where}: key ${text(record.key)}, value ${text(record.value)}; sent ${message.key}, ${message.value}`)
+    check(headerText(record.headers) === headerText(message.headers), `${where}: headers ${headerText(record.headers)}`)
+    const timestamp = Number(record.timestamp)
+    check(message.timestamp !== undefined
+      ? timestamp === Number(message.timestamp)
+      : timestamp >= produceWindow[0] - 1000 && timestamp <= produceWindow[1] + 1000,
+    `${where}: timestamp ${timestamp}, sent ${message.timestamp || 'none (the time of sending)'}`)
+    sentByOffset.delete(`${record.partition}/${record.offset}`)
+  }
+  check(sentByOffset.size === 0, `never consumed: ${[...sentByOffset.keys()].join(', ')}`)
+}
+
+async function checkConfigs(admin) {
+  step('describe and alter configs')
+  const resource = { type: ConfigResourceTypes.TOPIC, name: TOPIC }
+  const retention = async () => {
+    const { resources } = await admin.describeConfigs({ resources: [resource], includeSynonyms: false })
+    const entry = resources[0].configEntries.find(e => e.configName === 'retention.ms')
+    check(entry !== undefined, `retention.ms missing from the described configs ${JSON.stringify(resources)}`)
+    return entry.configValue
+  }
+  await retention()
+  const { resources } = await admin.alterConfigs({
+    resources: [{ ...resource, configEntries: [{ name: 'retention.ms', value: NEW_RETENTION_MS }] }],
+  })
+  check(resources[0].errorCode === 0, `altering retention.ms answered ${JSON.stringify(resources)}`)
+  const after = await retention()
+  check(after === NEW_RETENTION_MS, `retention.ms is ${after} after setting it to ${NEW_RETENTION_MS}`)
+}
+
+async function deleteTopic(admin) {
+  step('delete topic')
+  await admin.deleteTopics({ topics: [TOPIC], timeout: 10000 })
+  const deadline = Date.now() + WAIT_MS
+  while ((await admin.listTopics()).includes(TOPIC)) {
+    check(Date.now() < deadline, 'the topic is still in the metadata')
+    await new Promise(resolve => setTimeout(resolve, 200))
+  }
+}
+
+async function main() {
+  check(BOOTSTRAP && TOPIC, 'RUNNEL_BOOTSTRAP and RUNNEL_TOPIC must be set')
+  const kafka = new Kafka({ clientId: 'runnel-kafkajs-test', brokers: [BOOTSTRAP], logLevel: logLevel.ERROR })
+  step('connect')
+  const admin = kafka.admin()
+  await admin.connect()
+  await createTopic(admin)
+  const startedMs = Date.now()
+  const sent = await produceAll(kafka)
+  if (process.argv.includes('--consume')) await consumeAll(kafka, sent, [startedMs, Date.now()])
+  await checkListOffsets(admin, sent)
+  await checkConfigs(admin)
+  await deleteTopic(admin)
+  await admin.disconnect()
+}
+
+setTimeout(() => {
+  console.error(`kafkajs: ${currentStep}: no result after ${WHOLE_RUN_MS / 1000} s`)
+  process.exit(1)
+}, WHOLE_RUN_MS).unref()
+
+main().then(
+  () => {
+    console.log('kafkajs: all checks passed')
+    process.exit(0)
+  },
+  error => {
+    console.error(`kafkajs: ${currentStep}: ${error.name === 'Error' ? '' : `${error.name}: `}${error.message}`)
+    process.exit(1)
+  },
+)
