@@ -49,6 +49,12 @@ def abbreviated(text, limit=200):
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def briefly(records):
+    """At most three (key, value, headers) records, values cut short, for a failure message."""
+    cut = [(k, v[:24] + b"..." if v and len(v) > 24 else v, h) for k, v, h in list(records)[:3]]
+    return repr(cut) + (" and more" if len(records) > 3 else "")
+
+
 def step(name):
     global current_step
     current_step = name
@@ -78,7 +84,8 @@ def create_topic(admin):
 
 
 def produce_all():
-    """Returns every sent message, in the order sent, with the partition the broker acknowledged."""
+    """Returns every sent message, in the order sent, with the partition the broker
+    acknowledged."""
     sent = []
     base_ms = (int(time.time()) - 3600) * 1000
     for codec_index, codec in enumerate(CODECS):
@@ -88,7 +95,8 @@ def produce_all():
         pending = []
         for message in planned_messages(codec, codec_index, base_ms):
             future = producer.send(TOPIC, key=message["key"], value=message["value"],
-                                   headers=list(message["headers"]), timestamp_ms=message["timestamp"])
+                                   headers=list(message["headers"]),
+                                   timestamp_ms=message["timestamp"])
             pending.append((message, future))
         producer.flush(timeout=WAIT_SECONDS)
         for message, future in pending:
@@ -99,7 +107,8 @@ def produce_all():
 
 
 def consume_all(consumer, partitions):
-    """Reads every partition from offset 0 up to its end offset; returns records per partition."""
+    """Reads every partition from offset 0 up to its end offset; returns the records of each
+    partition."""
     step("consume from the beginning")
     high = {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
     consumer.seek_to_beginning(*partitions)
@@ -112,7 +121,8 @@ def consume_all(consumer, partitions):
         for tp, batch in consumer.poll(timeout_ms=500).items():
             for record in batch:
                 if record.timestamp_type != CREATE_TIME:
-                    raise Mismatch(f"partition {tp.partition} offset {record.offset}: timestamp type {record.timestamp_type}")
+                    where = f"partition {tp.partition} offset {record.offset}"
+                    raise Mismatch(f"{where}: timestamp type {record.timestamp_type}, not CreateTime")
                 records[tp.partition].append({
                     "offset": record.offset, "key": record.key, "value": record.value,
                     "headers": tuple(record.headers), "timestamp": record.timestamp})
@@ -125,28 +135,39 @@ def compare(sent, records, produce_window):
     for p in range(PARTITIONS):
         offsets = [r["offset"] for r in records[p]]
         if offsets != list(range(len(offsets))):
-            raise Mismatch(f"partition {p}: offsets {offsets} are not 0..{len(offsets) - 1}")
+            raise Mismatch(f"partition {p}: offsets {offsets} are not 0, 1, 2, ...")
         want = Counter((m["key"], m["value"], m["headers"]) for m in sent if m["partition"] == p)
         got = Counter((r["key"], r["value"], r["headers"]) for r in records[p])
         if want != got:
-            raise Mismatch(f"partition {p}: missing {abbreviated(repr(list(want - got)))}, "
-                           f"unexpected {abbreviated(repr(list(got - want)))}")
+            raise Mismatch(f"partition {p}: missing {briefly(want - got)}, "
+                           f"unexpected {briefly(got - want)}")
+    check_timestamps(sent, records, produce_window)
+    check_order_per_key(sent, records)
+
+
+def check_timestamps(sent, records, produce_window):
+    """Explicit timestamps come back exactly; the others lie within the produce run."""
     explicit = {(m["key"], m["value"]): m["timestamp"] for m in sent}
-    earliest_ms, latest_ms = produce_window
+    earliest_ms, latest_ms = produce_window[0] - 1000, produce_window[1] + 1000
     for p in range(PARTITIONS):
         for r in records[p]:
-            wanted = explicit[(r["key"], r["value"])]
+            wanted, where = explicit[(r["key"], r["value"])], f"partition {p} offset {r['offset']}"
             if wanted is not None and r["timestamp"] != wanted:
-                raise Mismatch(f"partition {p} offset {r['offset']}: timestamp {r['timestamp']}, sent {wanted}")
-            if wanted is None and not earliest_ms - 1000 <= r["timestamp"] <= latest_ms + 1000:
-                raise Mismatch(f"partition {p} offset {r['offset']}: timestamp {r['timestamp']} outside the produce run")
+                raise Mismatch(f"{where}: timestamp {r['timestamp']}, sent {wanted}")
+            if wanted is None and not earliest_ms <= r["timestamp"] <= latest_ms:
+                raise Mismatch(f"{where}: timestamp {r['timestamp']} is outside the produce run")
+
+
+def check_order_per_key(sent, records):
+    """Every key's records sit in one partition, in the order they were sent."""
     for key in {m["key"] for m in sent if m["key"] is not None}:
         sent_values = [m["value"] for m in sent if m["key"] == key]
-        partitions = {p for p in range(PARTITIONS) for r in records[p] if r["key"] == key}
-        got_values = [r["value"] for p in sorted(partitions) for r in records[p] if r["key"] == key]
-        if len(partitions) != 1 or got_values != sent_values:
-            raise Mismatch(f"key {key!r}: came back from partitions {sorted(partitions)}; "
-                           f"wanted one partition, in the order sent")
+        partitions = sorted({p for p in range(PARTITIONS) for r in records[p] if r["key"] == key})
+        got_values = [r["value"] for p in partitions for r in records[p] if r["key"] == key]
+        if len(partitions) != 1:
+            raise Mismatch(f"key {key!r}: records spread over partitions {partitions}")
+        if got_values != sent_values:
+            raise Mismatch(f"key {key!r}: records came back in another order than sent")
 
 
 def check_list_offsets(consumer, partitions, records):
@@ -155,17 +176,18 @@ def check_list_offsets(consumer, partitions, records):
     latest = consumer.end_offsets(partitions)
     future_ms = int(time.time() * 1000) + 86_400_000
     for tp in partitions:
-        mine = records[tp.partition]
-        if earliest[tp] != 0 or latest[tp] != len(mine):
-            raise Mismatch(f"partition {tp.partition}: earliest {earliest[tp]}, latest {latest[tp]}, expected 0 and {len(mine)}")
-        middle = mine[len(mine) // 2]["timestamp"] if mine else 0
-        wanted = min((r["offset"] for r in mine if r["timestamp"] >= middle), default=None)
-        found = consumer.offsets_for_times({tp: middle})[tp]
+        p, mine = tp.partition, records[tp.partition]
+        if (earliest[tp], latest[tp]) != (0, len(mine)):
+            raise Mismatch(f"partition {p}: earliest {earliest[tp]}, latest {latest[tp]}, "
+                           f"expected 0 and {len(mine)}")
+        middle_ms = mine[len(mine) // 2]["timestamp"] if mine else 0
+        wanted = min((r["offset"] for r in mine if r["timestamp"] >= middle_ms), default=None)
+        found = consumer.offsets_for_times({tp: middle_ms})[tp]
         if (found.offset if found else None) != wanted:
-            raise Mismatch(f"partition {tp.partition}, timestamp {middle}: offset {found}, expected {wanted}")
-        after_everything = consumer.offsets_for_times({tp: future_ms})[tp]
-        if after_everything is not None:
-            raise Mismatch(f"partition {tp.partition}: a timestamp after every record found {after_everything}")
+            raise Mismatch(f"partition {p}, timestamp {middle_ms}: {found}, expected offset {wanted}")
+        found = consumer.offsets_for_times({tp: future_ms})[tp]
+        if found is not None:
+            raise Mismatch(f"partition {p}: a timestamp after every record found {found}")
 
 
 def described_retention(admin):
@@ -179,7 +201,8 @@ def described_retention(admin):
 def check_configs(admin):
     step("describe and alter configs")
     described_retention(admin)
-    result = admin.alter_configs([ConfigResource("TOPIC", TOPIC, configs={"retention.ms": NEW_RETENTION_MS})])
+    change = ConfigResource("TOPIC", TOPIC, configs={"retention.ms": NEW_RETENTION_MS})
+    result = admin.alter_configs([change])
     if result.get("topic", {}).get(TOPIC) != "OK":
         raise Mismatch(f"altering retention.ms answered {result}")
     after = described_retention(admin)
@@ -207,7 +230,8 @@ def describe(error):
 
 
 def on_alarm(_signal, _frame):
-    print(f"kafka-python: {current_step}: no result after {WHOLE_RUN_SECONDS} s", file=sys.stderr)
+    print(f"kafka-python: {current_step}: no result after {WHOLE_RUN_SECONDS} s",
+          file=sys.stderr)
     os._exit(1)
 
 
@@ -216,7 +240,8 @@ def main():
     signal.alarm(WHOLE_RUN_SECONDS)
     try:
         step("connect")
-        admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP, request_timeout_ms=WAIT_SECONDS * 1000)
+        admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP,
+                                 request_timeout_ms=WAIT_SECONDS * 1000)
         create_topic(admin)
         started_ms = int(time.time() * 1000)
         sent = produce_all()

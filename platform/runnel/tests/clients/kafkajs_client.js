@@ -16,8 +16,9 @@
 //
 // --consume (off by default) waits for consumer groups: the kafkajs consumer always joins a
 // group (FindCoordinator, JoinGroup, SyncGroup, Heartbeat, OffsetFetch), which Runnel does not
-// implement yet. With it the script also consumes everything from the beginning and compares
-// it with what was sent, as multisets per partition and in order per key.
+// implement yet. With it the script also consumes everything from the beginning and checks
+// every record against what was sent at its offset (key, value, headers, timestamp), which
+// covers each partition's contents and each key's order.
 //
 // Exit 0 when everything matched. Otherwise one line on stderr, "kafkajs: <step>: <what
 // differed>", and exit 1.
@@ -38,6 +39,11 @@ let currentStep = 'start'
 function step(name) {
   currentStep = name
   console.log(`== ${name}`)
+}
+
+// A long value, cut short for a failure message.
+function brief(text) {
+  return text !== null && text.length > 30 ? `${text.slice(0, 30)}...` : text
 }
 
 function check(condition, whatDiffered) {
@@ -86,11 +92,14 @@ async function produceAll(kafka) {
     step(`produce with compression ${codec}`)
     const messages = plannedMessages(codec, codecIndex, baseMs)
     const firstOffset = [...nextOffset]
-    for (const message of messages) sent.push({ ...message, offset: nextOffset[message.partition]++ })
+    for (const message of messages) {
+      sent.push({ ...message, offset: nextOffset[message.partition]++ })
+    }
     const results = await producer.send({ topic: TOPIC, compression, acks: -1, messages })
     for (const { partition, errorCode, baseOffset } of results) {
-      check(errorCode === 0 && Number(baseOffset) === firstOffset[partition],
-        `partition ${partition}: error ${errorCode}, base offset ${baseOffset}, expected ${firstOffset[partition]}`)
+      const wanted = firstOffset[partition]
+      check(errorCode === 0 && Number(baseOffset) === wanted,
+        `partition ${partition}: error ${errorCode}, base offset ${baseOffset}, expected ${wanted}`)
     }
     check(results.length === PARTITIONS, `acknowledged partitions ${JSON.stringify(results)}`)
   }
@@ -103,20 +112,25 @@ async function checkListOffsets(admin, sent) {
   const counts = new Array(PARTITIONS).fill(0)
   for (const message of sent) counts[message.partition]++
   for (const { partition, low, high } of await admin.fetchTopicOffsets(TOPIC)) {
-    check(Number(low) === 0 && Number(high) === counts[partition],
-      `partition ${partition}: earliest ${low}, latest ${high}, expected 0 and ${counts[partition]}`)
+    const wanted = counts[partition]
+    check(Number(low) === 0 && Number(high) === wanted,
+      `partition ${partition}: earliest ${low}, latest ${high}, expected 0 and ${wanted}`)
   }
   // A timestamp between the explicit ones; the implicit ones are "now", later than all of them.
   const target = Number(sent.find(m => m.timestamp !== undefined && m.offset > 0).timestamp)
+  const atOrAfterTarget = m => m.timestamp === undefined || Number(m.timestamp) >= target
   for (const { partition, offset } of await admin.fetchTopicOffsetsByTimestamp(TOPIC, target)) {
-    const atOrAfter = sent.filter(m => m.partition === partition && (m.timestamp === undefined || Number(m.timestamp) >= target))
-    const wanted = Math.min(...atOrAfter.map(m => m.offset))
-    check(Number(offset) === wanted, `partition ${partition}, timestamp ${target}: offset ${offset}, expected ${wanted}`)
+    const candidates = sent.filter(m => m.partition === partition && atOrAfterTarget(m))
+    const wanted = Math.min(...candidates.map(m => m.offset))
+    check(Number(offset) === wanted,
+      `partition ${partition}, timestamp ${target}: offset ${offset}, expected ${wanted}`)
   }
   // kafkajs answers the high watermark where the broker found no record (offset -1).
-  for (const { partition, offset } of await admin.fetchTopicOffsetsByTimestamp(TOPIC, Date.now() + 86400000)) {
-    check(Number(offset) === counts[partition],
-      `partition ${partition}, a timestamp after every record: offset ${offset}, expected ${counts[partition]}`)
+  const tomorrow = Date.now() + 86400000
+  for (const { partition, offset } of await admin.fetchTopicOffsetsByTimestamp(TOPIC, tomorrow)) {
+    const wanted = counts[partition]
+    check(Number(offset) === wanted,
+      `partition ${partition}, a timestamp after every record: offset ${offset}, expected ${wanted}`)
   }
 }
 
@@ -127,7 +141,8 @@ async function consumeAll(kafka, sent, produceWindow) {
   await consumer.subscribe({ topics: [TOPIC], fromBeginning: true })
   const records = []
   await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`consumed ${records.length} of ${sent.length} before the timeout`)), WAIT_MS)
+    const tooLate = () => reject(new Error(`consumed ${records.length} of ${sent.length} in time`))
+    const timer = setTimeout(tooLate, WAIT_MS)
     consumer.run({
       eachMessage: async ({ partition, message }) => {
         records.push({ partition, ...message })
@@ -142,15 +157,18 @@ async function consumeAll(kafka, sent, produceWindow) {
 
   step('compare consumed with sent')
   const text = buffer => (buffer === null ? null : buffer.toString())
-  const headerText = headers => JSON.stringify(Object.entries(headers || {}).map(([k, v]) => [k, String(v)]).sort())
+  const headerText = headers =>
+    JSON.stringify(Object.entries(headers || {}).map(([name, value]) => [name, `${value}`]).sort())
   const sentByOffset = new Map(sent.map(m => [`${m.partition}/${m.offset}`, m]))
   for (const record of records) {
     const where = `partition ${record.partition} offset ${record.offset}`
     const message = sentByOffset.get(`${record.partition}/${record.offset}`)
     check(message !== undefined, `${where}: consumed twice, or nothing was sent there`)
-    check(text(record.key) === message.key && text(record.value) === message.value,
-      `${where}: key ${text(record.key)}, value ${text(record.value)}; sent ${message.key}, ${message.value}`)
-    check(headerText(record.headers) === headerText(message.headers), `${where}: headers ${headerText(record.headers)}`)
+    const [key, value] = [text(record.key), text(record.value)]
+    check(key === message.key && value === message.value,
+      `${where}: key ${key}, value ${brief(value)}; sent ${message.key}, ${brief(message.value)}`)
+    const [gotHeaders, sentHeaders] = [headerText(record.headers), headerText(message.headers)]
+    check(gotHeaders === sentHeaders, `${where}: headers ${gotHeaders}, sent ${sentHeaders}`)
     const timestamp = Number(record.timestamp)
     check(message.timestamp !== undefined
       ? timestamp === Number(message.timestamp)
@@ -165,18 +183,18 @@ async function checkConfigs(admin) {
   step('describe and alter configs')
   const resource = { type: ConfigResourceTypes.TOPIC, name: TOPIC }
   const retention = async () => {
-    const { resources } = await admin.describeConfigs({ resources: [resource], includeSynonyms: false })
+    const { resources } = await admin.describeConfigs({ resources: [resource] })
     const entry = resources[0].configEntries.find(e => e.configName === 'retention.ms')
-    check(entry !== undefined, `retention.ms missing from the described configs ${JSON.stringify(resources)}`)
+    check(entry !== undefined, `retention.ms missing from ${JSON.stringify(resources)}`)
     return entry.configValue
   }
   await retention()
-  const { resources } = await admin.alterConfigs({
-    resources: [{ ...resource, configEntries: [{ name: 'retention.ms', value: NEW_RETENTION_MS }] }],
-  })
+  const configEntries = [{ name: 'retention.ms', value: NEW_RETENTION_MS }]
+  const { resources } = await admin.alterConfigs({ resources: [{ ...resource, configEntries }] })
   check(resources[0].errorCode === 0, `altering retention.ms answered ${JSON.stringify(resources)}`)
   const after = await retention()
-  check(after === NEW_RETENTION_MS, `retention.ms is ${after} after setting it to ${NEW_RETENTION_MS}`)
+  check(after === NEW_RETENTION_MS,
+    `retention.ms is ${after} after setting it to ${NEW_RETENTION_MS}`)
 }
 
 async function deleteTopic(admin) {
@@ -191,7 +209,11 @@ async function deleteTopic(admin) {
 
 async function main() {
   check(BOOTSTRAP && TOPIC, 'RUNNEL_BOOTSTRAP and RUNNEL_TOPIC must be set')
-  const kafka = new Kafka({ clientId: 'runnel-kafkajs-test', brokers: [BOOTSTRAP], logLevel: logLevel.ERROR })
+  const kafka = new Kafka({
+    clientId: 'runnel-kafkajs-test',
+    brokers: [BOOTSTRAP],
+    logLevel: logLevel.ERROR,
+  })
   step('connect')
   const admin = kafka.admin()
   await admin.connect()
@@ -216,7 +238,8 @@ main().then(
     process.exit(0)
   },
   error => {
-    console.error(`kafkajs: ${currentStep}: ${error.name === 'Error' ? '' : `${error.name}: `}${error.message}`)
+    const kind = error.name === 'Error' ? '' : `${error.name}: `
+    console.error(`kafkajs: ${currentStep}: ${kind}${error.message}`)
     process.exit(1)
   },
 )
