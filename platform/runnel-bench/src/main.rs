@@ -1,5 +1,8 @@
 //! runnel-bench: load generators that print a report.
 //!
+//! `runnel-bench kafka` (see [`kafka`]) drives a real node through the Kafka protocol with
+//! librdkafka.
+//!
 //! `runnel-bench log` measures the partition log against the disk itself: it appends the
 //! same bytes (1 KiB records in batches of 16 KiB and 1 MiB) to a `PartitionLog` and, in the
 //! same run, to a plain file with sequential `write()` + `fdatasync()`, with an fsync per
@@ -18,6 +21,8 @@ use bytes::BytesMut;
 use clap::{Parser, Subcommand};
 use runnel_config::TopicConfig;
 use runnel_log::{BatchBuilder, LogMetrics, NewRecord, PartitionLog};
+
+mod kafka;
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +61,31 @@ enum Benchmark {
         /// Batch sizes to measure, in KiB.
         #[arg(long, value_delimiter = ',', default_value = "16,1024")]
         batch_kib: Vec<usize>,
+    },
+    /// Produce and consume through the Kafka protocol (librdkafka) against a `runnel dev`
+    /// node started for the run, beside the disk's raw sequential-write speed.
+    Kafka {
+        /// MiB of 1 KiB records to produce (and raw-write).
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+        /// 100-byte records to produce.
+        #[arg(long, default_value_t = 5_000_000)]
+        small_records: u64,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// Seconds of the end-to-end latency run at half the maximum rate.
+        #[arg(long, default_value_t = 20)]
+        e2e_seconds: u64,
+        /// Records per second of the end-to-end run (default: half the measured 1 KiB
+        /// produce rate).
+        #[arg(long)]
+        e2e_rate: Option<f64>,
+        /// Where the node's data and the raw-disk file go (the disk to measure).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The `runnel` binary; by default the one beside this program.
+        #[arg(long)]
+        runnel: Option<PathBuf>,
     },
 }
 
@@ -99,6 +129,23 @@ fn main() -> Result<()> {
             };
             runtime.block_on(log_benchmark(&options, &dir))
         }
+        Benchmark::Kafka {
+            mib,
+            small_records,
+            partitions,
+            e2e_seconds,
+            e2e_rate,
+            dir,
+            runnel,
+        } => kafka::run(&kafka::KafkaOptions {
+            mib,
+            small_records,
+            partitions,
+            e2e_seconds,
+            e2e_rate,
+            dir,
+            runnel,
+        }),
     }
 }
 

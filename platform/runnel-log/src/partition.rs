@@ -228,6 +228,12 @@ impl PartitionLog {
                 .map_err(|e| LogError::io("open partition", std::io::Error::other(e)))??;
         let shared = Arc::new(shared);
         let (commands, receiver) = std::sync::mpsc::channel();
+        let (syncer, sync_jobs) = std::sync::mpsc::channel();
+        let syncer_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("runnel-log-syncer".to_string())
+            .spawn(move || run_syncer(syncer_shared, sync_jobs))
+            .map_err(|source| LogError::io("start the partition syncer thread", source))?;
         let writer = Writer {
             shared: shared.clone(),
             _lock: lock,
@@ -235,6 +241,7 @@ impl PartitionLog {
             unflushed_records: 0,
             oldest_unflushed: None,
             producers,
+            syncer,
         };
         std::thread::Builder::new()
             .name("runnel-log-writer".to_string())
@@ -929,6 +936,79 @@ struct Writer {
     oldest_unflushed: Option<Instant>,
     /// Idempotent producers' recent batches (see [`crate::producers`]).
     producers: ProducerStates,
+    /// Where fsyncs for durable appends go, so the writer keeps writing meanwhile.
+    syncer: std::sync::mpsc::Sender<SyncJob>,
+}
+
+/// An fsync for durable appends, run by the partition's syncer thread: once `segment` is
+/// synced, every offset below `up_to` is durable and the replies are sent.
+struct SyncJob {
+    segment: Arc<Segment>,
+    up_to: u64,
+    replies: Vec<(oneshot::Sender<Result<Appended, LogError>>, Appended)>,
+}
+
+/// The syncer: fsyncs for durable appends, off the writer's thread. While one fsync runs
+/// the writer goes on writing (readers see those batches at once); the jobs that queue up
+/// meanwhile are served by the next single fsync (pipelined group commit).
+fn run_syncer(shared: Arc<Shared>, jobs: std::sync::mpsc::Receiver<SyncJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = jobs.try_recv() {
+            batch.push(more);
+        }
+        let mut result = Ok(());
+        let mut synced: Vec<&Arc<Segment>> = Vec::new();
+        for job in &batch {
+            if synced.iter().any(|s| Arc::ptr_eq(s, &job.segment)) {
+                continue;
+            }
+            let started = Instant::now();
+            result = job.segment.sync();
+            shared
+                .metrics
+                .fsync_seconds
+                .observe(started.elapsed().as_secs_f64());
+            if result.is_err() {
+                break;
+            }
+            synced.push(&job.segment);
+        }
+        let up_to = batch.iter().map(|job| job.up_to).max().unwrap_or(0);
+        let failure = match result {
+            Ok(()) => {
+                advance_durable_end(&shared, up_to);
+                None
+            }
+            Err(error) => Some(shared.go_offline(error).to_string()),
+        };
+        for job in batch {
+            for (reply, mut appended) in job.replies {
+                let answer = match &failure {
+                    None => {
+                        appended.durable = true;
+                        Ok(appended)
+                    }
+                    Some(reason) => Err(LogError::Offline {
+                        reason: reason.clone(),
+                    }),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+}
+
+/// Moves the durable end forward (never back: the writer and the syncer both fsync).
+fn advance_durable_end(shared: &Shared, up_to: u64) {
+    shared.durable_end.send_if_modified(|end| {
+        if up_to > *end {
+            *end = up_to;
+            true
+        } else {
+            false
+        }
+    });
 }
 
 enum Reply {
@@ -1022,7 +1102,8 @@ impl Writer {
         let config = self.shared.config();
         let now = now_ms();
         let mut replies = Vec::with_capacity(group.len());
-        let mut sync_requested = false;
+        let mut durable_appends = false;
+        let mut sync_command = false;
         let mut closing = false;
         let written_before = self.shared.log_end.load(Ordering::Acquire);
         for command in group {
@@ -1033,11 +1114,11 @@ impl Writer {
                     reply,
                 } => {
                     let result = self.append(batch, &config, now);
-                    sync_requested |= durable && result.is_ok();
+                    durable_appends |= durable && result.is_ok();
                     replies.push(Reply::Append(reply, result, durable));
                 }
                 Command::Sync { reply } => {
-                    sync_requested = true;
+                    sync_command = true;
                     replies.push(Reply::Done(reply, Ok(())));
                 }
                 Command::Roll { older_than, reply } => {
@@ -1064,13 +1145,18 @@ impl Writer {
             .flush_messages
             .is_some_and(|n| self.unflushed_records >= n)
             || interval_due;
+        // Durable appends are fsynced by the syncer, unless this group fsyncs here anyway.
+        let synchronous = closing || sync_command || policy_due;
         let flushed = if closing {
             self.close()
-        } else if sync_requested || policy_due {
+        } else if synchronous {
             self.flush()
         } else {
             Ok(())
         };
+        if durable_appends && !synchronous {
+            replies = self.hand_to_syncer(replies, log_end);
+        }
         let durable_end = *self.shared.durable_end.borrow();
         for reply in &mut replies {
             match reply {
@@ -1166,6 +1252,32 @@ impl Writer {
         })
     }
 
+    /// Sends the group's successful durable appends to the syncer with a job covering
+    /// everything written so far; returns the other replies, to be sent now.
+    fn hand_to_syncer(&mut self, replies: Vec<Reply>, log_end: u64) -> Vec<Reply> {
+        let mut now = Vec::with_capacity(replies.len());
+        let mut job = SyncJob {
+            segment: self.active.clone(),
+            up_to: log_end,
+            replies: Vec::new(),
+        };
+        for reply in replies {
+            match reply {
+                Reply::Append(sender, Ok(appended), true) => job.replies.push((sender, appended)),
+                other => now.push(other),
+            }
+        }
+        self.unflushed_records = 0;
+        self.oldest_unflushed = None;
+        if let Err(std::sync::mpsc::SendError(job)) = self.syncer.send(job) {
+            // The syncer is gone (it never stops before the writer): fail safe.
+            for (sender, _) in job.replies {
+                let _ = sender.send(Err(LogError::Closed));
+            }
+        }
+        now
+    }
+
     fn flush(&mut self) -> Result<(), LogError> {
         if self.oldest_unflushed.is_none() {
             return Ok(());
@@ -1177,7 +1289,7 @@ impl Writer {
             .metrics
             .fsync_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.shared.durable_end.send_replace(log_end);
+        advance_durable_end(&self.shared, log_end);
         self.unflushed_records = 0;
         self.oldest_unflushed = None;
         Ok(())

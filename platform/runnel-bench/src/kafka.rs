@@ -1,0 +1,477 @@
+//! `runnel-bench kafka`: produce and consume through the Kafka protocol with librdkafka
+//! against a real `runnel dev` node, beside the raw sequential-write speed of the same
+//! disk measured in the same run.
+//!
+//! Cases: 1 KiB records and 100-byte records, 6 partitions, acks=all (each acknowledged
+//! batch fsynced): records/s, MB/s and produce latency (send to acknowledgement) p50, p99,
+//! p99.9; then consuming everything back from the beginning. Last, end-to-end latency
+//! (send to receipt by a consumer) of 1 KiB records at half the measured produce rate,
+//! with acks=all and with acks=1.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+
+pub struct KafkaOptions {
+    /// Megabytes of 1 KiB records to produce.
+    pub mib: u64,
+    /// 100-byte records to produce.
+    pub small_records: u64,
+    pub partitions: i32,
+    /// Seconds of the end-to-end latency run.
+    pub e2e_seconds: u64,
+    /// Records per second of the end-to-end run; half the 1 KiB produce rate if `None`.
+    pub e2e_rate: Option<f64>,
+    /// Where the node keeps its data and the raw-disk file goes.
+    pub dir: PathBuf,
+    /// The `runnel` binary; by default the one next to this program.
+    pub runnel: Option<PathBuf>,
+}
+
+pub fn run(options: &KafkaOptions) -> Result<()> {
+    let work = crate::tempfile_in(&options.dir)?;
+    let result = run_in(options, &work);
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn run_in(options: &KafkaOptions, work: &Path) -> Result<()> {
+    let total = options.mib << 20;
+    println!(
+        "runnel-bench kafka: librdkafka {} against runnel dev",
+        rdkafka::util::get_rdkafka_version().1
+    );
+    println!("data in {}\n", work.display());
+
+    // This VM's disk favours whoever writes first, so the raw figure is the mean of one
+    // measurement before the produce cases and one after.
+    let raw_before = raw_disk(work, total)?;
+    let node = NodeProcess::start(options, work)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+
+    let big = Case {
+        topic: "bench-1k",
+        record_bytes: 1024,
+        records: total / 1024,
+    };
+    let small = Case {
+        topic: "bench-100",
+        record_bytes: 100,
+        records: options.small_records,
+    };
+    let mut rows = Vec::new();
+    for case in [&big, &small] {
+        runtime.block_on(create_topic(&node.kafka, case.topic, options.partitions))?;
+        let produced = produce(&node.kafka, case, options.partitions)?;
+        let consumed = consume(&node.kafka, case, options.partitions)?;
+        rows.push((case, produced, consumed));
+    }
+    let raw_after = raw_disk(work, total)?;
+    let raw = (raw_before + raw_after) / 2.0;
+    let rate = options.e2e_rate.unwrap_or(rows[0].1.records_per_s / 2.0);
+    let mut e2e = Vec::new();
+    for acks in ["all", "1"] {
+        let topic = format!("bench-e2e-acks-{acks}");
+        runtime.block_on(create_topic(&node.kafka, &topic, options.partitions))?;
+        let duration = Duration::from_secs(options.e2e_seconds);
+        let measured = end_to_end(
+            &node.kafka,
+            &topic,
+            options.partitions,
+            rate,
+            duration,
+            acks,
+        )?;
+        e2e.push((acks, measured));
+    }
+    drop(node);
+
+    println!(
+        "raw disk, sequential write of 1 MiB chunks, fdatasync each: {raw:.0} MB/s (before {raw_before:.0}, after {raw_after:.0})\n"
+    );
+    println!(
+        "{:<28} {:>12} {:>9} {:>9} {:>9} {:>10} {:>14} {:>9}",
+        "produce (acks=all)",
+        "records/s",
+        "MB/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "consume rec/s",
+        "MB/s"
+    );
+    for (case, produced, consumed) in &rows {
+        println!(
+            "{:<28} {:>12.0} {:>9.1} {:>9.2} {:>9.2} {:>10.2} {:>14.0} {:>9.1}",
+            format!(
+                "{} B records, {} partitions",
+                case.record_bytes, options.partitions
+            ),
+            produced.records_per_s,
+            produced.mb_per_s,
+            ms(produced.latency.value_at_quantile(0.50)),
+            ms(produced.latency.value_at_quantile(0.99)),
+            ms(produced.latency.value_at_quantile(0.999)),
+            consumed.records_per_s,
+            consumed.mb_per_s,
+        );
+    }
+    println!(
+        "\n1 KiB produce vs raw disk: {:.1} / {raw:.1} MB/s = {:.0}%",
+        rows[0].1.mb_per_s,
+        100.0 * rows[0].1.mb_per_s / raw
+    );
+    for (acks, measured) in &e2e {
+        println!(
+            "end to end, 1 KiB records, acks={acks}, {:.0} records/s for {} s: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms ({} records)",
+            measured.rate,
+            options.e2e_seconds,
+            ms(measured.latency.value_at_quantile(0.50)),
+            ms(measured.latency.value_at_quantile(0.99)),
+            ms(measured.latency.value_at_quantile(0.999)),
+            measured.latency.len()
+        );
+    }
+    Ok(())
+}
+
+fn ms(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
+struct Case {
+    topic: &'static str,
+    record_bytes: usize,
+    records: u64,
+}
+
+/// Sequential 1 MiB writes with an fdatasync after each: the disk's durable write speed,
+/// which acks=all produce is compared with.
+fn raw_disk(dir: &Path, total: u64) -> Result<f64> {
+    use std::io::Write;
+    let path = dir.join("raw-disk");
+    let mut file = std::fs::File::create(&path)?;
+    let chunk = vec![0x5au8; 1 << 20];
+    let started = Instant::now();
+    let mut written = 0;
+    while written < total {
+        file.write_all(&chunk)?;
+        file.sync_data()?;
+        written += chunk.len() as u64;
+    }
+    let rate = crate::mb_per_s(written, started.elapsed());
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(rate)
+}
+
+/// A `runnel dev` child process on free ports, killed on drop.
+struct NodeProcess {
+    child: Child,
+    kafka: String,
+}
+
+impl NodeProcess {
+    fn start(options: &KafkaOptions, work: &Path) -> Result<NodeProcess> {
+        use std::io::BufRead;
+        let binary = match &options.runnel {
+            Some(path) => path.clone(),
+            None => std::env::current_exe()?
+                .parent()
+                .context("the benchmark's directory")?
+                .join("runnel"),
+        };
+        let mut child = Command::new(&binary)
+            .args(["dev", "--data-dir"])
+            .arg(work.join("data"))
+            .args([
+                "--set",
+                "kafka.listen=127.0.0.1:0",
+                "--set",
+                "http.listen=127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "start {} (build it with cargo build --release -p runnel)",
+                    binary.display()
+                )
+            })?;
+        let stdout = child.stdout.take().context("piped stdout")?;
+        let mut kafka = None;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line?;
+            if let Some(address) = line.strip_prefix("kafka: ") {
+                kafka = Some(address.to_string());
+            }
+            if line.starts_with("ready in ") {
+                break;
+            }
+        }
+        let node = NodeProcess {
+            child,
+            kafka: kafka.unwrap_or_default(),
+        };
+        if node.kafka.is_empty() {
+            bail!("the node printed no kafka address");
+        }
+        Ok(node)
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await?;
+    for result in results {
+        if let Err((name, code)) = result {
+            bail!("create topic {name}: {code}");
+        }
+    }
+    Ok(())
+}
+
+/// Records the time from send to acknowledgement of every record.
+struct LatencyContext {
+    latency: Mutex<Histogram<u64>>,
+    failures: Mutex<u64>,
+}
+
+impl ClientContext for LatencyContext {}
+
+impl ProducerContext for LatencyContext {
+    type DeliveryOpaque = Box<Instant>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
+        if result.is_err() {
+            *self.failures.lock().unwrap() += 1;
+            return;
+        }
+        let micros = sent.elapsed().as_micros() as u64;
+        let _ = self.latency.lock().unwrap().record(micros.max(1));
+    }
+}
+
+struct Produced {
+    records_per_s: f64,
+    mb_per_s: f64,
+    latency: Histogram<u64>,
+}
+
+fn producer_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("socket.nagle.disable", "true")
+        .set("acks", "all")
+        .set("enable.idempotence", "false")
+        .set("compression.type", "none")
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("queue.buffering.max.messages", "1000000");
+    config
+}
+
+fn produce(bootstrap: &str, case: &Case, partitions: i32) -> Result<Produced> {
+    let context = LatencyContext {
+        latency: Mutex::new(Histogram::new(3)?),
+        failures: Mutex::new(0),
+    };
+    let producer: ThreadedProducer<LatencyContext> =
+        producer_config(bootstrap).create_with_context(context)?;
+    let payload = vec![0x42u8; case.record_bytes];
+    let started = Instant::now();
+    for i in 0..case.records {
+        let key = (i % 1024).to_be_bytes();
+        let mut record = BaseRecord::with_opaque_to(case.topic, Box::new(Instant::now()))
+            .payload(&payload[..])
+            .key(&key[..])
+            .partition((i % partitions as u64) as i32);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((error, _)) => bail!("produce to {}: {error}", case.topic),
+            }
+        }
+    }
+    producer.flush(Timeout::After(Duration::from_secs(120)))?;
+    let elapsed = started.elapsed();
+    let context = producer.context();
+    let failures = *context.failures.lock().unwrap();
+    if failures > 0 {
+        bail!("{failures} records of {} were not acknowledged", case.topic);
+    }
+    let latency = context.latency.lock().unwrap().clone();
+    Ok(Produced {
+        records_per_s: case.records as f64 / elapsed.as_secs_f64(),
+        mb_per_s: crate::mb_per_s(case.records * case.record_bytes as u64, elapsed),
+        latency,
+    })
+}
+
+struct Consumed {
+    records_per_s: f64,
+    mb_per_s: f64,
+}
+
+fn consumer(bootstrap: &str, topic: &str, partitions: i32, from: Offset) -> Result<BaseConsumer> {
+    // Manual assignment: a group id is required by librdkafka but no group is joined.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("socket.nagle.disable", "true")
+        .set("group.id", "runnel-bench")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "4194304")
+        .set("queued.max.messages.kbytes", "262144")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, from)?;
+    }
+    consumer.assign(&assignment)?;
+    Ok(consumer)
+}
+
+fn consume(bootstrap: &str, case: &Case, partitions: i32) -> Result<Consumed> {
+    let consumer = consumer(bootstrap, case.topic, partitions, Offset::Beginning)?;
+    let started = Instant::now();
+    let mut count = 0u64;
+    let mut bytes = 0u64;
+    let deadline = started + Duration::from_secs(300);
+    while count < case.records {
+        if Instant::now() > deadline {
+            bail!("consumed {count} of {} records in 300 s", case.records);
+        }
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message?;
+            count += 1;
+            bytes += message.payload_len() as u64;
+        }
+    }
+    let elapsed = started.elapsed();
+    Ok(Consumed {
+        records_per_s: count as f64 / elapsed.as_secs_f64(),
+        mb_per_s: crate::mb_per_s(bytes, elapsed),
+    })
+}
+
+struct EndToEnd {
+    rate: f64,
+    latency: Histogram<u64>,
+}
+
+fn micros_since_epoch() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Produces 1 KiB records at `rate` per second for `duration`, each carrying its send time,
+/// while a consumer reads them; the latency is receipt time minus send time.
+fn end_to_end(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    rate: f64,
+    duration: Duration,
+    acks: &str,
+) -> Result<EndToEnd> {
+    let consumer = consumer(bootstrap, topic, partitions, Offset::End)?;
+    let total = (rate * duration.as_secs_f64()) as u64;
+    let latency = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let reader = {
+        let latency = latency.clone();
+        std::thread::spawn(move || -> Result<()> {
+            let deadline = Instant::now() + duration + Duration::from_secs(30);
+            let mut seen = 0;
+            while seen < total && Instant::now() < deadline {
+                if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                    let message = message?;
+                    let sent = message
+                        .payload()
+                        .and_then(|p| p.get(..8))
+                        .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or_default()));
+                    let micros = micros_since_epoch().saturating_sub(sent).max(1);
+                    let _ = latency.lock().unwrap().record(micros);
+                    seen += 1;
+                }
+            }
+            Ok(())
+        })
+    };
+    // Let the consumer's assignment settle before timing anything.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut config = producer_config(bootstrap);
+    config.set("linger.ms", "0").set("acks", acks);
+    let producer: ThreadedProducer<DefaultProducerContext> = config.create()?;
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let started = Instant::now();
+    let mut payload = vec![0x42u8; 1024];
+    for i in 0..total {
+        let due = started + interval.mul_f64(i as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        payload[..8].copy_from_slice(&micros_since_epoch().to_be_bytes());
+        let mut record = BaseRecord::<(), [u8]>::to(topic)
+            .payload(&payload[..])
+            .partition((i % partitions as u64) as i32);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err((error, _)) => bail!("produce to {topic}: {error}"),
+            }
+        }
+    }
+    producer.flush(Timeout::After(Duration::from_secs(60)))?;
+    reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))??;
+    let latency = latency.lock().unwrap().clone();
+    Ok(EndToEnd { rate, latency })
+}
