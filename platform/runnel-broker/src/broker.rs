@@ -167,7 +167,23 @@ impl Broker {
         durable: bool,
     ) -> Result<PendingProduce, BrokerError> {
         let log = self.leader_log(topic, partition)?;
-        let batches = split_batches(&records, &log)?;
+        let mut batches = split_batches(&records, &log)?;
+        if batches.len() > 1 {
+            // All are checked before any is queued. Decompressing is CPU work that must
+            // not hold up the async runtime.
+            let checker = log.clone();
+            batches = tokio::task::spawn_blocking(move || -> Result<_, LogError> {
+                for batch in &batches {
+                    checker.validate_batch(batch)?;
+                }
+                Ok(batches)
+            })
+            .await
+            .map_err(|e| LogError::Io {
+                action: "validate batches".to_string(),
+                cause: std::io::Error::other(e),
+            })??;
+        }
         let mut pending = Vec::with_capacity(batches.len());
         for batch in batches {
             pending.push(log.submit_append(batch, durable).await?);
@@ -343,17 +359,23 @@ impl PendingProduce {
     }
 }
 
-/// Splits a produce's records into its batches. One batch (the usual case) is handed to
-/// the log as it is, which validates it; with several, every one is validated first so a
-/// bad one in the middle means none is written. Transactional batches are refused.
+/// Splits a produce's records into its batches, refusing transactional and oversized ones.
+/// One batch (the usual case) is handed to the log as it is, which validates it; with
+/// several, the caller validates every one first, so a bad one in the middle means none is
+/// written.
 fn split_batches(records: &Bytes, log: &PartitionLog) -> Result<Vec<BytesMut>, BrokerError> {
     let mut batches = Vec::new();
     let mut end = 0;
+    let max = log.config().max_message_bytes;
     for (position, header) in runnel_log::batch::batch_positions(records) {
         if header.is_transactional() {
             return Err(BrokerError::TransactionsUnsupported);
         }
         let len = header.total_len() as usize;
+        // Checked before copying anything.
+        if len as u64 > max {
+            return Err(BrokerError::Log(LogError::BatchTooLarge { size: len, max }));
+        }
         batches.push(BytesMut::from(&records[position..position + len]));
         end = position + len;
     }
@@ -366,11 +388,6 @@ fn split_batches(records: &Bytes, log: &PartitionLog) -> Result<Vec<BytesMut>, B
                 runnel_log::BatchError::Inconsistent("no record batch in the request".to_string())
             });
         return Err(BrokerError::Log(LogError::InvalidBatch(error)));
-    }
-    if batches.len() > 1 {
-        for batch in &batches {
-            log.validate_batch(batch)?;
-        }
     }
     Ok(batches)
 }

@@ -171,7 +171,8 @@ pub fn encode_response(
         .with_correlation_id(correlation_id)
         .encode(&mut out, header_version)?;
     body.encode(&mut out, version)?;
-    let length = (out.len() - 4) as i32;
+    let length = i32::try_from(out.len() - 4)
+        .map_err(|_| anyhow::anyhow!("a response of {} bytes does not fit a frame", out.len()))?;
     out[..4].copy_from_slice(&length.to_be_bytes());
     Ok(out)
 }

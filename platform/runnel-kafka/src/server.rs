@@ -135,7 +135,8 @@ async fn serve_connection(
 ) {
     let (mut reader, mut writer) = stream.into_split();
     let (outgoing, mut queue) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
-    let write_task = tokio::spawn(async move {
+    // Aborted if this connection is dropped (the server stopping), so the socket closes.
+    let write_task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
         while let Some(next) = queue.recv().await {
             let frame = match next {
                 Outgoing::Ready(frame) => frame,
@@ -165,7 +166,7 @@ async fn serve_connection(
                 return;
             }
         }
-    });
+    }));
 
     let mut frames = FrameDecoder::new(settings.max_request_bytes);
     'connection: loop {

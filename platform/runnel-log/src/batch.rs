@@ -199,7 +199,9 @@ pub fn validate_produced(
     require_keys: bool,
 ) -> Result<BatchHeader, BatchError> {
     let header = validate(bytes)?;
-    if header.records_count == 0 || header.records_count != header.last_offset_delta + 1 {
+    if header.records_count == 0
+        || i64::from(header.records_count) != i64::from(header.last_offset_delta) + 1
+    {
         return Err(BatchError::Inconsistent(format!(
             "{} records but last offset delta {}",
             header.records_count, header.last_offset_delta

@@ -138,6 +138,10 @@ pub(crate) struct Shared {
     topic_id: Mutex<Option<String>>,
     /// Serializes retention and compaction, which both replace sealed segments.
     pub maintenance: Mutex<()>,
+    /// Held around every fsync and the offline check after it. Linux reports a writeback
+    /// error to only one of the fsyncs that follow it, so when the writer and the syncer
+    /// both fsync, the one that did not see the error must see the partition offline.
+    sync_lock: Mutex<()>,
     pub metrics: Arc<LogMetrics>,
 }
 
@@ -453,6 +457,18 @@ impl PartitionLog {
     /// if any is there). Offsets outside `[log start, log end]` are out of range; at or past
     /// the high watermark the answer is empty.
     pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult, LogError> {
+        self.read_limited(offset, max_bytes, true).await
+    }
+
+    /// Like [`PartitionLog::read`]; without `at_least_one`, a first batch larger than
+    /// `max_bytes` is not returned either (a Kafka fetch grants that to its first partition
+    /// with data only).
+    pub async fn read_limited(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        at_least_one: bool,
+    ) -> Result<ReadResult, LogError> {
         self.shared.check_online()?;
         let high_watermark = self.high_watermark();
         let (segments, log_start) = self.shared.snapshot();
@@ -481,7 +497,9 @@ impl PartitionLog {
                 if segment.base_offset >= high_watermark {
                     break;
                 }
-                if let Some(bytes) = segment.read(offset, high_watermark, max_bytes, true)? {
+                if let Some(bytes) =
+                    segment.read(offset, high_watermark, max_bytes, at_least_one)?
+                {
                     return Ok(bytes);
                 }
             }
@@ -788,6 +806,7 @@ fn open_blocking(
         closing: std::sync::atomic::AtomicBool::new(false),
         topic_id: Mutex::new(topic_id),
         maintenance: Mutex::new(()),
+        sync_lock: Mutex::new(()),
         metrics,
     };
     Ok((shared, active, lock, producers))
@@ -891,6 +910,9 @@ fn enforce_retention_blocking(shared: &Shared, now_ms: i64) -> Result<RetentionO
 
 fn delete_records_blocking(shared: &Shared, before: u64) -> Result<u64, LogError> {
     let _maintenance = shared.maintenance.lock().unwrap_or_else(|e| e.into_inner());
+    if shared.is_closing() {
+        return Err(LogError::Closed);
+    }
     let (list, log_start) = shared.snapshot();
     if before <= log_start {
         return Ok(log_start);
@@ -957,30 +979,37 @@ fn run_syncer(shared: Arc<Shared>, jobs: std::sync::mpsc::Receiver<SyncJob>) {
         while let Ok(more) = jobs.try_recv() {
             batch.push(more);
         }
-        let mut result = Ok(());
-        let mut synced: Vec<&Arc<Segment>> = Vec::new();
-        for job in &batch {
-            if synced.iter().any(|s| Arc::ptr_eq(s, &job.segment)) {
-                continue;
-            }
-            let started = Instant::now();
-            result = job.segment.sync();
-            shared
-                .metrics
-                .fsync_seconds
-                .observe(started.elapsed().as_secs_f64());
-            if result.is_err() {
-                break;
-            }
-            synced.push(&job.segment);
-        }
         let up_to = batch.iter().map(|job| job.up_to).max().unwrap_or(0);
-        let failure = match result {
-            Ok(()) => {
-                advance_durable_end(&shared, up_to);
-                None
+        let failure = {
+            let _sync = shared.sync_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let mut result = Ok(());
+            let mut synced: Vec<&Arc<Segment>> = Vec::new();
+            for job in &batch {
+                if synced.iter().any(|s| Arc::ptr_eq(s, &job.segment)) {
+                    continue;
+                }
+                let started = Instant::now();
+                result = job.segment.sync();
+                shared
+                    .metrics
+                    .fsync_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                if result.is_err() {
+                    break;
+                }
+                synced.push(&job.segment);
             }
-            Err(error) => Some(shared.go_offline(error).to_string()),
+            match result {
+                Err(error) => Some(shared.go_offline(error).to_string()),
+                // The writer's fsync may have been the one told of a write error.
+                Ok(()) => match shared.offline.get() {
+                    Some(reason) => Some(reason.clone()),
+                    None => {
+                        advance_durable_end(&shared, up_to);
+                        None
+                    }
+                },
+            }
         };
         for job in batch {
             for (reply, mut appended) in job.replies {
@@ -1279,17 +1308,27 @@ impl Writer {
     }
 
     fn flush(&mut self) -> Result<(), LogError> {
-        if self.oldest_unflushed.is_none() {
+        let log_end = self.shared.log_end.load(Ordering::Acquire);
+        // Not only what this thread left unsynced: a syncer job may still be running.
+        if self.oldest_unflushed.is_none() && *self.shared.durable_end.borrow() >= log_end {
             return Ok(());
         }
-        let log_end = self.shared.log_end.load(Ordering::Acquire);
-        let started = Instant::now();
-        self.active.sync().map_err(|e| self.shared.go_offline(e))?;
-        self.shared
-            .metrics
-            .fsync_seconds
-            .observe(started.elapsed().as_secs_f64());
-        advance_durable_end(&self.shared, log_end);
+        {
+            let _sync = self
+                .shared
+                .sync_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let started = Instant::now();
+            self.active.sync().map_err(|e| self.shared.go_offline(e))?;
+            self.shared
+                .metrics
+                .fsync_seconds
+                .observe(started.elapsed().as_secs_f64());
+            // The syncer's fsync may have been the one told of a write error.
+            self.shared.check_online()?;
+            advance_durable_end(&self.shared, log_end);
+        }
         self.unflushed_records = 0;
         self.oldest_unflushed = None;
         Ok(())

@@ -691,7 +691,12 @@ impl Segment {
         }
         if batches.is_empty() {
             let first_len = first.total_len();
-            if !at_least_one || start + first_len > size {
+            if !at_least_one {
+                // The batch holding `offset` is here but larger than allowed: nothing now,
+                // which is not the same as "not in this segment".
+                return Ok(Some(Bytes::new()));
+            }
+            if start + first_len > size {
                 return Ok(None);
             }
             buffer = BytesMut::zeroed(first_len as usize);

@@ -610,3 +610,35 @@ fn topics_are_administered_through_the_controller() {
         UNKNOWN_TOPIC_OR_PARTITION
     );
 }
+
+#[test]
+fn only_the_first_partition_with_data_may_exceed_its_byte_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, kafka) = start(dir.path());
+    let mut conn = Connection::open(kafka);
+    create_topic(&mut conn, "limits", 2, &[]);
+    assert_eq!(produce(&mut conn, "limits", 0, batch(&["a", "b"])).0, 0);
+    assert_eq!(produce(&mut conn, "limits", 1, batch(&["c", "d"])).0, 0);
+    let partition = |index| {
+        fetch_request::FetchPartition::default()
+            .with_partition(index)
+            .with_fetch_offset(0)
+            .with_partition_max_bytes(10)
+    };
+    let request = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![
+            fetch_request::FetchTopic::default()
+                .with_topic(name("limits"))
+                .with_partitions(vec![partition(0), partition(1)]),
+        ]);
+    let response = conn.call(request, 12);
+    let partitions = &response.responses[0].partitions;
+    let records = |i: usize| partitions[i].records.clone().unwrap_or_default().len();
+    assert!(records(0) > 10, "the first batch is returned whole");
+    assert_eq!(records(1), 0, "later partitions keep to their limit");
+    assert_eq!(partitions[1].high_watermark, 2);
+}

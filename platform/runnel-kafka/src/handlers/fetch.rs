@@ -22,6 +22,9 @@ use uuid::Uuid;
 
 use crate::errors;
 
+/// The most one fetch response carries (Kafka's `fetch.max.bytes` default, 55 MiB), so a
+/// client cannot make the broker buffer gigabytes for it.
+const MAX_RESPONSE_BYTES: usize = 55 << 20;
 /// A longer wait than this is cut short (clients ask for 500 ms or so).
 const MAX_WAIT: Duration = Duration::from_secs(30);
 const READ_COMMITTED: i8 = 1;
@@ -63,11 +66,11 @@ pub async fn fetch(broker: &Broker, request: FetchRequest, version: i16) -> Fetc
 
     let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     let deadline = Instant::now() + max_wait;
-    let response_max = if request.max_bytes > 0 {
-        request.max_bytes as usize
-    } else {
-        usize::MAX
-    };
+    // A version-0-2 style "no limit" and any larger ask are held to the broker's cap.
+    let response_max = usize::try_from(request.max_bytes)
+        .ok()
+        .filter(|max| *max > 0)
+        .map_or(MAX_RESPONSE_BYTES, |max| max.min(MAX_RESPONSE_BYTES));
     let read_committed = request.isolation_level == READ_COMMITTED;
     loop {
         let round = read_round(broker, &wanted, response_max, read_committed).await;
@@ -91,7 +94,8 @@ struct Round {
     partitions: Vec<PartitionData>,
     bytes: usize,
     failed: bool,
-    /// The partitions read without error, to wait on: (log, offset a new batch must pass).
+    /// The partitions read without error, to wait on: (log, the high watermark this round
+    /// saw; the wait ends when it moves).
     waiting: Vec<(Arc<PartitionLog>, u64)>,
 }
 
@@ -141,7 +145,10 @@ async fn read_round(
             // The response is full: this partition gets its offsets but no records.
             Ok(None)
         } else {
-            log.read(offset, budget.max(1)).await.map(Some)
+            // Only the first partition with data may exceed its limit (KIP-74).
+            log.read_limited(offset, budget.max(1), round.bytes == 0)
+                .await
+                .map(Some)
         };
         match result {
             Ok(read) => {
@@ -153,7 +160,8 @@ async fn read_round(
                     .with_last_stable_offset(high_watermark as i64)
                     .with_log_start_offset(log.log_start() as i64)
                     .with_records(Some(records));
-                round.waiting.push((log, offset));
+                // Wait for new data, not for data already there but fewer than min_bytes.
+                round.waiting.push((log, high_watermark.max(offset)));
             }
             Err(error) => {
                 round.failed = true;
