@@ -107,7 +107,8 @@ mod tests {
              http: http://127.0.0.1:40123\n\
              health: http://127.0.0.1:40123/health/ready\n\
              metrics: http://127.0.0.1:40123/metrics\n\
-             kafka: 127.0.0.1:9092 (coming)\n\
+             kafka: 127.0.0.1:40124\n\
+             grpc: 127.0.0.1:9093 (coming)\n\
              ready in 12 ms\n",
             env!("CARGO_PKG_VERSION")
         );
