@@ -64,7 +64,10 @@ fn start_node(dir: &Path) -> (Node, SocketAddr) {
 fn run_client(mut command: Command, kafka: SocketAddr, topic: &str) {
     let clients = clients();
     let description = format!("{command:?}");
+    // Cargo points LD_LIBRARY_PATH at build outputs, which include the librdkafka that
+    // rdkafka-sys builds for the benchmarks: kcat must load its own (Debian's).
     let output = command
+        .env_remove("LD_LIBRARY_PATH")
         .env("RUNNEL_BOOTSTRAP", kafka.to_string())
         .env("RUNNEL_TOPIC", topic)
         .env("NODE_PATH", &clients.node_modules)
@@ -146,6 +149,7 @@ fn the_kafkajs_walkthrough_sends_names_to_their_partitions() {
         let mut command = node_script(example.join(script));
         command
             .args(args)
+            .env_remove("LD_LIBRARY_PATH")
             .env("KAFKA_BROKERS", kafka.to_string())
             .env("NODE_PATH", &clients().node_modules);
         let output = command.output().expect("run node");
@@ -163,6 +167,7 @@ fn the_kafkajs_walkthrough_sends_names_to_their_partitions() {
     // A–M to partition 0, N–Z to partition 1: the latest offsets, as kcat queries them.
     let offsets = |partition: u32| -> u64 {
         let output = Command::new(&clients().kcat)
+            .env_remove("LD_LIBRARY_PATH")
             .args(["-b", &kafka.to_string(), "-Q", "-t"])
             .arg(format!("Usuarios:{partition}:-1"))
             .output()
