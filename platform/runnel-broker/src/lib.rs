@@ -8,6 +8,7 @@
 //! [`reconcile::run`] follows metadata changes and carries the plans out.
 
 pub mod broker;
+pub mod groups;
 pub mod reconcile;
 
 pub use broker::{Broker, BrokerError, BrokerSettings, PendingProduce, Produced, TopicConfigs};

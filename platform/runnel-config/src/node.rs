@@ -56,6 +56,8 @@ pub const NODE_CONFIG_KEYS: &[&str] = &[
     "broker.num_partitions",
     "broker.default_replication_factor",
     "broker.socket_request_max_bytes",
+    "broker.group_initial_rebalance_delay_ms",
+    "broker.offsets_topic_num_partitions",
     "log.segment_bytes",
     "log.segment_ms",
     "log.retention_ms",
@@ -224,6 +226,12 @@ pub struct BrokerSection {
     /// closes its connection before anything is read into memory. 1024 to 2147483647.
     /// Default `104857600` (100 MiB).
     pub socket_request_max_bytes: u64,
+    /// `broker.group_initial_rebalance_delay_ms`: how long the first rebalance of an empty
+    /// consumer group waits for more members to join. Default `3000`, as in Kafka.
+    pub group_initial_rebalance_delay_ms: u64,
+    /// `broker.offsets_topic_num_partitions`: partitions of `__consumer_offsets`, created
+    /// on first start; 1 to 1000. Default `10`.
+    pub offsets_topic_num_partitions: u32,
 }
 
 impl Default for BrokerSection {
@@ -233,6 +241,8 @@ impl Default for BrokerSection {
             num_partitions: 1,
             default_replication_factor: 1,
             socket_request_max_bytes: 100 * 1024 * 1024,
+            group_initial_rebalance_delay_ms: 3_000,
+            offsets_topic_num_partitions: 10,
         }
     }
 }
@@ -639,6 +649,15 @@ impl NodeConfig {
             problems.push(ConfigProblem {
                 key: "broker.default_replication_factor".to_string(),
                 reason: "must be at least 1".to_string(),
+            });
+        }
+        if !(1..=1000).contains(&self.broker.offsets_topic_num_partitions) {
+            problems.push(ConfigProblem {
+                key: "broker.offsets_topic_num_partitions".to_string(),
+                reason: format!(
+                    "{} is outside 1 to 1000",
+                    self.broker.offsets_topic_num_partitions
+                ),
             });
         }
         if !(1024..=i32::MAX as u64).contains(&self.broker.socket_request_max_bytes) {

@@ -2,6 +2,7 @@
 //! errors to them. Nothing below the Kafka frontend knows these numbers.
 
 use runnel_broker::BrokerError;
+use runnel_broker::groups::{GroupError, GroupServiceError};
 use runnel_controller::{ControllerError, MetadataError};
 use runnel_log::LogError;
 
@@ -31,6 +32,18 @@ pub const FENCED_LEADER_EPOCH: i16 = 74;
 pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
 pub const INVALID_RECORD: i16 = 87;
 pub const UNKNOWN_TOPIC_ID: i16 = 100;
+pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+pub const NOT_COORDINATOR: i16 = 16;
+pub const ILLEGAL_GENERATION: i16 = 22;
+pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+pub const INVALID_GROUP_ID: i16 = 24;
+pub const UNKNOWN_MEMBER_ID: i16 = 25;
+pub const INVALID_SESSION_TIMEOUT: i16 = 26;
+pub const REBALANCE_IN_PROGRESS: i16 = 27;
+pub const NON_EMPTY_GROUP: i16 = 68;
+pub const GROUP_ID_NOT_FOUND: i16 = 69;
+pub const MEMBER_ID_REQUIRED: i16 = 79;
 
 /// A Kafka error code with the message that explains it (sent where the response has a
 /// message field).
@@ -110,5 +123,26 @@ fn controller_code(error: &ControllerError) -> i16 {
         ControllerError::NotLeader { .. } => NOT_CONTROLLER,
         ControllerError::Unavailable(_) => REQUEST_TIMED_OUT,
         ControllerError::Storage(_) => UNKNOWN_SERVER_ERROR,
+    }
+}
+
+/// The Kafka error code for a consumer-group error.
+pub fn group_code(error: &GroupServiceError) -> i16 {
+    match error {
+        GroupServiceError::Group(error) => match error {
+            GroupError::UnknownMemberId => UNKNOWN_MEMBER_ID,
+            GroupError::IllegalGeneration => ILLEGAL_GENERATION,
+            GroupError::RebalanceInProgress => REBALANCE_IN_PROGRESS,
+            GroupError::MemberIdRequired => MEMBER_ID_REQUIRED,
+            GroupError::InconsistentGroupProtocol => INCONSISTENT_GROUP_PROTOCOL,
+            GroupError::InvalidSessionTimeout => INVALID_SESSION_TIMEOUT,
+            GroupError::GroupIdNotFound => GROUP_ID_NOT_FOUND,
+            GroupError::NonEmptyGroup => NON_EMPTY_GROUP,
+            GroupError::InvalidGroupId => INVALID_GROUP_ID,
+        },
+        GroupServiceError::NotCoordinator => NOT_COORDINATOR,
+        GroupServiceError::Loading => COORDINATOR_LOAD_IN_PROGRESS,
+        // The offsets partition cannot take the write right now: retriable for clients.
+        GroupServiceError::Broker(_) => COORDINATOR_NOT_AVAILABLE,
     }
 }

@@ -15,4 +15,5 @@ pub mod handlers;
 pub mod server;
 pub mod versions;
 
+pub use handlers::Backends;
 pub use server::{KafkaServer, KafkaSettings};

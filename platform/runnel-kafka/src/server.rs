@@ -14,7 +14,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use runnel_broker::Broker;
+use crate::handlers::Backends;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -53,12 +53,12 @@ impl KafkaServer {
     /// Serves Kafka clients on `listener` until [`KafkaServer::stop`].
     pub fn start(
         listener: TcpListener,
-        broker: Arc<Broker>,
+        backends: Arc<Backends>,
         settings: KafkaSettings,
     ) -> std::io::Result<KafkaServer> {
         let address = listener.local_addr()?;
         let stop = CancellationToken::new();
-        let task = tokio::spawn(accept_loop(listener, broker, settings, stop.clone()));
+        let task = tokio::spawn(accept_loop(listener, backends, settings, stop.clone()));
         Ok(KafkaServer {
             address,
             stop,
@@ -80,7 +80,7 @@ impl KafkaServer {
 
 async fn accept_loop(
     listener: TcpListener,
-    broker: Arc<Broker>,
+    broker: Arc<Backends>,
     settings: KafkaSettings,
     stop: CancellationToken,
 ) {
@@ -130,7 +130,7 @@ enum Outgoing {
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    broker: Arc<Broker>,
+    broker: Arc<Backends>,
     settings: KafkaSettings,
 ) {
     let (mut reader, mut writer) = stream.into_split();

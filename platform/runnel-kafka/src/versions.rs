@@ -22,12 +22,32 @@ pub const SUPPORTED: &[(i16, i16, i16)] = &[
     (CREATE_PARTITIONS, 0, 3),
     (INCREMENTAL_ALTER_CONFIGS, 0, 1),
     (DESCRIBE_CLUSTER, 0, 1),
+    (OFFSET_COMMIT, 2, 9),
+    (OFFSET_FETCH, 1, 9),
+    (FIND_COORDINATOR, 0, 4),
+    (JOIN_GROUP, 0, 9),
+    (HEARTBEAT, 0, 4),
+    (LEAVE_GROUP, 0, 5),
+    (SYNC_GROUP, 0, 5),
+    (DESCRIBE_GROUPS, 0, 5),
+    (LIST_GROUPS, 0, 5),
+    (DELETE_GROUPS, 0, 2),
 ];
 
 pub const PRODUCE: i16 = 0;
 pub const FETCH: i16 = 1;
 pub const LIST_OFFSETS: i16 = 2;
 pub const METADATA: i16 = 3;
+pub const OFFSET_COMMIT: i16 = 8;
+pub const OFFSET_FETCH: i16 = 9;
+pub const FIND_COORDINATOR: i16 = 10;
+pub const JOIN_GROUP: i16 = 11;
+pub const HEARTBEAT: i16 = 12;
+pub const LEAVE_GROUP: i16 = 13;
+pub const SYNC_GROUP: i16 = 14;
+pub const DESCRIBE_GROUPS: i16 = 15;
+pub const LIST_GROUPS: i16 = 16;
+pub const DELETE_GROUPS: i16 = 42;
 pub const API_VERSIONS: i16 = 18;
 pub const CREATE_TOPICS: i16 = 19;
 pub const DELETE_TOPICS: i16 = 20;

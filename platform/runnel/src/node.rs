@@ -41,11 +41,12 @@ use runnel_log::{LogManager, LogMetrics};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use runnel_broker::groups::{GroupService, GroupSettings};
 use runnel_broker::{Broker, BrokerSettings};
 use runnel_controller::liveness::Heartbeats;
 use runnel_controller::{Controller, NodeInfo, NodeRoles};
 use runnel_grpc::cluster::ClusterNetwork;
-use runnel_kafka::{KafkaServer, KafkaSettings};
+use runnel_kafka::{Backends, KafkaServer, KafkaSettings};
 
 use crate::admin::ControllerSlot;
 use crate::banner::{Banner, ComingListener};
@@ -161,9 +162,18 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
             default_replication_factor: config.broker.default_replication_factor,
         },
     ));
+    let groups = GroupService::start(
+        broker.clone(),
+        GroupSettings {
+            initial_rebalance_delay: config.broker.group_initial_rebalance_delay_ms,
+            ..GroupSettings::default()
+        },
+        config.broker.offsets_topic_num_partitions,
+        stop_maintenance.clone(),
+    );
     let kafka = KafkaServer::start(
         kafka_listener,
-        broker,
+        Arc::new(Backends { broker, groups }),
         KafkaSettings {
             max_request_bytes: config.broker.socket_request_max_bytes as usize,
         },

@@ -231,9 +231,11 @@ fn fetch(conn: &mut Connection, topic: &str, offset: i64, max_wait_ms: i32) -> (
 
 fn metadata_topics(conn: &mut Connection) -> Vec<String> {
     let response = conn.call(MetadataRequest::default().with_topics(None), 12);
+    // Internal topics (__consumer_offsets) are listed too, marked internal.
     response
         .topics
         .iter()
+        .filter(|t| !t.is_internal)
         .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
         .collect()
 }
@@ -641,4 +643,103 @@ fn only_the_first_partition_with_data_may_exceed_its_byte_limit() {
     assert!(records(0) > 10, "the first batch is returned whole");
     assert_eq!(records(1), 0, "later partitions keep to their limit");
     assert_eq!(partitions[1].high_watermark, 2);
+}
+
+fn commit_offset(conn: &mut Connection, group: &str, topic: &str, offset: i64) -> i16 {
+    let request = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![
+            offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(name(topic))
+                .with_partitions(vec![
+                    offset_commit_request::OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(offset)
+                        .with_committed_metadata(Some(StrBytes::from_static_str("note"))),
+                ]),
+        ]);
+    conn.call(request, 8).topics[0].partitions[0].error_code
+}
+
+fn fetch_offset(conn: &mut Connection, group: &str, topic: &str) -> (i64, String) {
+    let request = OffsetFetchRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+        .with_topics(Some(vec![
+            offset_fetch_request::OffsetFetchRequestTopic::default()
+                .with_name(name(topic))
+                .with_partition_indexes(vec![0]),
+        ]));
+    let response = conn.call(request, 7);
+    let partition = &response.topics[0].partitions[0];
+    (
+        partition.committed_offset,
+        partition
+            .metadata
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+#[test]
+fn committed_offsets_survive_a_restart_and_group_errors_are_kafkas() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, kafka) = start(dir.path());
+    let mut conn = Connection::open(kafka);
+    create_topic(&mut conn, "tracked", 1, &[]);
+    // The coordinator loads in the background: retry while it is not ready.
+    wait_until(
+        || commit_offset(&mut Connection::open(kafka), "g1", "tracked", 5) == 0,
+        "a commit is accepted",
+    );
+    assert_eq!(commit_offset(&mut conn, "g1", "tracked", 7), 0);
+    assert_eq!(
+        fetch_offset(&mut conn, "g1", "tracked"),
+        (7, "note".to_string())
+    );
+    assert_eq!(fetch_offset(&mut conn, "nobody", "tracked").0, -1);
+
+    // FindCoordinator names this node.
+    let found = conn.call(
+        FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g1")),
+        3,
+    );
+    assert_eq!((found.error_code, found.node_id.0), (0, 1));
+
+    // A first JoinGroup (v4+) gets MEMBER_ID_REQUIRED with the id to use; a heartbeat from
+    // a stranger gets UNKNOWN_MEMBER_ID.
+    let join = conn.call(
+        JoinGroupRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("g2")))
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(vec![
+                join_group_request::JoinGroupRequestProtocol::default()
+                    .with_name(StrBytes::from_static_str("range")),
+            ]),
+        7,
+    );
+    assert_eq!(join.error_code, 79);
+    assert!(!join.member_id.is_empty());
+    let heartbeat = conn.call(
+        HeartbeatRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("g2")))
+            .with_member_id(StrBytes::from_static_str("stranger"))
+            .with_generation_id(1),
+        4,
+    );
+    assert_eq!(heartbeat.error_code, 25);
+
+    // The offsets are in __consumer_offsets: a restart reads them back.
+    drop(conn);
+    let mut node = node;
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_for_exit().success());
+    let (_node, kafka) = start(dir.path());
+    wait_until(
+        || fetch_offset(&mut Connection::open(kafka), "g1", "tracked").0 == 7,
+        "the committed offset is back after the restart",
+    );
 }

@@ -132,15 +132,6 @@ fn kcat_produces_and_consumes_with_every_codec() {
 }
 
 #[test]
-fn kafkajs_produces_and_administers() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_node, kafka) = start_node(dir.path());
-    // The consume step (`--consume`) waits for consumer groups (issue 5): kafkajs has no
-    // consumer without one.
-    run_client(node_script(script("kafkajs_client.js")), kafka, "kafkajs");
-}
-
-#[test]
 fn the_kafkajs_walkthrough_sends_names_to_their_partitions() {
     let dir = tempfile::tempdir().unwrap();
     let (node, kafka) = start_node(dir.path());
@@ -164,6 +155,29 @@ fn the_kafkajs_walkthrough_sends_names_to_their_partitions() {
     for name in ["Ana", "Maria", "Pedro", "Zeca", "bruno"] {
         run("producer.js", &[name]);
     }
+    // consumer.js (group "teste", from the beginning) prints each name with its partition.
+    let mut consumer = node_script(example.join("consumer.js"));
+    let output = consumer
+        .args(["--exit-after", "5"])
+        .env_remove("LD_LIBRARY_PATH")
+        .env("KAFKA_BROKERS", kafka.to_string())
+        .env("NODE_PATH", &clients().node_modules)
+        .output()
+        .expect("run consumer.js");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "consumer.js failed: {printed}");
+    let mut lines: Vec<&str> = printed.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "partition 0: Ana",
+            "partition 0: Maria",
+            "partition 0: bruno",
+            "partition 1: Pedro",
+            "partition 1: Zeca"
+        ]
+    );
     // A–M to partition 0, N–Z to partition 1: the latest offsets, as kcat queries them.
     let offsets = |partition: u32| -> u64 {
         let output = Command::new(&clients().kcat)
@@ -181,4 +195,55 @@ fn the_kafkajs_walkthrough_sends_names_to_their_partitions() {
     assert_eq!((offsets(0), offsets(1)), (3, 2));
     let topics = node.get("/v1/topics");
     assert!(topics.body.contains("\"Usuarios\""), "{}", topics.body);
+}
+
+/// A node whose empty groups wait only half a second for more members before their first
+/// rebalance (Kafka's 3 s default would only slow the tests down).
+fn start_node_for_groups(dir: &Path) -> (Node, SocketAddr) {
+    let mut args = dev_args(&dir.join("data"));
+    args.extend([
+        "--set".to_string(),
+        "broker.group_initial_rebalance_delay_ms=500".to_string(),
+    ]);
+    let node = Node::start(dir, &as_strs(&args));
+    let kafka = node.kafka.expect("the banner has a kafka line");
+    (node, kafka)
+}
+
+#[test]
+fn kafkajs_consumes_in_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, kafka) = start_node_for_groups(dir.path());
+    let mut command = node_script(script("kafkajs_client.js"));
+    command.arg("--consume");
+    run_client(command, kafka, "kafkajs-group");
+}
+
+#[test]
+fn the_seeds_group_scenario_with_kafkajs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, kafka) = start_node_for_groups(dir.path());
+    run_client(node_script(script("groups_kafkajs.js")), kafka, "Usuarios");
+}
+
+#[test]
+fn confluent_kafka_groups_with_cooperative_sticky() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, kafka) = start_node_for_groups(dir.path());
+    run_client(
+        python("groups_confluent_kafka.py"),
+        kafka,
+        "confluent-groups",
+    );
+}
+
+#[test]
+fn kafka_python_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, kafka) = start_node_for_groups(dir.path());
+    run_client(
+        python("groups_kafka_python.py"),
+        kafka,
+        "kafka-python-groups",
+    );
 }

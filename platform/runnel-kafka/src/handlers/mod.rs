@@ -14,12 +14,14 @@ use std::sync::Arc;
 use kafka_protocol::messages::{RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 use runnel_broker::Broker;
+use runnel_broker::groups::GroupService;
 
 use crate::codec::{self, Request};
 
 mod admin;
 mod configs;
 mod fetch;
+mod groups;
 mod metadata;
 mod offsets;
 mod produce;
@@ -39,10 +41,23 @@ fn later(future: impl Future<Output = ResponseKind> + Send + 'static) -> Reply {
 /// The id Kafka clients show for this cluster.
 pub const CLUSTER_ID: &str = "runnel";
 
+/// What the handlers answer through.
+pub struct Backends {
+    pub broker: Arc<Broker>,
+    pub groups: Arc<GroupService>,
+}
+
 /// Handles one request (see the module docs for the two steps).
-pub async fn handle(broker: &Arc<Broker>, request: Request) -> Reply {
+pub async fn handle(backends: &Arc<Backends>, request: Request) -> Reply {
     let version = request.version();
-    let broker = broker.clone();
+    let broker = backends.broker.clone();
+    let group_service = backends.groups.clone();
+    let client_id = request
+        .header
+        .client_id
+        .as_ref()
+        .map(|c| c.to_string())
+        .unwrap_or_default();
     match request.body {
         RequestKind::ApiVersions(_) => {
             ready(ResponseKind::ApiVersions(codec::api_versions_response()))
@@ -94,6 +109,44 @@ pub async fn handle(broker: &Arc<Broker>, request: Request) -> Reply {
             ResponseKind::IncrementalAlterConfigs(
                 configs::incremental_alter_configs(&broker, body).await,
             )
+        }),
+        RequestKind::FindCoordinator(body) => ready(ResponseKind::FindCoordinator(
+            groups::find_coordinator(&group_service, body, version),
+        )),
+        RequestKind::JoinGroup(body) => later(async move {
+            ResponseKind::JoinGroup(
+                groups::join_group(&group_service, body, version, client_id).await,
+            )
+        }),
+        RequestKind::SyncGroup(body) => later(async move {
+            ResponseKind::SyncGroup(groups::sync_group(&group_service, body, version).await)
+        }),
+        RequestKind::Heartbeat(body) => ready(ResponseKind::Heartbeat(groups::heartbeat(
+            &group_service,
+            body,
+        ))),
+        RequestKind::LeaveGroup(body) => ready(ResponseKind::LeaveGroup(groups::leave_group(
+            &group_service,
+            body,
+            version,
+        ))),
+        RequestKind::OffsetCommit(body) => later(async move {
+            ResponseKind::OffsetCommit(groups::offset_commit(&group_service, body).await)
+        }),
+        RequestKind::OffsetFetch(body) => ready(ResponseKind::OffsetFetch(groups::offset_fetch(
+            &group_service,
+            body,
+            version,
+        ))),
+        RequestKind::ListGroups(body) => ready(ResponseKind::ListGroups(groups::list_groups(
+            &group_service,
+            body,
+        ))),
+        RequestKind::DescribeGroups(body) => ready(ResponseKind::DescribeGroups(
+            groups::describe_groups(&group_service, body),
+        )),
+        RequestKind::DeleteGroups(body) => later(async move {
+            ResponseKind::DeleteGroups(groups::delete_groups(&group_service, body).await)
         }),
         // decode_request only decodes served keys, all of which are listed above.
         other => {

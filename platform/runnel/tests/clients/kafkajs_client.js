@@ -14,9 +14,8 @@
 // IncrementalAlterConfigs), DescribeConfigs again; DeleteTopics and check the topic left the
 // metadata.
 //
-// --consume (off by default) waits for consumer groups: the kafkajs consumer always joins a
-// group (FindCoordinator, JoinGroup, SyncGroup, Heartbeat, OffsetFetch), which Runnel does not
-// implement yet. With it the script also consumes everything from the beginning and checks
+// With --consume the script also consumes (the kafkajs consumer always joins a group, so
+// this step needs the group coordinator): everything from the beginning, checking
 // every record against what was sent at its offset (key, value, headers, timestamp), which
 // covers each partition's contents and each key's order.
 //

@@ -1,0 +1,380 @@
+//! Consumer groups: the coordinator state machine ([`coordinator`]), committed offsets
+//! stored in the compacted internal topic `__consumer_offsets` ([`offsets`]), and
+//! [`GroupService`], the async shell that frontends call.
+//!
+//! As in Kafka, a group's coordinator is the leader of the `__consumer_offsets` partition
+//! its name hashes to, and its committed offsets are records of that partition (Kafka's
+//! own key and value formats, so Kafka's tools can read them). The topic is created when
+//! the service starts; on start the service reads the partitions this node leads and
+//! restores every committed offset. Until then requests get
+//! [`GroupServiceError::Loading`].
+
+pub mod coordinator;
+pub mod offsets;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use runnel_controller::{Command, NodeId, NodeInfo};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+pub use coordinator::{
+    Coordinator, GroupDescription, GroupError, GroupSettings, GroupState, Join, JoinOutcome,
+    JoinedMember, SyncOutcome,
+};
+pub use offsets::{CommittedOffset, OFFSETS_TOPIC, partition_for};
+
+use crate::broker::{Broker, BrokerError};
+use coordinator::{Reply, Ticket};
+
+/// How often the coordinator's clock advances (rebalance deadlines, session expiry).
+const TICK: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GroupServiceError {
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// Another node coordinates this group.
+    #[error("this node is not the group's coordinator")]
+    NotCoordinator,
+    /// The committed offsets are still being read.
+    #[error("the group coordinator is loading")]
+    Loading,
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+enum Waiter {
+    Join(oneshot::Sender<JoinOutcome>),
+    Sync(oneshot::Sender<SyncOutcome>),
+}
+
+struct Inner {
+    coordinator: Coordinator,
+    waiting: HashMap<Ticket, Waiter>,
+    next_ticket: Ticket,
+    offsets: HashMap<String, BTreeMap<(String, i32), CommittedOffset>>,
+    loaded: bool,
+}
+
+impl Inner {
+    fn ticket(&mut self, waiter: Waiter) -> Ticket {
+        self.next_ticket += 1;
+        self.waiting.insert(self.next_ticket, waiter);
+        self.next_ticket
+    }
+
+    fn deliver(&mut self, replies: Vec<Reply>) {
+        for reply in replies {
+            match reply {
+                Reply::Join(ticket, outcome) => {
+                    if let Some(Waiter::Join(sender)) = self.waiting.remove(&ticket) {
+                        let _ = sender.send(outcome);
+                    }
+                }
+                Reply::Sync(ticket, outcome) => {
+                    if let Some(Waiter::Sync(sender)) = self.waiting.remove(&ticket) {
+                        let _ = sender.send(outcome);
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub struct GroupService {
+    broker: Arc<Broker>,
+    partitions: u32,
+    inner: Mutex<Inner>,
+    started: Instant,
+}
+
+impl GroupService {
+    /// Starts the service: creates `__consumer_offsets` (with `partitions` partitions) if
+    /// needed, loads the committed offsets of the partitions this node leads, and runs the
+    /// coordinator's clock until `stop`.
+    pub fn start(
+        broker: Arc<Broker>,
+        settings: GroupSettings,
+        partitions: u32,
+        stop: CancellationToken,
+    ) -> Arc<GroupService> {
+        let service = Arc::new(GroupService {
+            broker,
+            partitions: partitions.max(1),
+            inner: Mutex::new(Inner {
+                coordinator: Coordinator::new(settings),
+                waiting: HashMap::new(),
+                next_ticket: 0,
+                offsets: HashMap::new(),
+                loaded: false,
+            }),
+            started: Instant::now(),
+        });
+        let clock = service.clone();
+        tokio::spawn(async move {
+            loop {
+                if !clock.is_loaded() {
+                    match clock.load().await {
+                        Ok(()) => {}
+                        Err(error) => {
+                            tracing::warn!(%error, "loading committed offsets; retrying");
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(TICK) => {}
+                    _ = stop.cancelled() => break,
+                }
+                let now = clock.now();
+                let mut inner = clock.lock();
+                let replies = inner.coordinator.tick(now);
+                inner.deliver(replies);
+            }
+        });
+        service
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_loaded(&self) -> bool {
+        self.lock().loaded
+    }
+
+    /// Creates the offsets topic if needed and reads the partitions this node leads.
+    async fn load(&self) -> Result<(), GroupServiceError> {
+        if !self.broker.metadata().topics.contains_key(OFFSETS_TOPIC) {
+            let command = Command::CreateTopic {
+                name: OFFSETS_TOPIC.to_string(),
+                id: uuid::Uuid::new_v4(),
+                partitions: self.partitions,
+                replication_factor: 1,
+                configs: BTreeMap::from([
+                    ("cleanup.policy".to_string(), "compact".to_string()),
+                    ("segment.bytes".to_string(), (100u64 << 20).to_string()),
+                ]),
+            };
+            match self.broker.admin(command, false).await {
+                Ok(_) => {}
+                Err(BrokerError::Controller(runnel_controller::ControllerError::Rejected(
+                    runnel_controller::MetadataError::TopicAlreadyExists(_),
+                ))) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        self.broker
+            .wait_until_served(OFFSETS_TOPIC, crate::broker::ADMIN_WAIT)
+            .await;
+        let metadata = self.broker.metadata();
+        let Some(topic) = metadata.topics.get(OFFSETS_TOPIC) else {
+            return Err(GroupServiceError::Loading);
+        };
+        let mut loaded: HashMap<String, BTreeMap<(String, i32), CommittedOffset>> = HashMap::new();
+        for (index, partition) in topic.partitions.iter().enumerate() {
+            if partition.leader != Some(self.broker.node_id()) {
+                continue;
+            }
+            let log = self.broker.leader_log(OFFSETS_TOPIC, index as i32)?;
+            let mut offset = log.log_start();
+            while offset < log.high_watermark() {
+                let read = log.read(offset, 4 << 20).await.map_err(BrokerError::from)?;
+                if read.records.is_empty() {
+                    break;
+                }
+                offset = offsets::apply_batches(&read.records, offset, &mut loaded);
+            }
+        }
+        let mut inner = self.lock();
+        for group in loaded.keys() {
+            inner.coordinator.ensure(group);
+        }
+        let count: usize = loaded.values().map(BTreeMap::len).sum();
+        inner.offsets = loaded;
+        inner.loaded = true;
+        tracing::info!(
+            offsets = count,
+            "group coordinator loaded committed offsets"
+        );
+        Ok(())
+    }
+
+    /// The node coordinating `group` (the leader of its offsets partition), if any.
+    pub fn coordinator_of(&self, group: &str) -> Option<NodeInfo> {
+        let metadata = self.broker.metadata();
+        let topic = metadata.topics.get(OFFSETS_TOPIC)?;
+        let partition = partition_for(group, topic.partitions.len() as u32);
+        let leader = topic.partitions.get(partition as usize)?.leader?;
+        metadata.nodes.get(&leader).cloned()
+    }
+
+    fn check_local(&self, group: &str) -> Result<i32, GroupServiceError> {
+        if !self.is_loaded() {
+            return Err(GroupServiceError::Loading);
+        }
+        let metadata = self.broker.metadata();
+        let topic = metadata
+            .topics
+            .get(OFFSETS_TOPIC)
+            .ok_or(GroupServiceError::Loading)?;
+        let partition = partition_for(group, topic.partitions.len() as u32);
+        let leader: Option<NodeId> = topic
+            .partitions
+            .get(partition as usize)
+            .and_then(|p| p.leader);
+        if leader != Some(self.broker.node_id()) {
+            return Err(GroupServiceError::NotCoordinator);
+        }
+        Ok(partition as i32)
+    }
+
+    pub async fn join(&self, join: Join) -> Result<JoinOutcome, GroupServiceError> {
+        self.check_local(&join.group)?;
+        let (sender, receiver) = oneshot::channel();
+        {
+            let now = self.now();
+            let mut inner = self.lock();
+            let ticket = inner.ticket(Waiter::Join(sender));
+            let replies = inner.coordinator.join(ticket, join, now);
+            inner.deliver(replies);
+        }
+        receiver.await.map_err(|_| GroupServiceError::Loading)
+    }
+
+    pub async fn sync(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+        assignments: Vec<(String, Bytes)>,
+    ) -> Result<SyncOutcome, GroupServiceError> {
+        self.check_local(group)?;
+        let (sender, receiver) = oneshot::channel();
+        {
+            let now = self.now();
+            let mut inner = self.lock();
+            let ticket = inner.ticket(Waiter::Sync(sender));
+            let replies =
+                inner
+                    .coordinator
+                    .sync(ticket, group, member_id, generation, assignments, now);
+            inner.deliver(replies);
+        }
+        receiver.await.map_err(|_| GroupServiceError::Loading)
+    }
+
+    pub fn heartbeat(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+    ) -> Result<(), GroupServiceError> {
+        self.check_local(group)?;
+        let now = self.now();
+        Ok(self
+            .lock()
+            .coordinator
+            .heartbeat(group, member_id, generation, now)?)
+    }
+
+    pub fn leave(
+        &self,
+        group: &str,
+        members: &[(String, Option<String>)],
+    ) -> Result<Vec<Result<(), GroupError>>, GroupServiceError> {
+        self.check_local(group)?;
+        let now = self.now();
+        let mut inner = self.lock();
+        let (outcomes, replies) = inner.coordinator.leave(group, members, now);
+        inner.deliver(replies);
+        Ok(outcomes)
+    }
+
+    /// Stores committed offsets durably in `__consumer_offsets`, then in memory.
+    pub async fn commit(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+        commits: Vec<(String, i32, CommittedOffset)>,
+    ) -> Result<(), GroupServiceError> {
+        let partition = self.check_local(group)?;
+        {
+            let now = self.now();
+            self.lock()
+                .coordinator
+                .check_commit(group, member_id, generation, now)?;
+        }
+        if commits.is_empty() {
+            return Ok(());
+        }
+        let batch = offsets::commit_batch(group, &commits)
+            .map_err(|e| BrokerError::Log(runnel_log::LogError::InvalidBatch(e)))?;
+        let log = self.broker.leader_log(OFFSETS_TOPIC, partition)?;
+        log.append_durable(batch).await.map_err(BrokerError::from)?;
+        let mut inner = self.lock();
+        let stored = inner.offsets.entry(group.to_string()).or_default();
+        for (topic, partition, committed) in commits {
+            stored.insert((topic, partition), committed);
+        }
+        Ok(())
+    }
+
+    /// The committed offsets of `group`, all of them or those of the given partitions.
+    pub fn committed(
+        &self,
+        group: &str,
+    ) -> Result<BTreeMap<(String, i32), CommittedOffset>, GroupServiceError> {
+        self.check_local(group)?;
+        Ok(self.lock().offsets.get(group).cloned().unwrap_or_default())
+    }
+
+    pub fn describe(&self, group: &str) -> Result<Option<GroupDescription>, GroupServiceError> {
+        self.check_local(group)?;
+        Ok(self.lock().coordinator.describe(group))
+    }
+
+    /// Every group this node coordinates: (name, state, protocol type).
+    pub fn list(&self) -> Result<Vec<(String, GroupState, String)>, GroupServiceError> {
+        if !self.is_loaded() {
+            return Err(GroupServiceError::Loading);
+        }
+        Ok(self.lock().coordinator.list())
+    }
+
+    /// Deletes an empty group and its committed offsets (tombstones in the offsets topic).
+    pub async fn delete(&self, group: &str) -> Result<(), GroupServiceError> {
+        let partition = self.check_local(group)?;
+        let keys: Vec<(String, i32)> = {
+            let mut inner = self.lock();
+            match inner.coordinator.describe(group) {
+                None if !inner.offsets.contains_key(group) => {
+                    return Err(GroupError::GroupIdNotFound.into());
+                }
+                _ => {}
+            }
+            inner.coordinator.delete(group)?;
+            inner
+                .offsets
+                .get(group)
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        if !keys.is_empty() {
+            let batch = offsets::tombstone_batch(group, &keys)
+                .map_err(|e| BrokerError::Log(runnel_log::LogError::InvalidBatch(e)))?;
+            let log = self.broker.leader_log(OFFSETS_TOPIC, partition)?;
+            log.append_durable(batch).await.map_err(BrokerError::from)?;
+        }
+        self.lock().offsets.remove(group);
+        Ok(())
+    }
+}
