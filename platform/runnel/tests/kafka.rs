@@ -671,7 +671,10 @@ fn fetch_offset(conn: &mut Connection, group: &str, topic: &str) -> (i64, String
                 .with_partition_indexes(vec![0]),
         ]));
     let response = conn.call(request, 7);
-    let partition = &response.topics[0].partitions[0];
+    // While the coordinator loads, the answer is only a top-level error.
+    let Some(partition) = response.topics.first().and_then(|t| t.partitions.first()) else {
+        return (-2, format!("error {}", response.error_code));
+    };
     (
         partition.committed_offset,
         partition

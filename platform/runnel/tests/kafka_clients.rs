@@ -247,3 +247,10 @@ fn kafka_python_groups() {
         "kafka-python-groups",
     );
 }
+
+#[test]
+fn a_rebalance_storm_loses_nothing_and_never_moves_offsets_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, kafka) = start_node_for_groups(dir.path());
+    run_client(python("groups_storm.py"), kafka, "storm");
+}
