@@ -6,11 +6,13 @@
 
 use std::time::Instant;
 
-use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
+use runnel_broker::groups::GroupService;
 use runnel_controller::ControllerStatus;
 use runnel_log::LogMetrics;
 
@@ -25,8 +27,12 @@ pub fn node_registry(
     log: &LogMetrics,
     started: Instant,
     controller: &crate::admin::ControllerSlot,
+    groups: &GroupsSlot,
 ) -> Registry {
     let mut registry = Registry::default();
+    registry.register_collector(Box::new(GroupLag {
+        groups: groups.clone(),
+    }));
 
     let build_info = BuildInfo::default();
     build_info
@@ -84,6 +90,45 @@ pub fn node_registry(
         );
     }
     registry
+}
+
+/// The group service, once the node has started it (the registry is built first).
+pub type GroupsSlot = std::sync::Arc<std::sync::OnceLock<std::sync::Arc<GroupService>>>;
+
+/// `runnel_group_lag{group, topic, partition}`: log end minus committed offset, for every
+/// committed offset of the groups this node coordinates, computed at scrape time.
+struct GroupLag {
+    groups: GroupsSlot,
+}
+
+impl std::fmt::Debug for GroupLag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GroupLag")
+    }
+}
+
+impl Collector for GroupLag {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(groups) = self.groups.get() else {
+            return Ok(());
+        };
+        let lag = groups.lag();
+        let mut family = encoder.encode_descriptor(
+            "runnel_group_lag",
+            "Records between a consumer group's committed offset and the log end",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (group, topic, partition, lag) in lag {
+            let labels = [
+                ("group", group),
+                ("topic", topic),
+                ("partition", partition.to_string()),
+            ];
+            family.encode_family(&labels)?.encode_gauge(&lag)?;
+        }
+        Ok(())
+    }
 }
 
 /// Reads one value out of the controller's status.
@@ -146,7 +191,13 @@ mod tests {
     fn the_registry_holds_node_and_log_metrics() {
         let log = LogMetrics::default();
         log.partitions.set(3);
-        let text = encode(&node_registry(&log, Instant::now(), &Default::default())).unwrap();
+        let text = encode(&node_registry(
+            &log,
+            Instant::now(),
+            &Default::default(),
+            &Default::default(),
+        ))
+        .unwrap();
         let version = env!("CARGO_PKG_VERSION");
         assert!(
             text.contains(&format!("runnel_build_info{{version=\"{version}\"}} 1\n")),

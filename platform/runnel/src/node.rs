@@ -84,10 +84,12 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
 
     let log_metrics = Arc::new(LogMetrics::default());
     let controller_slot: ControllerSlot = Arc::default();
+    let groups_slot: metrics::GroupsSlot = Arc::default();
     let registry = Arc::new(metrics::node_registry(
         &log_metrics,
         started,
         &controller_slot,
+        &groups_slot,
     ));
     let readiness = Readiness::default();
     let http = HttpServer::start(
@@ -171,6 +173,8 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
         config.broker.offsets_topic_num_partitions,
         stop_maintenance.clone(),
     );
+    // Set once, right here; nothing else sets it.
+    let _ = groups_slot.set(groups.clone());
     let kafka = KafkaServer::start(
         kafka_listener,
         Arc::new(Backends { broker, groups }),

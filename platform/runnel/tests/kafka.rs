@@ -703,6 +703,16 @@ fn committed_offsets_survive_a_restart_and_group_errors_are_kafkas() {
     );
     assert_eq!(fetch_offset(&mut conn, "nobody", "tracked").0, -1);
 
+    // Lag (log end minus committed) is in /metrics.
+    let values: Vec<String> = (0..10).map(|i| format!("v{i}")).collect();
+    let values: Vec<&str> = values.iter().map(String::as_str).collect();
+    assert_eq!(produce(&mut conn, "tracked", 0, batch(&values)).0, 0);
+    let metrics = node.get("/metrics").body;
+    assert!(
+        metrics.contains("runnel_group_lag{group=\"g1\",topic=\"tracked\",partition=\"0\"} 3\n"),
+        "{metrics}"
+    );
+
     // FindCoordinator names this node.
     let found = conn.call(
         FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g1")),

@@ -337,6 +337,31 @@ impl GroupService {
         Ok(self.lock().offsets.get(group).cloned().unwrap_or_default())
     }
 
+    /// Lag of every committed offset this node holds: (group, topic, partition, log end
+    /// minus committed offset). Partitions not led here are left out.
+    pub fn lag(&self) -> Vec<(String, String, i32, i64)> {
+        let committed: Vec<(String, String, i32, i64)> = {
+            let inner = self.lock();
+            inner
+                .offsets
+                .iter()
+                .flat_map(|(group, offsets)| {
+                    offsets.iter().map(move |((topic, partition), c)| {
+                        (group.clone(), topic.clone(), *partition, c.offset)
+                    })
+                })
+                .collect()
+        };
+        committed
+            .into_iter()
+            .filter_map(|(group, topic, partition, offset)| {
+                let log = self.broker.leader_log(&topic, partition).ok()?;
+                let lag = (log.high_watermark() as i64 - offset).max(0);
+                Some((group, topic, partition, lag))
+            })
+            .collect()
+    }
+
     pub fn describe(&self, group: &str) -> Result<Option<GroupDescription>, GroupServiceError> {
         self.check_local(group)?;
         Ok(self.lock().coordinator.describe(group))
