@@ -27,19 +27,28 @@ use rdkafka::producer::{
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
+#[derive(clap::Args)]
 pub struct KafkaOptions {
-    /// Megabytes of 1 KiB records to produce.
+    /// MiB of 1 KiB records to produce (and raw-write).
+    #[arg(long, default_value_t = 1024)]
     pub mib: u64,
     /// 100-byte records to produce.
+    #[arg(long, default_value_t = 5_000_000)]
     pub small_records: u64,
+    #[arg(long, default_value_t = 6)]
     pub partitions: i32,
-    /// Seconds of the end-to-end latency run.
+    /// Seconds of each end-to-end latency run.
+    #[arg(long, default_value_t = 20)]
     pub e2e_seconds: u64,
-    /// Records per second of the end-to-end run; half the 1 KiB produce rate if `None`.
+    /// Records per second of the end-to-end runs (default: half the measured 1 KiB produce
+    /// rate).
+    #[arg(long)]
     pub e2e_rate: Option<f64>,
-    /// Where the node keeps its data and the raw-disk file goes.
+    /// Where the node's data and the raw-disk file go (the disk to measure).
+    #[arg(long, default_value = ".")]
     pub dir: PathBuf,
-    /// The `runnel` binary; by default the one next to this program.
+    /// The `runnel` binary; by default the one beside this program.
+    #[arg(long)]
     pub runnel: Option<PathBuf>,
 }
 
@@ -286,6 +295,28 @@ impl ProducerContext for LatencyContext {
     }
 }
 
+/// Hands `record` to librdkafka, waiting `pause` and trying again while its queue is full.
+fn send<'a, C, K>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'a, K, [u8], C::DeliveryOpaque>,
+    pause: Duration,
+) -> Result<()>
+where
+    C: ProducerContext + 'static,
+    K: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(pause);
+            }
+            Err((error, back)) => bail!("produce to {}: {error}", back.topic),
+        }
+    }
+}
+
 struct Produced {
     records_per_s: f64,
     mb_per_s: f64,
@@ -318,20 +349,11 @@ fn produce(bootstrap: &str, case: &Case, partitions: i32) -> Result<Produced> {
     let started = Instant::now();
     for i in 0..case.records {
         let key = (i % 1024).to_be_bytes();
-        let mut record = BaseRecord::with_opaque_to(case.topic, Box::new(Instant::now()))
+        let record = BaseRecord::with_opaque_to(case.topic, Box::new(Instant::now()))
             .payload(&payload[..])
             .key(&key[..])
             .partition((i % partitions as u64) as i32);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((error, _)) => bail!("produce to {}: {error}", case.topic),
-            }
-        }
+        send(&producer, record, Duration::from_millis(1))?;
     }
     producer.flush(Timeout::After(Duration::from_secs(120)))?;
     let elapsed = started.elapsed();
@@ -454,19 +476,10 @@ fn end_to_end(
             std::thread::sleep(wait);
         }
         payload[..8].copy_from_slice(&micros_since_epoch().to_be_bytes());
-        let mut record = BaseRecord::<(), [u8]>::to(topic)
+        let record = BaseRecord::<(), [u8]>::to(topic)
             .payload(&payload[..])
             .partition((i % partitions as u64) as i32);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Err((error, _)) => bail!("produce to {topic}: {error}"),
-            }
-        }
+        send(&producer, record, Duration::from_micros(200))?;
     }
     producer.flush(Timeout::After(Duration::from_secs(60)))?;
     reader

@@ -64,29 +64,7 @@ enum Benchmark {
     },
     /// Produce and consume through the Kafka protocol (librdkafka) against a `runnel dev`
     /// node started for the run, beside the disk's raw sequential-write speed.
-    Kafka {
-        /// MiB of 1 KiB records to produce (and raw-write).
-        #[arg(long, default_value_t = 1024)]
-        mib: u64,
-        /// 100-byte records to produce.
-        #[arg(long, default_value_t = 5_000_000)]
-        small_records: u64,
-        #[arg(long, default_value_t = 6)]
-        partitions: i32,
-        /// Seconds of the end-to-end latency run at half the maximum rate.
-        #[arg(long, default_value_t = 20)]
-        e2e_seconds: u64,
-        /// Records per second of the end-to-end run (default: half the measured 1 KiB
-        /// produce rate).
-        #[arg(long)]
-        e2e_rate: Option<f64>,
-        /// Where the node's data and the raw-disk file go (the disk to measure).
-        #[arg(long, default_value = ".")]
-        dir: PathBuf,
-        /// The `runnel` binary; by default the one beside this program.
-        #[arg(long)]
-        runnel: Option<PathBuf>,
-    },
+    Kafka(kafka::KafkaOptions),
 }
 
 const RECORD_BYTES: usize = 1024;
@@ -129,23 +107,7 @@ fn main() -> Result<()> {
             };
             runtime.block_on(log_benchmark(&options, &dir))
         }
-        Benchmark::Kafka {
-            mib,
-            small_records,
-            partitions,
-            e2e_seconds,
-            e2e_rate,
-            dir,
-            runnel,
-        } => kafka::run(&kafka::KafkaOptions {
-            mib,
-            small_records,
-            partitions,
-            e2e_seconds,
-            e2e_rate,
-            dir,
-            runnel,
-        }),
+        Benchmark::Kafka(options) => kafka::run(&options),
     }
 }
 
