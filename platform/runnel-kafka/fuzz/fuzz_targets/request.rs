@@ -1,6 +1,11 @@
 //! One request frame (header and body, no length prefix).
 #![no_main]
 
+/// As in the `runnel` binary: a huge reservation from a malformed array count must not
+/// abort the process (see `runnel_kafka::alloc`).
+#[global_allocator]
+static ALLOCATOR: runnel_kafka::alloc::GuardedAllocator = runnel_kafka::alloc::GuardedAllocator;
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     runnel_kafka::codec::decode_one_for_fuzzing(bytes::Bytes::copy_from_slice(data));
 });
