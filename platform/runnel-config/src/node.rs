@@ -58,6 +58,7 @@ pub const NODE_CONFIG_KEYS: &[&str] = &[
     "broker.socket_request_max_bytes",
     "broker.group_initial_rebalance_delay_ms",
     "broker.offsets_topic_num_partitions",
+    "broker.offsets_retention_minutes",
     "log.segment_bytes",
     "log.segment_ms",
     "log.retention_ms",
@@ -232,6 +233,10 @@ pub struct BrokerSection {
     /// `broker.offsets_topic_num_partitions`: partitions of `__consumer_offsets`, created
     /// on first start; 1 to 1000. Default `10`.
     pub offsets_topic_num_partitions: u32,
+    /// `broker.offsets_retention_minutes`: committed offsets of a group without members
+    /// are deleted once its newest commit is this old; at least 1. Default `10080` (7
+    /// days), as Kafka's `offsets.retention.minutes`.
+    pub offsets_retention_minutes: u64,
 }
 
 impl Default for BrokerSection {
@@ -243,6 +248,7 @@ impl Default for BrokerSection {
             socket_request_max_bytes: 100 * 1024 * 1024,
             group_initial_rebalance_delay_ms: 3_000,
             offsets_topic_num_partitions: 10,
+            offsets_retention_minutes: 10_080,
         }
     }
 }
@@ -648,6 +654,12 @@ impl NodeConfig {
         if self.broker.default_replication_factor == 0 {
             problems.push(ConfigProblem {
                 key: "broker.default_replication_factor".to_string(),
+                reason: "must be at least 1".to_string(),
+            });
+        }
+        if self.broker.offsets_retention_minutes == 0 {
+            problems.push(ConfigProblem {
+                key: "broker.offsets_retention_minutes".to_string(),
                 reason: "must be at least 1".to_string(),
             });
         }

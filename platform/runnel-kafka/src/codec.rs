@@ -243,6 +243,7 @@ pub fn codec_range(api: ApiKey) -> (i16, i16) {
         ApiKey::DescribeGroups => DescribeGroupsRequest::VERSIONS,
         ApiKey::ListGroups => ListGroupsRequest::VERSIONS,
         ApiKey::DeleteGroups => DeleteGroupsRequest::VERSIONS,
+        ApiKey::OffsetDelete => OffsetDeleteRequest::VERSIONS,
         _ => return (0, -1),
     };
     (range.min, range.max)

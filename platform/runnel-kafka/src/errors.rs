@@ -44,6 +44,7 @@ pub const REBALANCE_IN_PROGRESS: i16 = 27;
 pub const NON_EMPTY_GROUP: i16 = 68;
 pub const GROUP_ID_NOT_FOUND: i16 = 69;
 pub const MEMBER_ID_REQUIRED: i16 = 79;
+pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
 
 /// A Kafka error code with the message that explains it (sent where the response has a
 /// message field).

@@ -32,6 +32,7 @@ pub const SUPPORTED: &[(i16, i16, i16)] = &[
     (DESCRIBE_GROUPS, 0, 5),
     (LIST_GROUPS, 0, 5),
     (DELETE_GROUPS, 0, 2),
+    (OFFSET_DELETE, 0, 0),
 ];
 
 pub const PRODUCE: i16 = 0;
@@ -48,6 +49,7 @@ pub const SYNC_GROUP: i16 = 14;
 pub const DESCRIBE_GROUPS: i16 = 15;
 pub const LIST_GROUPS: i16 = 16;
 pub const DELETE_GROUPS: i16 = 42;
+pub const OFFSET_DELETE: i16 = 47;
 pub const API_VERSIONS: i16 = 18;
 pub const CREATE_TOPICS: i16 = 19;
 pub const DELETE_TOPICS: i16 = 20;

@@ -171,6 +171,7 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
             ..GroupSettings::default()
         },
         config.broker.offsets_topic_num_partitions,
+        Duration::from_secs(config.broker.offsets_retention_minutes.saturating_mul(60)),
         stop_maintenance.clone(),
     );
     // Set once, right here; nothing else sets it.

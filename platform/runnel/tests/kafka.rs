@@ -745,6 +745,25 @@ fn committed_offsets_survive_a_restart_and_group_errors_are_kafkas() {
     );
     assert_eq!(heartbeat.error_code, 25);
 
+    // OffsetDelete removes a memberless group's offset (a tombstone in the offsets topic).
+    assert_eq!(commit_offset(&mut conn, "g3", "tracked", 4), 0);
+    let deleted = conn.call(
+        OffsetDeleteRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("g3")))
+            .with_topics(vec![
+                offset_delete_request::OffsetDeleteRequestTopic::default()
+                    .with_name(name("tracked"))
+                    .with_partitions(vec![
+                        offset_delete_request::OffsetDeleteRequestPartition::default()
+                            .with_partition_index(0),
+                    ]),
+            ]),
+        0,
+    );
+    assert_eq!(deleted.error_code, 0);
+    assert_eq!(deleted.topics[0].partitions[0].error_code, 0);
+    assert_eq!(fetch_offset(&mut conn, "g3", "tracked").0, -1);
+
     // The offsets are in __consumer_offsets: a restart reads them back.
     drop(conn);
     let mut node = node;
@@ -754,5 +773,10 @@ fn committed_offsets_survive_a_restart_and_group_errors_are_kafkas() {
     wait_until(
         || fetch_offset(&mut Connection::open(kafka), "g1", "tracked").0 == 7,
         "the committed offset is back after the restart",
+    );
+    assert_eq!(
+        fetch_offset(&mut Connection::open(kafka), "g3", "tracked").0,
+        -1,
+        "a deleted offset stays deleted"
     );
 }

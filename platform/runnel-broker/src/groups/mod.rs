@@ -32,6 +32,8 @@ use coordinator::{Reply, Ticket};
 
 /// How often the coordinator's clock advances (rebalance deadlines, session expiry).
 const TICK: Duration = Duration::from_millis(50);
+/// How often committed offsets of empty groups are checked for expiry.
+const EXPIRY_CHECK: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GroupServiceError {
@@ -100,6 +102,7 @@ impl GroupService {
         broker: Arc<Broker>,
         settings: GroupSettings,
         partitions: u32,
+        offsets_retention: Duration,
         stop: CancellationToken,
     ) -> Arc<GroupService> {
         let service = Arc::new(GroupService {
@@ -116,7 +119,12 @@ impl GroupService {
         });
         let clock = service.clone();
         tokio::spawn(async move {
+            let mut next_expiry = Instant::now() + EXPIRY_CHECK;
             loop {
+                if clock.is_loaded() && Instant::now() >= next_expiry {
+                    clock.expire_offsets(offsets_retention).await;
+                    next_expiry = Instant::now() + EXPIRY_CHECK;
+                }
                 if !clock.is_loaded() {
                     match clock.load().await {
                         Ok(()) => {}
@@ -375,6 +383,85 @@ impl GroupService {
         Ok(self.lock().coordinator.list())
     }
 
+    /// Deletes the committed offsets of some partitions of a group that has no members
+    /// (Kafka's OffsetDelete; a group with members is still using them).
+    pub async fn delete_offsets(
+        &self,
+        group: &str,
+        partitions: &[(String, i32)],
+    ) -> Result<(), GroupServiceError> {
+        let partition = self.check_local(group)?;
+        {
+            let inner = self.lock();
+            let described = inner.coordinator.describe(group);
+            if described.as_ref().is_some_and(|g| !g.members.is_empty()) {
+                return Err(GroupError::NonEmptyGroup.into());
+            }
+            if described.is_none() && !inner.offsets.contains_key(group) {
+                return Err(GroupError::GroupIdNotFound.into());
+            }
+        }
+        self.write_tombstones(group, partition, partitions).await?;
+        let mut inner = self.lock();
+        if let Some(offsets) = inner.offsets.get_mut(group) {
+            for key in partitions {
+                offsets.remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_tombstones(
+        &self,
+        group: &str,
+        partition: i32,
+        keys: &[(String, i32)],
+    ) -> Result<(), GroupServiceError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let batch = offsets::tombstone_batch(group, keys)
+            .map_err(|e| BrokerError::Log(runnel_log::LogError::InvalidBatch(e)))?;
+        let log = self.broker.leader_log(OFFSETS_TOPIC, partition)?;
+        log.append_durable(batch).await.map_err(BrokerError::from)?;
+        Ok(())
+    }
+
+    /// Deletes the offsets of groups without members whose newest commit is older than
+    /// `retention` (Kafka's `offsets.retention.minutes`), and forgets those groups.
+    pub async fn expire_offsets(&self, retention: Duration) {
+        let cutoff = runnel_log::now_ms() - retention.as_millis() as i64;
+        let expired: Vec<(String, Vec<(String, i32)>)> = {
+            let inner = self.lock();
+            inner
+                .offsets
+                .iter()
+                .filter(|(group, offsets)| {
+                    inner
+                        .coordinator
+                        .describe(group)
+                        .is_none_or(|g| g.members.is_empty())
+                        && offsets.values().all(|c| c.commit_ms < cutoff)
+                })
+                .map(|(group, offsets)| (group.clone(), offsets.keys().cloned().collect()))
+                .collect()
+        };
+        for (group, keys) in expired {
+            let Ok(partition) = self.check_local(&group) else {
+                continue;
+            };
+            match self.write_tombstones(&group, partition, &keys).await {
+                Ok(()) => {
+                    let mut inner = self.lock();
+                    inner.offsets.remove(&group);
+                    let _ = inner.coordinator.delete(&group);
+                    tracing::info!(%group, partitions = keys.len(), "expired the committed offsets of an empty group");
+                }
+                Err(error) => tracing::warn!(%group, %error, "expiring committed offsets"),
+            }
+        }
+    }
+
     /// Deletes an empty group and its committed offsets (tombstones in the offsets topic).
     pub async fn delete(&self, group: &str) -> Result<(), GroupServiceError> {
         let partition = self.check_local(group)?;
@@ -393,12 +480,7 @@ impl GroupService {
                 .map(|o| o.keys().cloned().collect())
                 .unwrap_or_default()
         };
-        if !keys.is_empty() {
-            let batch = offsets::tombstone_batch(group, &keys)
-                .map_err(|e| BrokerError::Log(runnel_log::LogError::InvalidBatch(e)))?;
-            let log = self.broker.leader_log(OFFSETS_TOPIC, partition)?;
-            log.append_durable(batch).await.map_err(BrokerError::from)?;
-        }
+        self.write_tombstones(group, partition, &keys).await?;
         self.lock().offsets.remove(group);
         Ok(())
     }

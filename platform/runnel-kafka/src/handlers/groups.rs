@@ -20,8 +20,8 @@ use kafka_protocol::messages::{
     DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
     HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
     LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
-    SyncGroupResponse, TopicName,
+    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use runnel_broker::groups::{CommittedOffset, GroupService, GroupServiceError, Join};
 
@@ -508,4 +508,57 @@ pub async fn delete_groups(
         );
     }
     DeleteGroupsResponse::default().with_results(results)
+}
+
+/// OffsetDelete: only for a group without members (Kafka also allows it for topics the
+/// members do not subscribe to; here every partition of a live group is refused).
+pub async fn offset_delete(
+    groups: &GroupService,
+    request: OffsetDeleteRequest,
+) -> OffsetDeleteResponse {
+    use kafka_protocol::messages::offset_delete_response::{
+        OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+    };
+    let partitions: Vec<(String, i32)> = request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| (t.name.0.to_string(), p.partition_index))
+        })
+        .collect();
+    let (top, each) = match groups
+        .delete_offsets(&group_name(&request.group_id), &partitions)
+        .await
+    {
+        Ok(()) => (errors::NONE, errors::NONE),
+        Err(GroupServiceError::Group(runnel_broker::groups::GroupError::NonEmptyGroup)) => {
+            (errors::NONE, errors::GROUP_SUBSCRIBED_TO_TOPIC)
+        }
+        Err(error) => (error_code(&error), errors::NONE),
+    };
+    OffsetDeleteResponse::default()
+        .with_error_code(top)
+        .with_topics(
+            request
+                .topics
+                .into_iter()
+                .map(|topic| {
+                    OffsetDeleteResponseTopic::default()
+                        .with_name(topic.name)
+                        .with_partitions(
+                            topic
+                                .partitions
+                                .iter()
+                                .map(|p| {
+                                    OffsetDeleteResponsePartition::default()
+                                        .with_partition_index(p.partition_index)
+                                        .with_error_code(each)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        )
 }

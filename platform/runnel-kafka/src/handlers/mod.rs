@@ -148,6 +148,9 @@ pub async fn handle(backends: &Arc<Backends>, request: Request) -> Reply {
         RequestKind::DeleteGroups(body) => later(async move {
             ResponseKind::DeleteGroups(groups::delete_groups(&group_service, body).await)
         }),
+        RequestKind::OffsetDelete(body) => later(async move {
+            ResponseKind::OffsetDelete(groups::offset_delete(&group_service, body).await)
+        }),
         // decode_request only decodes served keys, all of which are listed above.
         other => {
             tracing::warn!(request = ?std::mem::discriminant(&other), "request without a handler");
