@@ -45,6 +45,8 @@ pub const NON_EMPTY_GROUP: i16 = 68;
 pub const GROUP_ID_NOT_FOUND: i16 = 69;
 pub const MEMBER_ID_REQUIRED: i16 = 79;
 pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
+pub const FENCED_INSTANCE_ID: i16 = 82;
+pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
 
 /// A Kafka error code with the message that explains it (sent where the response has a
 /// message field).
@@ -140,6 +142,7 @@ pub fn group_code(error: &GroupServiceError) -> i16 {
             GroupError::GroupIdNotFound => GROUP_ID_NOT_FOUND,
             GroupError::NonEmptyGroup => NON_EMPTY_GROUP,
             GroupError::InvalidGroupId => INVALID_GROUP_ID,
+            GroupError::FencedInstanceId => FENCED_INSTANCE_ID,
         },
         GroupServiceError::NotCoordinator => NOT_COORDINATOR,
         GroupServiceError::Loading => COORDINATOR_LOAD_IN_PROGRESS,

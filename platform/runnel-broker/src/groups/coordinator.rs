@@ -48,6 +48,9 @@ pub enum GroupError {
     NonEmptyGroup,
     #[error("invalid group id")]
     InvalidGroupId,
+    /// Another member now holds this static member's `group.instance.id`.
+    #[error("the group instance id is in use by a newer member")]
+    FencedInstanceId,
 }
 
 /// Group-wide limits (Kafka's `group.*` broker settings).
@@ -191,11 +194,14 @@ struct Group {
     deadline: Millis,
     /// The first rebalance of an empty group waits its whole delay for more members.
     initial_delay: bool,
+    /// When the group last became empty (or was first seen), for offset expiry.
+    empty_since: Millis,
 }
 
 impl Group {
-    fn new() -> Group {
+    fn new(now: Millis) -> Group {
         Group {
+            empty_since: now,
             state: GroupState::Empty,
             generation: 0,
             protocol_type: String::new(),
@@ -313,7 +319,7 @@ impl Coordinator {
                 let group = self
                     .groups
                     .entry(join.group.clone())
-                    .or_insert_with(Group::new);
+                    .or_insert_with(|| Group::new(now));
                 group
                     .pending
                     .insert(member_id.clone(), now + join.session_timeout);
@@ -326,17 +332,24 @@ impl Coordinator {
         let group = self
             .groups
             .entry(join.group.clone())
-            .or_insert_with(Group::new);
+            .or_insert_with(|| Group::new(now));
         let known = group.members.contains_key(&member_id);
         let pending = group.pending.remove(&member_id).is_some();
         if !known && !pending && !join.member_id.is_empty() {
-            // A static member's old id may be replaced below; any other id is unknown.
-            if join.instance_id.is_none() {
-                return vec![Reply::Join(
-                    ticket,
-                    failed_join(GroupError::UnknownMemberId, &join.member_id),
-                )];
-            }
+            // A static member whose instance id another member now holds was replaced by
+            // a newer process: fenced (clients treat it as fatal). Any other id is unknown.
+            let replaced = join.instance_id.as_ref().is_some_and(|instance| {
+                group
+                    .members
+                    .values()
+                    .any(|m| m.instance_id.as_ref() == Some(instance))
+            });
+            let error = if replaced {
+                GroupError::FencedInstanceId
+            } else {
+                GroupError::UnknownMemberId
+            };
+            return vec![Reply::Join(ticket, failed_join(error, &join.member_id))];
         }
         if !group.members.is_empty()
             && (group.protocol_type != join.protocol_type
@@ -481,6 +494,7 @@ impl Coordinator {
         group.generation += 1;
         if group.members.is_empty() {
             group.state = GroupState::Empty;
+            group.empty_since = now;
             group.leader = None;
             group.protocol_name.clear();
             return;
@@ -497,6 +511,7 @@ impl Coordinator {
                 }
             }
             group.state = GroupState::Empty;
+            group.empty_since = now;
             return;
         };
         group.protocol_name = protocol.clone();
@@ -611,33 +626,45 @@ impl Coordinator {
                 )]
             }
             GroupState::CompletingRebalance => {
-                member.awaiting_sync = Some(ticket);
+                if let Some(earlier) = member.awaiting_sync.replace(ticket) {
+                    // The same member synced twice: the earlier request is superseded.
+                    let superseded =
+                        Reply::Sync(earlier, failed_sync(GroupError::RebalanceInProgress));
+                    if !is_leader {
+                        return vec![superseded];
+                    }
+                    let mut replies = vec![superseded];
+                    replies.extend(Self::distribute(group, assignments));
+                    return replies;
+                }
                 if !is_leader {
                     return Vec::new();
                 }
-                let mut given: HashMap<String, Bytes> = assignments.into_iter().collect();
-                group.state = GroupState::Stable;
-                let mut replies = Vec::new();
-                for member in group.members.values_mut() {
-                    member.assignment = Bytes::new();
-                }
-                for (id, member) in group.members.iter_mut() {
-                    member.assignment = given.remove(id).unwrap_or_default();
-                    if let Some(waiting) = member.awaiting_sync.take() {
-                        replies.push(Reply::Sync(
-                            waiting,
-                            SyncOutcome {
-                                error: None,
-                                protocol_type: group.protocol_type.clone(),
-                                protocol_name: group.protocol_name.clone(),
-                                assignment: member.assignment.clone(),
-                            },
-                        ));
-                    }
-                }
-                replies
+                Self::distribute(group, assignments)
             }
         }
+    }
+
+    /// The leader's assignment: every member gets its part and waiting syncs are answered.
+    fn distribute(group: &mut Group, assignments: Vec<(String, Bytes)>) -> Vec<Reply> {
+        let mut given: HashMap<String, Bytes> = assignments.into_iter().collect();
+        group.state = GroupState::Stable;
+        let mut replies = Vec::new();
+        for (id, member) in group.members.iter_mut() {
+            member.assignment = given.remove(id).unwrap_or_default();
+            if let Some(waiting) = member.awaiting_sync.take() {
+                replies.push(Reply::Sync(
+                    waiting,
+                    SyncOutcome {
+                        error: None,
+                        protocol_type: group.protocol_type.clone(),
+                        protocol_name: group.protocol_name.clone(),
+                        assignment: member.assignment.clone(),
+                    },
+                ));
+            }
+        }
+        replies
     }
 
     pub fn heartbeat(
@@ -714,6 +741,7 @@ impl Coordinator {
         };
         if group.members.is_empty() && group.state != GroupState::PreparingRebalance {
             group.state = GroupState::Empty;
+            group.empty_since = now;
             group.generation += 1;
             group.leader = None;
             group.protocol_name.clear();
@@ -733,16 +761,20 @@ impl Coordinator {
                 continue;
             };
             group.pending.retain(|_, expires| *expires > now);
+            // A member waiting for its join or sync answer is alive; any other silent one
+            // is gone, also during a rebalance (a crashed member must not hold it up until
+            // the rebalance timeout).
             let expired: Vec<String> = group
                 .members
                 .iter()
                 .filter(|(_, m)| {
-                    m.awaiting_join.is_none() && m.last_heartbeat + m.session_timeout <= now
+                    m.awaiting_join.is_none()
+                        && m.awaiting_sync.is_none()
+                        && m.last_heartbeat + m.session_timeout <= now
                 })
                 .map(|(id, _)| id.clone())
                 .collect();
-            // During a rebalance, members that have not rejoined are handled by the deadline.
-            if group.state != GroupState::PreparingRebalance && !expired.is_empty() {
+            if !expired.is_empty() {
                 for id in &expired {
                     if let Some(member) = group.members.remove(id) {
                         answer_fenced(&mut replies, id, member);
@@ -771,7 +803,7 @@ impl Coordinator {
         let group = self
             .groups
             .entry(name.to_string())
-            .or_insert_with(Group::new);
+            .or_insert_with(|| Group::new(now));
         if generation < 0 && member_id.is_empty() {
             return if group.members.is_empty() {
                 Ok(())
@@ -840,11 +872,21 @@ impl Coordinator {
         }
     }
 
+    /// How long a group has had no members; `None` while it has members (an unknown
+    /// group has had none for ever).
+    pub fn empty_for(&self, name: &str, now: Millis) -> Option<Millis> {
+        match self.groups.get(name) {
+            None => Some(Millis::MAX),
+            Some(group) if group.members.is_empty() => Some(now.saturating_sub(group.empty_since)),
+            Some(_) => None,
+        }
+    }
+
     /// Makes a group known (as Empty) when only its committed offsets were loaded.
-    pub fn ensure(&mut self, name: &str) {
+    pub fn ensure(&mut self, name: &str, now: Millis) {
         self.groups
             .entry(name.to_string())
-            .or_insert_with(Group::new);
+            .or_insert_with(|| Group::new(now));
     }
 }
 
@@ -1047,5 +1089,63 @@ mod tests {
             Some(GroupError::InconsistentGroupProtocol)
         );
         assert_eq!(c.heartbeat("g", &a, 1, 500), Ok(()));
+    }
+
+    #[test]
+    fn a_crashed_member_does_not_hold_a_rebalance_until_its_timeout() {
+        let mut c = Coordinator::new(settings());
+        let (a, b, _) = two_member_group(&mut c);
+        // A new member arrives; a rejoins, b has crashed and says nothing.
+        let mut newcomer = join("");
+        newcomer.require_known_member_id = false;
+        assert!(c.join(40, newcomer, 500).is_empty());
+        assert!(c.join(41, join(&a), 510).is_empty());
+        // b's session (1 s) ends long before the rebalance timeout (5 s).
+        let replies = c.tick(1_200);
+        let outcome = joined(&replies, 41);
+        assert_eq!(outcome.members.len(), 2, "a and the newcomer, without b");
+        assert!(outcome.members.iter().all(|m| m.member_id != b));
+    }
+
+    #[test]
+    fn a_replaced_static_member_is_fenced() {
+        let mut c = Coordinator::new(settings());
+        let mut first = join("");
+        first.instance_id = Some("pod-1".to_string());
+        assert!(c.join(50, first.clone(), 0).is_empty());
+        let old = joined(&c.tick(100), 50);
+        assert_eq!(old.error, None);
+        // A second process with the same instance id takes its place...
+        let newer = joined(&c.join(51, first.clone(), 200), 51);
+        assert_eq!(newer.error, None);
+        assert_ne!(newer.member_id, old.member_id);
+        // ...and the first, rejoining with its old id, is fenced.
+        let mut stale = first;
+        stale.member_id = old.member_id;
+        assert_eq!(
+            joined(&c.join(52, stale, 300), 52).error,
+            Some(GroupError::FencedInstanceId)
+        );
+    }
+
+    #[test]
+    fn a_repeated_sync_answers_the_earlier_one() {
+        let mut c = Coordinator::new(settings());
+        let first = joined(&c.join(60, join(""), 0), 60);
+        let second = joined(&c.join(61, join(""), 0), 61);
+        assert!(c.join(62, join(&first.member_id), 0).is_empty());
+        assert!(c.join(63, join(&second.member_id), 0).is_empty());
+        let replies = c.tick(100);
+        let follower = joined(&replies, 63);
+        assert!(follower.members.is_empty(), "the first joiner leads");
+        assert!(
+            c.sync(64, "g", &follower.member_id, 1, vec![], 110)
+                .is_empty()
+        );
+        let replies = c.sync(65, "g", &follower.member_id, 1, vec![], 120);
+        assert_eq!(
+            synced(&replies, 64).error,
+            Some(GroupError::RebalanceInProgress)
+        );
     }
 }

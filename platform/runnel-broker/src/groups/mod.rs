@@ -32,6 +32,9 @@ use coordinator::{Reply, Ticket};
 
 /// How often the coordinator's clock advances (rebalance deadlines, session expiry).
 const TICK: Duration = Duration::from_millis(50);
+/// A committed offset's (topic, partition) with its commit time.
+type StampedKey = ((String, i32), i64);
+
 /// How often committed offsets of empty groups are checked for expiry.
 const EXPIRY_CHECK: Duration = Duration::from_secs(60);
 
@@ -201,9 +204,10 @@ impl GroupService {
                 offset = offsets::apply_batches(&read.records, offset, &mut loaded);
             }
         }
+        let now = self.now();
         let mut inner = self.lock();
         for group in loaded.keys() {
-            inner.coordinator.ensure(group);
+            inner.coordinator.ensure(group, now);
         }
         let count: usize = loaded.values().map(BTreeMap::len).sum();
         inner.offsets = loaded;
@@ -364,7 +368,7 @@ impl GroupService {
             .into_iter()
             .filter_map(|(group, topic, partition, offset)| {
                 let log = self.broker.leader_log(&topic, partition).ok()?;
-                let lag = (log.high_watermark() as i64 - offset).max(0);
+                let lag = (log.high_watermark() as i64).saturating_sub(offset).max(0);
                 Some((group, topic, partition, lag))
             })
             .collect()
@@ -431,7 +435,12 @@ impl GroupService {
     /// `retention` (Kafka's `offsets.retention.minutes`), and forgets those groups.
     pub async fn expire_offsets(&self, retention: Duration) {
         let cutoff = runnel_log::now_ms() - retention.as_millis() as i64;
-        let expired: Vec<(String, Vec<(String, i32)>)> = {
+        let now = self.now();
+        let retention_ms = retention.as_millis() as u64;
+        // Expired: empty for the whole retention (counted from when it became empty, or
+        // from this node's start for groups known only by their offsets) and no commit
+        // within it either.
+        let expired: Vec<(String, Vec<StampedKey>)> = {
             let inner = self.lock();
             inner
                 .offsets
@@ -439,22 +448,40 @@ impl GroupService {
                 .filter(|(group, offsets)| {
                     inner
                         .coordinator
-                        .describe(group)
-                        .is_none_or(|g| g.members.is_empty())
+                        .empty_for(group, now)
+                        .is_some_and(|empty| empty >= retention_ms)
                         && offsets.values().all(|c| c.commit_ms < cutoff)
                 })
-                .map(|(group, offsets)| (group.clone(), offsets.keys().cloned().collect()))
+                .map(|(group, offsets)| {
+                    let keys = offsets
+                        .iter()
+                        .map(|(key, c)| (key.clone(), c.commit_ms))
+                        .collect();
+                    (group.clone(), keys)
+                })
                 .collect()
         };
-        for (group, keys) in expired {
+        for (group, stamped) in expired {
             let Ok(partition) = self.check_local(&group) else {
                 continue;
             };
+            let keys: Vec<(String, i32)> = stamped.iter().map(|(key, _)| key.clone()).collect();
             match self.write_tombstones(&group, partition, &keys).await {
                 Ok(()) => {
                     let mut inner = self.lock();
-                    inner.offsets.remove(&group);
-                    let _ = inner.coordinator.delete(&group);
+                    // A commit that arrived meanwhile stays (its record follows the
+                    // tombstone in the log too).
+                    if let Some(offsets) = inner.offsets.get_mut(&group) {
+                        for (key, commit_ms) in &stamped {
+                            if offsets.get(key).is_some_and(|c| c.commit_ms == *commit_ms) {
+                                offsets.remove(key);
+                            }
+                        }
+                        if offsets.is_empty() {
+                            inner.offsets.remove(&group);
+                            let _ = inner.coordinator.delete(&group);
+                        }
+                    }
                     tracing::info!(%group, partitions = keys.len(), "expired the committed offsets of an empty group");
                 }
                 Err(error) => tracing::warn!(%group, %error, "expiring committed offsets"),

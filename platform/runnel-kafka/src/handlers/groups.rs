@@ -28,6 +28,9 @@ use runnel_broker::groups::{CommittedOffset, GroupService, GroupServiceError, Jo
 use super::{host_and_port, text};
 use crate::errors;
 
+/// Kafka's `offset.metadata.max.bytes` default: longer commit metadata is refused.
+const MAX_METADATA_BYTES: usize = 4096;
+
 fn error_code(error: &GroupServiceError) -> i16 {
     errors::group_code(error)
 }
@@ -244,26 +247,36 @@ pub async fn offset_commit(
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
     let now = runnel_log::now_ms();
+    let too_large =
+        |p: &kafka_protocol::messages::offset_commit_request::OffsetCommitRequestPartition| {
+            p.committed_metadata
+                .as_ref()
+                .is_some_and(|m| m.len() > MAX_METADATA_BYTES)
+        };
     let commits: Vec<(String, i32, CommittedOffset)> = request
         .topics
         .iter()
         .flat_map(|topic| {
-            topic.partitions.iter().map(move |p| {
-                (
-                    topic.name.0.to_string(),
-                    p.partition_index,
-                    CommittedOffset {
-                        offset: p.committed_offset,
-                        leader_epoch: p.committed_leader_epoch,
-                        metadata: p
-                            .committed_metadata
-                            .as_ref()
-                            .map(|m| m.to_string())
-                            .unwrap_or_default(),
-                        commit_ms: now,
-                    },
-                )
-            })
+            topic
+                .partitions
+                .iter()
+                .filter(|p| !too_large(p))
+                .map(move |p| {
+                    (
+                        topic.name.0.to_string(),
+                        p.partition_index,
+                        CommittedOffset {
+                            offset: p.committed_offset,
+                            leader_epoch: p.committed_leader_epoch,
+                            metadata: p
+                                .committed_metadata
+                                .as_ref()
+                                .map(|m| m.to_string())
+                                .unwrap_or_default(),
+                            commit_ms: now,
+                        },
+                    )
+                })
         })
         .collect();
     let code = match groups
@@ -292,7 +305,11 @@ pub async fn offset_commit(
                             .map(|p| {
                                 OffsetCommitResponsePartition::default()
                                     .with_partition_index(p.partition_index)
-                                    .with_error_code(code)
+                                    .with_error_code(if too_large(p) {
+                                        errors::OFFSET_METADATA_TOO_LARGE
+                                    } else {
+                                        code
+                                    })
                             })
                             .collect(),
                     )

@@ -130,9 +130,11 @@ pub async fn handle(backends: &Arc<Backends>, request: Request) -> Reply {
             body,
             version,
         ))),
-        RequestKind::OffsetCommit(body) => later(async move {
-            ResponseKind::OffsetCommit(groups::offset_commit(&group_service, body).await)
-        }),
+        // Committed in the first step, so a connection's pipelined commits are stored in
+        // the order they were sent (a later one never overwritten by an earlier one).
+        RequestKind::OffsetCommit(body) => ready(ResponseKind::OffsetCommit(
+            groups::offset_commit(&group_service, body).await,
+        )),
         RequestKind::OffsetFetch(body) => ready(ResponseKind::OffsetFetch(groups::offset_fetch(
             &group_service,
             body,
