@@ -780,3 +780,84 @@ fn committed_offsets_survive_a_restart_and_group_errors_are_kafkas() {
         "a deleted offset stays deleted"
     );
 }
+
+#[test]
+fn a_stable_group_survives_a_restart_without_a_rebalance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, kafka) = start(dir.path());
+    let group = || GroupId(StrBytes::from_static_str("steady"));
+    let join = |conn: &mut Connection, member: &str| {
+        conn.call(
+            JoinGroupRequest::default()
+                .with_group_id(group())
+                .with_session_timeout_ms(30_000)
+                .with_rebalance_timeout_ms(30_000)
+                .with_member_id(StrBytes::from_string(member.to_string()))
+                .with_protocol_type(StrBytes::from_static_str("consumer"))
+                .with_protocols(vec![
+                    join_group_request::JoinGroupRequestProtocol::default()
+                        .with_name(StrBytes::from_static_str("range"))
+                        .with_metadata(Bytes::from_static(b"subscription")),
+                ]),
+            7,
+        )
+    };
+    let mut conn = Connection::open(kafka);
+    // The coordinator loads in the background; MEMBER_ID_REQUIRED once it is ready.
+    let mut first = join(&mut conn, "");
+    while first.error_code != 79 {
+        std::thread::sleep(Duration::from_millis(50));
+        first = join(&mut conn, "");
+    }
+    let joined = join(&mut conn, &first.member_id.to_string());
+    assert_eq!((joined.error_code, joined.generation_id), (0, 1));
+    let member = joined.member_id.to_string();
+    let synced = conn.call(
+        SyncGroupRequest::default()
+            .with_group_id(group())
+            .with_generation_id(1)
+            .with_member_id(StrBytes::from_string(member.clone()))
+            .with_assignments(vec![
+                sync_group_request::SyncGroupRequestAssignment::default()
+                    .with_member_id(StrBytes::from_string(member.clone()))
+                    .with_assignment(Bytes::from_static(b"all of it")),
+            ]),
+        5,
+    );
+    assert_eq!(synced.error_code, 0);
+    assert_eq!(&synced.assignment[..], b"all of it");
+
+    drop(conn);
+    let mut node = node;
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_for_exit().success());
+    let (_node, kafka) = start(dir.path());
+    let heartbeat = |conn: &mut Connection| {
+        conn.call(
+            HeartbeatRequest::default()
+                .with_group_id(group())
+                .with_member_id(StrBytes::from_string(member.clone()))
+                .with_generation_id(1),
+            4,
+        )
+        .error_code
+    };
+    let mut conn = Connection::open(kafka);
+    let mut code = heartbeat(&mut conn);
+    while code == 14 {
+        // COORDINATOR_LOAD_IN_PROGRESS
+        std::thread::sleep(Duration::from_millis(50));
+        code = heartbeat(&mut conn);
+    }
+    assert_eq!(
+        code, 0,
+        "the member and its generation are known after the restart"
+    );
+    let described = conn.call(
+        DescribeGroupsRequest::default().with_groups(vec![group()]),
+        5,
+    );
+    let described = &described.groups[0];
+    assert_eq!(described.group_state.as_str(), "Stable");
+    assert_eq!(&described.members[0].member_assignment[..], b"all of it");
+}

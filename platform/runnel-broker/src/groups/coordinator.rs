@@ -166,6 +166,30 @@ pub struct GroupDescription {
     pub members: Vec<MemberDescription>,
 }
 
+/// A stable group as it is stored in `__consumer_offsets`, so that after a restart its
+/// members carry on (heartbeating with their ids and generation) without a rebalance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredGroup {
+    pub protocol_type: String,
+    pub generation: i32,
+    pub protocol_name: String,
+    pub leader: String,
+    pub members: Vec<StoredMember>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMember {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout: Millis,
+    pub rebalance_timeout: Millis,
+    /// The member's metadata for the group's protocol.
+    pub subscription: Bytes,
+    pub assignment: Bytes,
+}
+
 #[derive(Debug)]
 struct Member {
     instance_id: Option<String>,
@@ -850,6 +874,14 @@ impl Coordinator {
         })
     }
 
+    /// The state of every group, to see which ones a step changed.
+    pub fn states(&self) -> HashMap<String, GroupState> {
+        self.groups
+            .iter()
+            .map(|(name, g)| (name.clone(), g.state))
+            .collect()
+    }
+
     /// Every group known: (name, state, protocol type).
     pub fn list(&self) -> Vec<(String, GroupState, String)> {
         let mut groups: Vec<_> = self
@@ -880,6 +912,70 @@ impl Coordinator {
             Some(group) if group.members.is_empty() => Some(now.saturating_sub(group.empty_since)),
             Some(_) => None,
         }
+    }
+
+    /// The group as stored, if it is Stable or Empty (the states worth restoring).
+    pub fn stored(&self, name: &str) -> Option<StoredGroup> {
+        let group = self.groups.get(name)?;
+        if !matches!(group.state, GroupState::Stable | GroupState::Empty) {
+            return None;
+        }
+        Some(StoredGroup {
+            protocol_type: group.protocol_type.clone(),
+            generation: group.generation,
+            protocol_name: group.protocol_name.clone(),
+            leader: group.leader.clone().unwrap_or_default(),
+            members: group
+                .members
+                .iter()
+                .map(|(id, m)| StoredMember {
+                    member_id: id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    session_timeout: m.session_timeout,
+                    rebalance_timeout: m.rebalance_timeout,
+                    subscription: m
+                        .protocols
+                        .iter()
+                        .find(|(n, _)| *n == group.protocol_name)
+                        .map(|(_, metadata)| metadata.clone())
+                        .unwrap_or_default(),
+                    assignment: m.assignment.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Restores a stored group after a restart: Stable with its members, whose sessions
+    /// start now (a member that does not come back expires as usual).
+    pub fn restore(&mut self, name: &str, stored: StoredGroup, now: Millis) {
+        let mut group = Group::new(now);
+        group.generation = stored.generation;
+        group.protocol_type = stored.protocol_type;
+        group.protocol_name = stored.protocol_name.clone();
+        if !stored.members.is_empty() {
+            group.state = GroupState::Stable;
+            group.leader = Some(stored.leader);
+        }
+        for member in stored.members {
+            group.members.insert(
+                member.member_id,
+                Member {
+                    instance_id: member.instance_id,
+                    client_id: member.client_id,
+                    client_host: member.client_host,
+                    protocols: vec![(stored.protocol_name.clone(), member.subscription)],
+                    session_timeout: member.session_timeout,
+                    rebalance_timeout: member.rebalance_timeout,
+                    assignment: member.assignment,
+                    last_heartbeat: now,
+                    awaiting_join: None,
+                    awaiting_sync: None,
+                },
+            );
+        }
+        self.groups.insert(name.to_string(), group);
     }
 
     /// Makes a group known (as Empty) when only its committed offsets were loaded.

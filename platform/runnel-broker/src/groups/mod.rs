@@ -141,9 +141,16 @@ impl GroupService {
                     _ = stop.cancelled() => break,
                 }
                 let now = clock.now();
-                let mut inner = clock.lock();
-                let replies = inner.coordinator.tick(now);
-                inner.deliver(replies);
+                let emptied = {
+                    let mut inner = clock.lock();
+                    let before = inner.coordinator.states();
+                    let replies = inner.coordinator.tick(now);
+                    inner.deliver(replies);
+                    emptied_groups(&before, &inner.coordinator)
+                };
+                for (group, stored) in emptied {
+                    clock.store_group(&group, &stored).await;
+                }
             }
         });
         service
@@ -190,6 +197,7 @@ impl GroupService {
             return Err(GroupServiceError::Loading);
         };
         let mut loaded: HashMap<String, BTreeMap<(String, i32), CommittedOffset>> = HashMap::new();
+        let mut stored_groups = HashMap::new();
         for (index, partition) in topic.partitions.iter().enumerate() {
             if partition.leader != Some(self.broker.node_id()) {
                 continue;
@@ -201,13 +209,19 @@ impl GroupService {
                 if read.records.is_empty() {
                     break;
                 }
-                offset = offsets::apply_batches(&read.records, offset, &mut loaded);
+                offset =
+                    offsets::apply_batches(&read.records, offset, &mut loaded, &mut stored_groups);
             }
         }
         let now = self.now();
         let mut inner = self.lock();
         for group in loaded.keys() {
             inner.coordinator.ensure(group, now);
+        }
+        for (group, stored) in stored_groups {
+            if let Some(stored) = stored {
+                inner.coordinator.restore(&group, stored, now);
+            }
         }
         let count: usize = loaded.values().map(BTreeMap::len).sum();
         inner.offsets = loaded;
@@ -270,17 +284,41 @@ impl GroupService {
     ) -> Result<SyncOutcome, GroupServiceError> {
         self.check_local(group)?;
         let (sender, receiver) = oneshot::channel();
-        {
+        let stabilized = {
             let now = self.now();
             let mut inner = self.lock();
+            let before = inner.coordinator.describe(group).map(|g| g.state);
             let ticket = inner.ticket(Waiter::Sync(sender));
             let replies =
                 inner
                     .coordinator
                     .sync(ticket, group, member_id, generation, assignments, now);
             inner.deliver(replies);
+            // This sync completed the rebalance: the group as it now stands is stored.
+            if before != Some(GroupState::Stable) {
+                inner.coordinator.stored(group)
+            } else {
+                None
+            }
+        };
+        if let Some(stored) = stabilized {
+            self.store_group(group, &stored).await;
         }
         receiver.await.map_err(|_| GroupServiceError::Loading)
+    }
+
+    /// Records a group's state (or, with `None`, its deletion) in the offsets topic.
+    async fn write_group(
+        &self,
+        group: &str,
+        partition: i32,
+        stored: Option<&coordinator::StoredGroup>,
+    ) -> Result<(), GroupServiceError> {
+        let batch = offsets::group_batch(group, stored)
+            .map_err(|e| BrokerError::Log(runnel_log::LogError::InvalidBatch(e)))?;
+        let log = self.broker.leader_log(OFFSETS_TOPIC, partition)?;
+        log.append_durable(batch).await.map_err(BrokerError::from)?;
+        Ok(())
     }
 
     pub fn heartbeat(
@@ -297,17 +335,35 @@ impl GroupService {
             .heartbeat(group, member_id, generation, now)?)
     }
 
-    pub fn leave(
+    pub async fn leave(
         &self,
         group: &str,
         members: &[(String, Option<String>)],
     ) -> Result<Vec<Result<(), GroupError>>, GroupServiceError> {
         self.check_local(group)?;
         let now = self.now();
-        let mut inner = self.lock();
-        let (outcomes, replies) = inner.coordinator.leave(group, members, now);
-        inner.deliver(replies);
+        let (outcomes, emptied) = {
+            let mut inner = self.lock();
+            let before = inner.coordinator.states();
+            let (outcomes, replies) = inner.coordinator.leave(group, members, now);
+            inner.deliver(replies);
+            (outcomes, emptied_groups(&before, &inner.coordinator))
+        };
+        for (name, stored) in emptied {
+            self.store_group(&name, &stored).await;
+        }
         Ok(outcomes)
+    }
+
+    /// Stores a group's state, logging (not failing) if the offsets topic refuses: a
+    /// group stored out of date only costs a rebalance after a restart.
+    async fn store_group(&self, group: &str, stored: &coordinator::StoredGroup) {
+        let Ok(partition) = self.check_local(group) else {
+            return;
+        };
+        if let Err(error) = self.write_group(group, partition, Some(stored)).await {
+            tracing::warn!(%group, %error, "storing the group's state");
+        }
     }
 
     /// Stores committed offsets durably in `__consumer_offsets`, then in memory.
@@ -508,7 +564,27 @@ impl GroupService {
                 .unwrap_or_default()
         };
         self.write_tombstones(group, partition, &keys).await?;
+        self.write_group(group, partition, None).await?;
         self.lock().offsets.remove(group);
         Ok(())
     }
+}
+
+/// The groups that a step of the coordinator left Empty (from another state), with the
+/// state to store for them.
+fn emptied_groups(
+    before: &HashMap<String, GroupState>,
+    coordinator: &Coordinator,
+) -> Vec<(String, coordinator::StoredGroup)> {
+    coordinator
+        .states()
+        .into_iter()
+        .filter(|(name, state)| {
+            *state == GroupState::Empty
+                && before
+                    .get(name)
+                    .is_some_and(|earlier| *earlier != GroupState::Empty)
+        })
+        .filter_map(|(name, _)| coordinator.stored(&name).map(|stored| (name, stored)))
+        .collect()
 }

@@ -12,10 +12,15 @@ use bytes::{Buf, BufMut, BytesMut};
 use runnel_log::batch::{BatchError, Records, batch_positions, records_section};
 use runnel_log::{BatchBuilder, NewRecord};
 
+use super::coordinator::{StoredGroup, StoredMember};
+
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
 const KEY_VERSION: i16 = 1;
 const VALUE_VERSION: i16 = 3;
+/// Group metadata records: key version 2, value version 3 (Kafka's).
+const GROUP_KEY_VERSION: i16 = 2;
+const GROUP_VALUE_VERSION: i16 = 3;
 /// Decompressed size bound when reading the offsets topic back.
 const MAX_BATCH: usize = 64 << 20;
 
@@ -64,6 +69,58 @@ fn value(committed: &CommittedOffset) -> Vec<u8> {
     out.to_vec()
 }
 
+fn put_nullable_string(out: &mut BytesMut, text: Option<&str>) {
+    match text {
+        Some(text) => put_string(out, text),
+        None => out.put_i16(-1),
+    }
+}
+
+fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
+    out.put_i32(bytes.len() as i32);
+    out.put_slice(bytes);
+}
+
+fn group_key(group: &str) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    out.put_i16(GROUP_KEY_VERSION);
+    put_string(&mut out, group);
+    out.to_vec()
+}
+
+fn group_value(stored: &StoredGroup, now: i64) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    out.put_i16(GROUP_VALUE_VERSION);
+    put_string(&mut out, &stored.protocol_type);
+    out.put_i32(stored.generation);
+    put_nullable_string(&mut out, Some(&stored.protocol_name));
+    put_nullable_string(&mut out, Some(&stored.leader));
+    out.put_i64(now);
+    out.put_i32(stored.members.len() as i32);
+    for member in &stored.members {
+        put_string(&mut out, &member.member_id);
+        put_nullable_string(&mut out, member.instance_id.as_deref());
+        put_string(&mut out, &member.client_id);
+        put_string(&mut out, &member.client_host);
+        out.put_i32(member.rebalance_timeout.min(i32::MAX as u64) as i32);
+        out.put_i32(member.session_timeout.min(i32::MAX as u64) as i32);
+        put_bytes(&mut out, &member.subscription);
+        put_bytes(&mut out, &member.assignment);
+    }
+    out.to_vec()
+}
+
+/// The batch that records a group's state (`None`: deletes it).
+pub fn group_batch(group: &str, stored: Option<&StoredGroup>) -> Result<BytesMut, BatchError> {
+    let now = runnel_log::now_ms();
+    BatchBuilder::default().build(&[NewRecord {
+        timestamp: now,
+        key: Some(group_key(group)),
+        value: stored.map(|s| group_value(s, now)),
+        headers: Vec::new(),
+    }])
+}
+
 /// The batch that records `commits` of `group`.
 pub fn commit_batch(
     group: &str,
@@ -110,6 +167,91 @@ fn get_string(buf: &mut &[u8]) -> Option<String> {
     Some(text)
 }
 
+fn get_nullable_string(buf: &mut &[u8]) -> Option<Option<String>> {
+    if buf.remaining() < 2 {
+        return None;
+    }
+    if i16::from_be_bytes([buf[0], buf[1]]) < 0 {
+        buf.advance(2);
+        return Some(None);
+    }
+    get_string(buf).map(Some)
+}
+
+fn get_bytes(buf: &mut &[u8]) -> Option<bytes::Bytes> {
+    if buf.remaining() < 4 {
+        return None;
+    }
+    let len = usize::try_from(buf.get_i32()).ok()?;
+    if buf.remaining() < len {
+        return None;
+    }
+    let bytes = bytes::Bytes::copy_from_slice(&buf[..len]);
+    buf.advance(len);
+    Some(bytes)
+}
+
+/// A group metadata key: its group name.
+fn parse_group_key(mut buf: &[u8]) -> Option<String> {
+    if buf.remaining() < 2 || buf.get_i16() != GROUP_KEY_VERSION {
+        return None;
+    }
+    get_string(&mut buf)
+}
+
+fn parse_group_value(mut buf: &[u8]) -> Option<StoredGroup> {
+    if buf.remaining() < 2 || buf.get_i16() != GROUP_VALUE_VERSION {
+        return None;
+    }
+    let protocol_type = get_string(&mut buf)?;
+    if buf.remaining() < 4 {
+        return None;
+    }
+    let generation = buf.get_i32();
+    let protocol_name = get_nullable_string(&mut buf)?.unwrap_or_default();
+    let leader = get_nullable_string(&mut buf)?.unwrap_or_default();
+    if buf.remaining() < 12 {
+        return None;
+    }
+    let _state_timestamp = buf.get_i64();
+    let count = usize::try_from(buf.get_i32()).ok()?;
+    // Every member takes far more than one byte: a count beyond the bytes left is damage.
+    if count > buf.remaining() {
+        return None;
+    }
+    let mut members = Vec::with_capacity(count);
+    for _ in 0..count {
+        let member_id = get_string(&mut buf)?;
+        let instance_id = get_nullable_string(&mut buf)?;
+        let client_id = get_string(&mut buf)?;
+        let client_host = get_string(&mut buf)?;
+        if buf.remaining() < 8 {
+            return None;
+        }
+        let rebalance_timeout = buf.get_i32().max(0) as u64;
+        let session_timeout = buf.get_i32().max(0) as u64;
+        let subscription = get_bytes(&mut buf)?;
+        let assignment = get_bytes(&mut buf)?;
+        members.push(StoredMember {
+            member_id,
+            instance_id,
+            client_id,
+            client_host,
+            session_timeout,
+            rebalance_timeout,
+            subscription,
+            assignment,
+        });
+    }
+    Some(StoredGroup {
+        protocol_type,
+        generation,
+        protocol_name,
+        leader,
+        members,
+    })
+}
+
 fn parse_key(mut buf: &[u8]) -> Option<(String, String, i32)> {
     if buf.remaining() < 2 {
         return None;
@@ -154,6 +296,7 @@ pub fn apply_batches(
     batches: &[u8],
     from: u64,
     offsets: &mut HashMap<String, BTreeMap<(String, i32), CommittedOffset>>,
+    groups: &mut HashMap<String, Option<StoredGroup>>,
 ) -> u64 {
     let mut next = from;
     for (position, header) in batch_positions(batches) {
@@ -170,6 +313,11 @@ pub fn apply_batches(
         for record in Records::new(&section, header.records_count).flatten() {
             let offset = header.base_offset + i64::from(record.offset_delta);
             if offset < from as i64 {
+                continue;
+            }
+            if let Some(group) = record.key.and_then(parse_group_key) {
+                // The newest record wins; a tombstone (or a value not understood) clears it.
+                groups.insert(group, record.value.and_then(parse_group_value));
                 continue;
             }
             let Some((group, topic, partition)) = record.key.and_then(parse_key) else {
@@ -232,12 +380,33 @@ mod tests {
         let mut tombstone = tombstone_batch("g", &[("t".to_string(), 1)]).unwrap();
         runnel_log::batch::stamp_offsets(&mut tombstone, 2, 0);
         log.extend_from_slice(&tombstone);
+        let stored = StoredGroup {
+            protocol_type: "consumer".to_string(),
+            generation: 4,
+            protocol_name: "range".to_string(),
+            leader: "m1".to_string(),
+            members: vec![StoredMember {
+                member_id: "m1".to_string(),
+                instance_id: None,
+                client_id: "c".to_string(),
+                client_host: "/127.0.0.1".to_string(),
+                session_timeout: 10_000,
+                rebalance_timeout: 30_000,
+                subscription: bytes::Bytes::from_static(b"sub"),
+                assignment: bytes::Bytes::from_static(b"p0"),
+            }],
+        };
+        let mut group = group_batch("g", Some(&stored)).unwrap();
+        runnel_log::batch::stamp_offsets(&mut group, 3, 0);
+        log.extend_from_slice(&group);
         let mut offsets = HashMap::new();
-        assert_eq!(apply_batches(&log, 0, &mut offsets), 3);
+        let mut groups = HashMap::new();
+        assert_eq!(apply_batches(&log, 0, &mut offsets, &mut groups), 4);
+        assert_eq!(groups["g"], Some(stored));
         let group = &offsets["g"];
         assert_eq!(group.len(), 1);
         assert_eq!(group[&("t".to_string(), 0)], committed);
         // Garbage is skipped, not a panic.
-        assert_eq!(apply_batches(&[1, 2, 3], 5, &mut offsets), 5);
+        assert_eq!(apply_batches(&[1, 2, 3], 5, &mut offsets, &mut groups), 5);
     }
 }

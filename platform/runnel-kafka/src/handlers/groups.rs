@@ -193,7 +193,7 @@ pub fn heartbeat(groups: &GroupService, request: HeartbeatRequest) -> HeartbeatR
     HeartbeatResponse::default().with_error_code(code)
 }
 
-pub fn leave_group(
+pub async fn leave_group(
     groups: &GroupService,
     request: LeaveGroupRequest,
     version: i16,
@@ -213,7 +213,7 @@ pub fn leave_group(
     } else {
         vec![(request.member_id.to_string(), None)]
     };
-    match groups.leave(&group_name(&request.group_id), &leaving) {
+    match groups.leave(&group_name(&request.group_id), &leaving).await {
         Ok(outcomes) => {
             if version < 3 {
                 let code = outcomes.first().map_or(errors::NONE, |o| match o {

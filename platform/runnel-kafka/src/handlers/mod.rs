@@ -125,11 +125,9 @@ pub async fn handle(backends: &Arc<Backends>, request: Request) -> Reply {
             &group_service,
             body,
         ))),
-        RequestKind::LeaveGroup(body) => ready(ResponseKind::LeaveGroup(groups::leave_group(
-            &group_service,
-            body,
-            version,
-        ))),
+        RequestKind::LeaveGroup(body) => later(async move {
+            ResponseKind::LeaveGroup(groups::leave_group(&group_service, body, version).await)
+        }),
         // Committed in the first step, so a connection's pipelined commits are stored in
         // the order they were sent (a later one never overwritten by an earlier one).
         RequestKind::OffsetCommit(body) => ready(ResponseKind::OffsetCommit(
