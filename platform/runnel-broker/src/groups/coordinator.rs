@@ -397,6 +397,42 @@ impl Coordinator {
                 .filter(|(id, m)| **id != member_id && m.instance_id.as_ref() == Some(instance))
                 .map(|(id, _)| id.clone())
                 .collect();
+            // A static follower that restarts into a stable group with the same
+            // subscription takes over its old member and assignment without a rebalance
+            // (KIP-345); the old process is fenced.
+            if let [old] = previous.as_slice()
+                && group.state == GroupState::Stable
+                && group.leader.as_ref() != Some(old)
+                && group
+                    .members
+                    .get(old)
+                    .is_some_and(|m| m.protocols == join.protocols)
+                && let Some(mut member) = group.members.remove(old)
+            {
+                if let Some(ticket) = member.awaiting_sync.take() {
+                    replies.push(Reply::Sync(
+                        ticket,
+                        failed_sync(GroupError::FencedInstanceId),
+                    ));
+                }
+                member.last_heartbeat = now;
+                member.session_timeout = join.session_timeout;
+                member.rebalance_timeout = join.rebalance_timeout;
+                group.members.insert(member_id.clone(), member);
+                replies.push(Reply::Join(
+                    ticket,
+                    JoinOutcome {
+                        error: None,
+                        generation: group.generation,
+                        protocol_type: group.protocol_type.clone(),
+                        protocol_name: group.protocol_name.clone(),
+                        leader: group.leader.clone().unwrap_or_default(),
+                        member_id,
+                        members: Vec::new(),
+                    },
+                ));
+                return replies;
+            }
             for old in previous {
                 if let Some(fenced) = group.members.remove(&old) {
                     answer_fenced(&mut replies, &old, fenced);
@@ -874,6 +910,27 @@ impl Coordinator {
         })
     }
 
+    /// A request naming a static member's instance id must come from the member that
+    /// holds it now: a replaced process is fenced.
+    pub fn check_instance(
+        &self,
+        name: &str,
+        member_id: &str,
+        instance: Option<&str>,
+    ) -> Result<(), GroupError> {
+        let (Some(instance), Some(group)) = (instance, self.groups.get(name)) else {
+            return Ok(());
+        };
+        let holder = group
+            .members
+            .iter()
+            .find(|(_, m)| m.instance_id.as_deref() == Some(instance));
+        match holder {
+            Some((id, _)) if id != member_id => Err(GroupError::FencedInstanceId),
+            _ => Ok(()),
+        }
+    }
+
     /// The state of every group, to see which ones a step changed.
     pub fn states(&self) -> HashMap<String, GroupState> {
         self.groups
@@ -1242,6 +1299,51 @@ mod tests {
         assert_eq!(
             synced(&replies, 64).error,
             Some(GroupError::RebalanceInProgress)
+        );
+    }
+
+    #[test]
+    fn a_static_follower_restarts_without_a_rebalance() {
+        let mut c = Coordinator::new(settings());
+        let static_join = |instance: &str| {
+            let mut j = join("");
+            j.instance_id = Some(instance.to_string());
+            j
+        };
+        assert!(c.join(70, static_join("leader"), 0).is_empty());
+        assert!(c.join(71, static_join("follower"), 10).is_empty());
+        let replies = c.tick(100);
+        let leader = joined(&replies, 70);
+        let follower = joined(&replies, 71);
+        c.sync(72, "g", &follower.member_id, 1, vec![], 110);
+        c.sync(
+            73,
+            "g",
+            &leader.member_id,
+            1,
+            vec![(follower.member_id.clone(), Bytes::from_static(b"p1"))],
+            120,
+        );
+        // The follower's process restarts: a new member id, the same generation, no
+        // rebalance, and its assignment is still there.
+        let again = joined(&c.join(74, static_join("follower"), 500), 74);
+        assert_eq!((again.error, again.generation), (None, 1));
+        assert_ne!(again.member_id, follower.member_id);
+        assert_eq!(c.describe("g").unwrap().state, GroupState::Stable);
+        let replies = c.sync(75, "g", &again.member_id, 1, vec![], 510);
+        assert_eq!(synced(&replies, 75).assignment, Bytes::from_static(b"p1"));
+        assert_eq!(
+            c.heartbeat("g", &follower.member_id, 1, 520),
+            Err(GroupError::UnknownMemberId)
+        );
+        // The old process, naming its instance id, is fenced; the new one is not.
+        assert_eq!(
+            c.check_instance("g", &follower.member_id, Some("follower")),
+            Err(GroupError::FencedInstanceId)
+        );
+        assert_eq!(
+            c.check_instance("g", &again.member_id, Some("follower")),
+            Ok(())
         );
     }
 }

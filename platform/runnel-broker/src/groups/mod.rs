@@ -279,10 +279,14 @@ impl GroupService {
         &self,
         group: &str,
         member_id: &str,
+        instance: Option<&str>,
         generation: i32,
         assignments: Vec<(String, Bytes)>,
     ) -> Result<SyncOutcome, GroupServiceError> {
         self.check_local(group)?;
+        self.lock()
+            .coordinator
+            .check_instance(group, member_id, instance)?;
         let (sender, receiver) = oneshot::channel();
         let stabilized = {
             let now = self.now();
@@ -325,12 +329,16 @@ impl GroupService {
         &self,
         group: &str,
         member_id: &str,
+        instance: Option<&str>,
         generation: i32,
     ) -> Result<(), GroupServiceError> {
         self.check_local(group)?;
         let now = self.now();
-        Ok(self
-            .lock()
+        let mut inner = self.lock();
+        inner
+            .coordinator
+            .check_instance(group, member_id, instance)?;
+        Ok(inner
             .coordinator
             .heartbeat(group, member_id, generation, now)?)
     }
@@ -371,13 +379,18 @@ impl GroupService {
         &self,
         group: &str,
         member_id: &str,
+        instance: Option<&str>,
         generation: i32,
         commits: Vec<(String, i32, CommittedOffset)>,
     ) -> Result<(), GroupServiceError> {
         let partition = self.check_local(group)?;
         {
             let now = self.now();
-            self.lock()
+            let mut inner = self.lock();
+            inner
+                .coordinator
+                .check_instance(group, member_id, instance)?;
+            inner
                 .coordinator
                 .check_commit(group, member_id, generation, now)?;
         }

@@ -158,6 +158,7 @@ pub async fn sync_group(
         .sync(
             &group_name(&request.group_id),
             &request.member_id,
+            request.group_instance_id.as_deref(),
             request.generation_id,
             assignments,
         )
@@ -185,6 +186,7 @@ pub fn heartbeat(groups: &GroupService, request: HeartbeatRequest) -> HeartbeatR
     let code = match groups.heartbeat(
         &group_name(&request.group_id),
         &request.member_id,
+        request.group_instance_id.as_deref(),
         request.generation_id,
     ) {
         Ok(()) => errors::NONE,
@@ -283,6 +285,7 @@ pub async fn offset_commit(
         .commit(
             &group_name(&request.group_id),
             &request.member_id,
+            request.group_instance_id.as_deref(),
             request.generation_id_or_member_epoch,
             commits,
         )
