@@ -231,7 +231,7 @@ pub struct BrokerSection {
     /// consumer group waits for more members to join. Default `3000`, as in Kafka.
     pub group_initial_rebalance_delay_ms: u64,
     /// `broker.offsets_topic_num_partitions`: partitions of `__consumer_offsets`, created
-    /// on first start; 1 to 1000. Default `10`.
+    /// by the first group request; 1 to 1000. Default `10`.
     pub offsets_topic_num_partitions: u32,
     /// `broker.offsets_retention_minutes`: committed offsets of a group without members
     /// are deleted once its newest commit is this old; at least 1. Default `10080` (7

@@ -330,8 +330,7 @@ fn topics_created_through_the_admin_api_get_partitions_and_survive_a_restart() {
         topics.body
     );
     assert!(
-        // Usuarios' 2 and the 10 of __consumer_offsets (created at first start).
-        node.banner_line("data: ").contains("(12 partitions open)"),
+        node.banner_line("data: ").contains("(2 partitions open)"),
         "{}",
         node.banner_line("data: ")
     );

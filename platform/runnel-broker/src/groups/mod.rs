@@ -4,9 +4,9 @@
 //!
 //! As in Kafka, a group's coordinator is the leader of the `__consumer_offsets` partition
 //! its name hashes to, and its committed offsets are records of that partition (Kafka's
-//! own key and value formats, so Kafka's tools can read them). The topic is created when
-//! the service starts; on start the service reads the partitions this node leads and
-//! restores every committed offset. Until then requests get
+//! own key and value formats, so Kafka's tools can read them). The topic is created by the
+//! first group request, as in Kafka; on start the service reads the partitions this node
+//! leads and restores every committed offset and stable group. Until then requests get
 //! [`GroupServiceError::Loading`].
 
 pub mod coordinator;
@@ -92,6 +92,9 @@ impl Inner {
 
 pub struct GroupService {
     broker: Arc<Broker>,
+    /// Set by the first group request: `__consumer_offsets` is created on demand, as in
+    /// Kafka, so a node whose clients never use groups does not carry it.
+    wanted: std::sync::atomic::AtomicBool,
     partitions: u32,
     inner: Mutex<Inner>,
     started: Instant,
@@ -110,6 +113,7 @@ impl GroupService {
     ) -> Arc<GroupService> {
         let service = Arc::new(GroupService {
             broker,
+            wanted: std::sync::atomic::AtomicBool::new(false),
             partitions: partitions.max(1),
             inner: Mutex::new(Inner {
                 coordinator: Coordinator::new(settings),
@@ -124,11 +128,13 @@ impl GroupService {
         tokio::spawn(async move {
             let mut next_expiry = Instant::now() + EXPIRY_CHECK;
             loop {
+                let exists = clock.broker.metadata().topics.contains_key(OFFSETS_TOPIC);
+                let wanted = clock.wanted.load(std::sync::atomic::Ordering::Acquire);
                 if clock.is_loaded() && Instant::now() >= next_expiry {
                     clock.expire_offsets(offsets_retention).await;
                     next_expiry = Instant::now() + EXPIRY_CHECK;
                 }
-                if !clock.is_loaded() {
+                if !clock.is_loaded() && (exists || wanted) {
                     match clock.load().await {
                         Ok(()) => {}
                         Err(error) => {
@@ -236,14 +242,24 @@ impl GroupService {
     /// The node coordinating `group` (the leader of its offsets partition), if any.
     pub fn coordinator_of(&self, group: &str) -> Option<NodeInfo> {
         let metadata = self.broker.metadata();
-        let topic = metadata.topics.get(OFFSETS_TOPIC)?;
+        let Some(topic) = metadata.topics.get(OFFSETS_TOPIC) else {
+            self.want_offsets_topic();
+            return None;
+        };
         let partition = partition_for(group, topic.partitions.len() as u32);
         let leader = topic.partitions.get(partition as usize)?.leader?;
         metadata.nodes.get(&leader).cloned()
     }
 
+    /// Asks the clock to create `__consumer_offsets` (the first group request does).
+    fn want_offsets_topic(&self) {
+        self.wanted
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     fn check_local(&self, group: &str) -> Result<i32, GroupServiceError> {
         if !self.is_loaded() {
+            self.want_offsets_topic();
             return Err(GroupServiceError::Loading);
         }
         let metadata = self.broker.metadata();
@@ -450,6 +466,9 @@ impl GroupService {
 
     /// Every group this node coordinates: (name, state, protocol type).
     pub fn list(&self) -> Result<Vec<(String, GroupState, String)>, GroupServiceError> {
+        if !self.broker.metadata().topics.contains_key(OFFSETS_TOPIC) {
+            return Ok(Vec::new()); // no group was ever used
+        }
         if !self.is_loaded() {
             return Err(GroupServiceError::Loading);
         }
