@@ -254,3 +254,79 @@ fn a_rebalance_storm_loses_nothing_and_never_moves_offsets_back() {
     let (_node, kafka) = start_node_for_groups(dir.path());
     run_client(python("groups_storm.py"), kafka, "storm");
 }
+
+/// Two brokers (node 1 the controller, node 2 a broker-only learner), a topic whose
+/// partitions are led by both: kcat, bootstrapped from node 1 alone, is sent by Metadata to
+/// each partition's leader for produce and fetch.
+#[test]
+fn clients_follow_partition_leaders_across_nodes() {
+    let mut cluster = Cluster::new(2, 1);
+    cluster.spawn(1);
+    cluster.spawn(2);
+    cluster.read_banners(&[1, 2]);
+    wait_until(
+        || {
+            cluster
+                .node_info(1, 2)
+                .is_some_and(|n| n["alive"] == serde_json::Value::Bool(true))
+        },
+        "node 2 registered and alive",
+    );
+    let created = cluster.node(1).request(
+        "POST",
+        "/v1/topics",
+        Some(r#"{"name": "spread", "partitions": 4}"#),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let topic: serde_json::Value = serde_json::from_str(&created.body).unwrap();
+    let leaders: Vec<u64> = topic["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["leader"].as_u64().unwrap())
+        .collect();
+    assert!(
+        leaders.contains(&1) && leaders.contains(&2),
+        "leaders {leaders:?}"
+    );
+    for (partition, leader) in leaders.iter().enumerate() {
+        let directory = cluster
+            .dir(*leader as usize)
+            .join("data/partitions")
+            .join(format!("spread-{partition}"));
+        wait_until(|| directory.is_dir(), "the leader opened its partition");
+    }
+
+    let bootstrap = cluster.node(1).kafka.expect("a kafka line").to_string();
+    let kcat = || {
+        let mut command = Command::new(&clients().kcat);
+        command
+            .env_remove("LD_LIBRARY_PATH")
+            .args(["-b", &bootstrap]);
+        command
+    };
+    for partition in 0..4 {
+        let mut producer = kcat()
+            .args(["-P", "-t", "spread", "-p", &partition.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("run kcat");
+        use std::io::Write as _;
+        writeln!(producer.stdin.take().expect("stdin"), "value-{partition}").unwrap();
+        assert!(producer.wait().unwrap().success(), "kcat -P to {partition}");
+    }
+    let consumed = kcat()
+        .args(["-C", "-t", "spread", "-e", "-f", "%p %s\\n"])
+        .output()
+        .expect("run kcat");
+    let text = String::from_utf8_lossy(&consumed.stdout);
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["0 value-0", "1 value-1", "2 value-2", "3 value-3"],
+        "{}",
+        String::from_utf8_lossy(&consumed.stderr)
+    );
+    cluster.stop_all();
+}

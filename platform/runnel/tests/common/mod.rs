@@ -274,3 +274,142 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A cluster of real `runnel start` processes on 127.0.0.1.
+pub struct Cluster {
+    root: tempfile::TempDir,
+    voters: String,
+    ports: Vec<u16>,
+    nodes: Vec<Option<Node>>,
+}
+
+impl Cluster {
+    /// `nodes` nodes, of which the first `voters` are the controller quorum and the rest
+    /// broker-only learners.
+    pub fn new(nodes: usize, voters: usize) -> Cluster {
+        let ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
+        let voters = ports
+            .iter()
+            .take(voters)
+            .enumerate()
+            .map(|(i, port)| format!("{}@127.0.0.1:{port}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        Cluster {
+            root: tempfile::tempdir().unwrap(),
+            voters,
+            ports,
+            nodes: (0..nodes).map(|_| None).collect(),
+        }
+    }
+
+    pub fn dir(&self, id: usize) -> PathBuf {
+        self.root.path().join(format!("node-{id}"))
+    }
+
+    /// Starts node `id` (1-based) from its config file, without waiting.
+    pub fn spawn(&mut self, id: usize) {
+        let dir = self.dir(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = format!(
+            "[node]\nid = {id}\ndata_dir = \"{data}\"\n\
+             [kafka]\nlisten = \"127.0.0.1:0\"\n[grpc]\nlisten = \"127.0.0.1:0\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n\
+             [cluster]\nlisten = \"127.0.0.1:{port}\"\n\
+             [controller]\nvoters = \"{voters}\"\n",
+            data = dir.join("data").display(),
+            port = self.ports[id - 1],
+            voters = self.voters,
+        );
+        let file = dir.join("runnel.toml");
+        std::fs::write(&file, config).unwrap();
+        let file = file.display().to_string();
+        self.nodes[id - 1] = Some(Node::spawn(&dir, &["start", "--config", &file]));
+    }
+
+    pub fn node(&self, id: usize) -> &Node {
+        self.nodes[id - 1].as_ref().expect("node running")
+    }
+
+    pub fn kill(&mut self, id: usize) {
+        let mut node = self.nodes[id - 1].take().expect("node running");
+        node.signal(libc::SIGKILL);
+        node.wait_for_exit();
+    }
+
+    /// Waits for the banners of the given nodes (they become ready together).
+    pub fn read_banners(&mut self, ids: &[usize]) {
+        for id in ids {
+            self.nodes[id - 1]
+                .as_mut()
+                .expect("node running")
+                .read_banner();
+        }
+    }
+
+    /// Stops every running node with SIGTERM; each must exit 0.
+    pub fn stop_all(&mut self) {
+        for (index, slot) in self.nodes.iter_mut().enumerate() {
+            if let Some(node) = slot.as_mut() {
+                node.signal(libc::SIGTERM);
+                let status = node.wait_for_exit();
+                assert_eq!(
+                    status.code(),
+                    Some(0),
+                    "node {}: {}",
+                    index + 1,
+                    node.stderr()
+                );
+            }
+        }
+    }
+
+    /// Node `id` as node `asking` lists it in `/v1/cluster`.
+    pub fn node_info(&self, asking: usize, id: usize) -> Option<serde_json::Value> {
+        let body: serde_json::Value =
+            serde_json::from_str(&self.node(asking).get("/v1/cluster").body).unwrap();
+        body["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["id"] == id as u64)
+            .cloned()
+    }
+
+    pub fn leader(&self, asking: usize) -> usize {
+        let cluster = self.node(asking).get("/v1/cluster").body;
+        let value: serde_json::Value = serde_json::from_str(&cluster).expect("cluster json");
+        value["controller"]["leader"].as_u64().expect("a leader") as usize
+    }
+
+    /// Creates a topic through node `via` (the only topic so far) and waits until every
+    /// node lists it and holds `partition` on disk.
+    pub fn create_and_see_everywhere(&self, via: usize, body: &str, partition: &str) {
+        let created = self.node(via).request("POST", "/v1/topics", Some(body));
+        assert_eq!(created.status, 201, "{}", created.body);
+        let name: serde_json::Value = serde_json::from_str(body).unwrap();
+        let name = name["name"].as_str().unwrap().to_string();
+        for id in 1..=self.nodes.len() {
+            wait_until(
+                || topic_names(&self.topics(id)) == [name.clone()],
+                &format!("{name} on node {id}"),
+            );
+            let directory = self.dir(id).join("data/partitions").join(partition);
+            wait_until(|| directory.is_dir(), &format!("{partition} on node {id}"));
+        }
+    }
+
+    pub fn topics(&self, id: usize) -> serde_json::Value {
+        serde_json::from_str(&self.node(id).get("/v1/topics").body).expect("topics json")
+    }
+}
+
+/// The names of the user topics (not internal ones such as `__consumer_offsets`).
+pub fn topic_names(topics: &serde_json::Value) -> Vec<String> {
+    topics
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .filter(|name| !name.starts_with("__"))
+        .collect()
+}
