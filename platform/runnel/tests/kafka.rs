@@ -861,3 +861,63 @@ fn a_stable_group_survives_a_restart_without_a_rebalance() {
     assert_eq!(described.group_state.as_str(), "Stable");
     assert_eq!(&described.members[0].member_assignment[..], b"all of it");
 }
+
+#[test]
+fn a_partition_led_by_another_node_gets_not_leader_or_follower() {
+    let mut cluster = Cluster::new(2, 1);
+    cluster.spawn(1);
+    cluster.spawn(2);
+    cluster.read_banners(&[1, 2]);
+    wait_until(
+        || {
+            cluster
+                .node_info(1, 2)
+                .is_some_and(|n| n["alive"] == serde_json::Value::Bool(true))
+        },
+        "node 2 registered and alive",
+    );
+    let created = cluster.node(1).request(
+        "POST",
+        "/v1/topics",
+        Some(r#"{"name": "elsewhere", "partitions": 2}"#),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let topic: serde_json::Value = serde_json::from_str(&created.body).unwrap();
+    let partitions = topic["partitions"].as_array().unwrap();
+    let remote = partitions
+        .iter()
+        .position(|p| p["leader"] == 2)
+        .expect("a partition led by node 2") as i32;
+    let mut conn = Connection::open(cluster.node(1).kafka.expect("a kafka line"));
+    assert_eq!(produce(&mut conn, "elsewhere", remote, batch(&["x"])).0, 6);
+    let request = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![
+            fetch_request::FetchTopic::default()
+                .with_topic(name("elsewhere"))
+                .with_partitions(vec![
+                    fetch_request::FetchPartition::default()
+                        .with_partition(remote)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ]);
+    let response = conn.call(request, 12);
+    assert_eq!(response.responses[0].partitions[0].error_code, 6);
+    // Metadata names node 2 as the leader, at its own Kafka address.
+    let metadata = conn.call(
+        MetadataRequest::default().with_topics(Some(vec![
+            metadata_request::MetadataRequestTopic::default().with_name(Some(name("elsewhere"))),
+        ])),
+        12,
+    );
+    let leader = metadata.topics[0].partitions[remote as usize].leader_id.0;
+    assert_eq!(leader, 2);
+    let broker = metadata.brokers.iter().find(|b| b.node_id.0 == 2).unwrap();
+    assert_eq!(
+        broker.port,
+        i32::from(cluster.node(2).kafka.unwrap().port())
+    );
+    cluster.stop_all();
+}
