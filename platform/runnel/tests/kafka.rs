@@ -864,29 +864,10 @@ fn a_stable_group_survives_a_restart_without_a_rebalance() {
 
 #[test]
 fn a_partition_led_by_another_node_gets_not_leader_or_follower() {
-    let mut cluster = Cluster::new(2, 1);
-    cluster.spawn(1);
-    cluster.spawn(2);
-    cluster.read_banners(&[1, 2]);
-    wait_until(
-        || {
-            cluster
-                .node_info(1, 2)
-                .is_some_and(|n| n["alive"] == serde_json::Value::Bool(true))
-        },
-        "node 2 registered and alive",
-    );
-    let created = cluster.node(1).request(
-        "POST",
-        "/v1/topics",
-        Some(r#"{"name": "elsewhere", "partitions": 2}"#),
-    );
-    assert_eq!(created.status, 201, "{}", created.body);
-    let topic: serde_json::Value = serde_json::from_str(&created.body).unwrap();
-    let partitions = topic["partitions"].as_array().unwrap();
-    let remote = partitions
+    let (mut cluster, leaders) = two_brokers_with_topic("elsewhere", 2);
+    let remote = leaders
         .iter()
-        .position(|p| p["leader"] == 2)
+        .position(|leader| *leader == 2)
         .expect("a partition led by node 2") as i32;
     let mut conn = Connection::open(cluster.node(1).kafka.expect("a kafka line"));
     assert_eq!(produce(&mut conn, "elsewhere", remote, batch(&["x"])).0, 6);

@@ -260,43 +260,7 @@ fn a_rebalance_storm_loses_nothing_and_never_moves_offsets_back() {
 /// each partition's leader for produce and fetch.
 #[test]
 fn clients_follow_partition_leaders_across_nodes() {
-    let mut cluster = Cluster::new(2, 1);
-    cluster.spawn(1);
-    cluster.spawn(2);
-    cluster.read_banners(&[1, 2]);
-    wait_until(
-        || {
-            cluster
-                .node_info(1, 2)
-                .is_some_and(|n| n["alive"] == serde_json::Value::Bool(true))
-        },
-        "node 2 registered and alive",
-    );
-    let created = cluster.node(1).request(
-        "POST",
-        "/v1/topics",
-        Some(r#"{"name": "spread", "partitions": 4}"#),
-    );
-    assert_eq!(created.status, 201, "{}", created.body);
-    let topic: serde_json::Value = serde_json::from_str(&created.body).unwrap();
-    let leaders: Vec<u64> = topic["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["leader"].as_u64().unwrap())
-        .collect();
-    assert!(
-        leaders.contains(&1) && leaders.contains(&2),
-        "leaders {leaders:?}"
-    );
-    for (partition, leader) in leaders.iter().enumerate() {
-        let directory = cluster
-            .dir(*leader as usize)
-            .join("data/partitions")
-            .join(format!("spread-{partition}"));
-        wait_until(|| directory.is_dir(), "the leader opened its partition");
-    }
-
+    let (mut cluster, _leaders) = two_brokers_with_topic("spread", 4);
     let bootstrap = cluster.node(1).kafka.expect("a kafka line").to_string();
     let kcat = || {
         let mut command = Command::new(&clients().kcat);

@@ -238,6 +238,20 @@ impl Group {
         }
     }
 
+    /// A JoinGroup answer with the current generation, for a member that keeps its place
+    /// without a rebalance.
+    fn current_generation(&self, member_id: String) -> JoinOutcome {
+        JoinOutcome {
+            error: None,
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone(),
+            protocol_name: self.protocol_name.clone(),
+            leader: self.leader.clone().unwrap_or_default(),
+            member_id,
+            members: Vec::new(),
+        }
+    }
+
     fn rebalance_timeout(&self) -> Millis {
         self.members
             .values()
@@ -419,18 +433,7 @@ impl Coordinator {
                 member.session_timeout = join.session_timeout;
                 member.rebalance_timeout = join.rebalance_timeout;
                 group.members.insert(member_id.clone(), member);
-                replies.push(Reply::Join(
-                    ticket,
-                    JoinOutcome {
-                        error: None,
-                        generation: group.generation,
-                        protocol_type: group.protocol_type.clone(),
-                        protocol_name: group.protocol_name.clone(),
-                        leader: group.leader.clone().unwrap_or_default(),
-                        member_id,
-                        members: Vec::new(),
-                    },
-                ));
+                replies.push(Reply::Join(ticket, group.current_generation(member_id)));
                 return replies;
             }
             for old in previous {
@@ -445,28 +448,15 @@ impl Coordinator {
 
         // A known follower rejoining a stable group with unchanged protocols gets the
         // current generation back without a rebalance.
-        if known
-            && group.state == GroupState::Stable
+        if group.state == GroupState::Stable
             && group.leader.as_ref() != Some(&member_id)
-            && group
+            && let Some(member) = group
                 .members
-                .get(&member_id)
-                .is_some_and(|m| m.protocols == join.protocols)
+                .get_mut(&member_id)
+                .filter(|m| m.protocols == join.protocols)
         {
-            let member = group.members.get_mut(&member_id).expect("known member");
             member.last_heartbeat = now;
-            replies.push(Reply::Join(
-                ticket,
-                JoinOutcome {
-                    error: None,
-                    generation: group.generation,
-                    protocol_type: group.protocol_type.clone(),
-                    protocol_name: group.protocol_name.clone(),
-                    leader: group.leader.clone().unwrap_or_default(),
-                    member_id,
-                    members: Vec::new(),
-                },
-            ));
+            replies.push(Reply::Join(ticket, group.current_generation(member_id)));
             return replies;
         }
 

@@ -413,3 +413,43 @@ pub fn topic_names(topics: &serde_json::Value) -> Vec<String> {
         .filter(|name| !name.starts_with("__"))
         .collect()
 }
+
+/// Two brokers, node 1 the controller and node 2 a broker-only learner, with a topic whose
+/// `partitions` (replication factor 1) are placed on both; returns the cluster and each
+/// partition's leader, once every leader has opened its partition.
+pub fn two_brokers_with_topic(topic: &str, partitions: u32) -> (Cluster, Vec<u64>) {
+    let mut cluster = Cluster::new(2, 1);
+    cluster.spawn(1);
+    cluster.spawn(2);
+    cluster.read_banners(&[1, 2]);
+    wait_until(
+        || {
+            cluster
+                .node_info(1, 2)
+                .is_some_and(|n| n["alive"] == serde_json::Value::Bool(true))
+        },
+        "node 2 registered and alive",
+    );
+    let body = format!(r#"{{"name": "{topic}", "partitions": {partitions}}}"#);
+    let created = cluster.node(1).request("POST", "/v1/topics", Some(&body));
+    assert_eq!(created.status, 201, "{}", created.body);
+    let created: serde_json::Value = serde_json::from_str(&created.body).unwrap();
+    let leaders: Vec<u64> = created["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| p["leader"].as_u64().expect("a leader"))
+        .collect();
+    assert!(
+        leaders.contains(&1) && leaders.contains(&2),
+        "leaders {leaders:?}"
+    );
+    for (partition, leader) in leaders.iter().enumerate() {
+        let directory = cluster
+            .dir(*leader as usize)
+            .join("data/partitions")
+            .join(format!("{topic}-{partition}"));
+        wait_until(|| directory.is_dir(), "the leader opened its partition");
+    }
+    (cluster, leaders)
+}
