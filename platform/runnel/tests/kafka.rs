@@ -697,6 +697,8 @@ fn committed_offsets_survive_a_restart_and_group_errors_are_kafkas() {
         "a commit is accepted",
     );
     assert_eq!(commit_offset(&mut conn, "g1", "tracked", 7), 0);
+    // A name no topic can have is refused, not stored under a mangled key.
+    assert_eq!(commit_offset(&mut conn, "g1", "no/such topic", 1), 3);
     assert_eq!(
         fetch_offset(&mut conn, "g1", "tracked"),
         (7, "note".to_string())

@@ -204,6 +204,17 @@ struct Member {
     awaiting_sync: Option<Ticket>,
 }
 
+impl Member {
+    /// The member's metadata (its subscription) for `protocol`, empty if it has none.
+    fn metadata_for(&self, protocol: &str) -> Bytes {
+        self.protocols
+            .iter()
+            .find(|(name, _)| name == protocol)
+            .map(|(_, metadata)| metadata.clone())
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug)]
 struct Group {
     state: GroupState,
@@ -584,12 +595,7 @@ impl Coordinator {
             .map(|(id, m)| JoinedMember {
                 member_id: id.clone(),
                 instance_id: m.instance_id.clone(),
-                metadata: m
-                    .protocols
-                    .iter()
-                    .find(|(n, _)| *n == protocol)
-                    .map(|(_, metadata)| metadata.clone())
-                    .unwrap_or_default(),
+                metadata: m.metadata_for(&protocol),
             })
             .collect();
         group.state = GroupState::CompletingRebalance;
@@ -888,12 +894,7 @@ impl Coordinator {
                     instance_id: m.instance_id.clone(),
                     client_id: m.client_id.clone(),
                     client_host: m.client_host.clone(),
-                    metadata: m
-                        .protocols
-                        .iter()
-                        .find(|(n, _)| *n == group.protocol_name)
-                        .map(|(_, metadata)| metadata.clone())
-                        .unwrap_or_default(),
+                    metadata: m.metadata_for(&group.protocol_name),
                     assignment: m.assignment.clone(),
                 })
                 .collect(),
@@ -982,12 +983,7 @@ impl Coordinator {
                     client_host: m.client_host.clone(),
                     session_timeout: m.session_timeout,
                     rebalance_timeout: m.rebalance_timeout,
-                    subscription: m
-                        .protocols
-                        .iter()
-                        .find(|(n, _)| *n == group.protocol_name)
-                        .map(|(_, metadata)| metadata.clone())
-                        .unwrap_or_default(),
+                    subscription: m.metadata_for(&group.protocol_name),
                     assignment: m.assignment.clone(),
                 })
                 .collect(),

@@ -258,6 +258,10 @@ impl GroupService {
     }
 
     fn check_local(&self, group: &str) -> Result<i32, GroupServiceError> {
+        // The offsets topic's keys hold the group id as a string of at most i16::MAX bytes.
+        if group.len() > i16::MAX as usize {
+            return Err(GroupError::InvalidGroupId.into());
+        }
         if !self.is_loaded() {
             self.want_offsets_topic();
             return Err(GroupServiceError::Loading);

@@ -43,6 +43,8 @@ pub fn partition_for(group: &str, partitions: u32) -> u32 {
     ((hash & 0x7fff_ffff) as u32) % partitions.max(1)
 }
 
+/// Callers keep strings within `i16::MAX` bytes (group ids are checked, topic names are at
+/// most 249 bytes, metadata at most 4096); a longer one would be cut.
 fn put_string(out: &mut BytesMut, text: &str) {
     let bytes = text.as_bytes();
     let len = bytes.len().min(i16::MAX as usize);

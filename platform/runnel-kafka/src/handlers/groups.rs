@@ -249,12 +249,22 @@ pub async fn offset_commit(
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
     let now = runnel_log::now_ms();
-    let too_large =
-        |p: &kafka_protocol::messages::offset_commit_request::OffsetCommitRequestPartition| {
-            p.committed_metadata
-                .as_ref()
-                .is_some_and(|m| m.len() > MAX_METADATA_BYTES)
-        };
+    // Partitions refused one by one: a name no topic can have (it could not be stored in
+    // the offsets topic's key either), or metadata above the limit.
+    let refused = |topic: &TopicName,
+                   p: &kafka_protocol::messages::offset_commit_request::OffsetCommitRequestPartition| {
+        if runnel_config::validate_topic_name(&topic.0).is_err() {
+            Some(errors::UNKNOWN_TOPIC_OR_PARTITION)
+        } else if p
+            .committed_metadata
+            .as_ref()
+            .is_some_and(|m| m.len() > MAX_METADATA_BYTES)
+        {
+            Some(errors::OFFSET_METADATA_TOO_LARGE)
+        } else {
+            None
+        }
+    };
     let commits: Vec<(String, i32, CommittedOffset)> = request
         .topics
         .iter()
@@ -262,7 +272,7 @@ pub async fn offset_commit(
             topic
                 .partitions
                 .iter()
-                .filter(|p| !too_large(p))
+                .filter(|p| refused(&topic.name, p).is_none())
                 .map(move |p| {
                     (
                         topic.name.0.to_string(),
@@ -299,23 +309,18 @@ pub async fn offset_commit(
             .topics
             .into_iter()
             .map(|topic| {
+                let partitions = topic
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        OffsetCommitResponsePartition::default()
+                            .with_partition_index(p.partition_index)
+                            .with_error_code(refused(&topic.name, p).unwrap_or(code))
+                    })
+                    .collect();
                 OffsetCommitResponseTopic::default()
                     .with_name(topic.name)
-                    .with_partitions(
-                        topic
-                            .partitions
-                            .iter()
-                            .map(|p| {
-                                OffsetCommitResponsePartition::default()
-                                    .with_partition_index(p.partition_index)
-                                    .with_error_code(if too_large(p) {
-                                        errors::OFFSET_METADATA_TOO_LARGE
-                                    } else {
-                                        code
-                                    })
-                            })
-                            .collect(),
-                    )
+                    .with_partitions(partitions)
             })
             .collect(),
     )
