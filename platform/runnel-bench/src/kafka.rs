@@ -37,6 +37,9 @@ pub struct KafkaOptions {
     pub small_records: u64,
     #[arg(long, default_value_t = 6)]
     pub partitions: i32,
+    /// Producer clients (threads, each with its own connection) in the throughput cases.
+    #[arg(long, default_value_t = 1)]
+    pub producers: u64,
     /// Seconds of each end-to-end latency run.
     #[arg(long, default_value_t = 20)]
     pub e2e_seconds: u64,
@@ -88,7 +91,7 @@ fn run_in(options: &KafkaOptions, work: &Path) -> Result<()> {
     let mut rows = Vec::new();
     for case in [&big, &small] {
         runtime.block_on(create_topic(&node.kafka, case.topic, options.partitions))?;
-        let produced = produce(&node.kafka, case, options.partitions)?;
+        let produced = produce(&node.kafka, case, options.partitions, options.producers)?;
         let consumed = consume(&node.kafka, case, options.partitions)?;
         rows.push((case, produced, consumed));
     }
@@ -111,6 +114,12 @@ fn run_in(options: &KafkaOptions, work: &Path) -> Result<()> {
         e2e.push((acks, measured));
     }
     drop(node);
+    let raw_sync = raw_sync_latency(
+        work,
+        rate * 1024.0,
+        options.partitions,
+        Duration::from_secs(options.e2e_seconds),
+    )?;
 
     println!(
         "raw disk, sequential write of 1 MiB chunks, fdatasync each: {raw:.0} MB/s (before {raw_before:.0}, after {raw_after:.0})\n"
@@ -158,6 +167,13 @@ fn run_in(options: &KafkaOptions, work: &Path) -> Result<()> {
             measured.latency.len()
         );
     }
+    println!(
+        "raw disk at the same byte rate, {} files, write then pipelined fdatasync: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms (the floor for acks=all)",
+        options.partitions,
+        ms(raw_sync.value_at_quantile(0.50)),
+        ms(raw_sync.value_at_quantile(0.99)),
+        ms(raw_sync.value_at_quantile(0.999)),
+    );
     Ok(())
 }
 
@@ -189,6 +205,101 @@ fn raw_disk(dir: &Path, total: u64) -> Result<f64> {
     drop(file);
     std::fs::remove_file(&path)?;
     Ok(rate)
+}
+
+/// The disk's own floor for acks=all end-to-end latency: `partitions` files written at
+/// `bytes_per_s` in all (each writer writes what is due every millisecond), each with a
+/// syncer that fsyncs again as soon as the last fsync returns (the broker's pipelined group
+/// commit); the latency of a write is from when it was due until an fsync covered it.
+fn raw_sync_latency(
+    dir: &Path,
+    bytes_per_s: f64,
+    partitions: i32,
+    duration: Duration,
+) -> Result<Histogram<u64>> {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    struct File {
+        file: std::fs::File,
+        written: AtomicU64,
+        /// (end position of a write, when it was due), in order.
+        pending: Mutex<std::collections::VecDeque<(u64, Instant)>>,
+        done: AtomicBool,
+    }
+    let per_file = bytes_per_s / f64::from(partitions.max(1));
+    let started = Instant::now();
+    let latency = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let mut threads = Vec::new();
+    let mut paths = Vec::new();
+    for partition in 0..partitions {
+        let path = dir.join(format!("raw-sync-{partition}"));
+        let file = Arc::new(File {
+            file: std::fs::File::create(&path)?,
+            written: AtomicU64::new(0),
+            pending: Mutex::new(Default::default()),
+            done: AtomicBool::new(false),
+        });
+        paths.push(path);
+        let (syncing, latency) = (file.clone(), latency.clone());
+        threads.push(std::thread::spawn(move || -> Result<()> {
+            let mut synced = 0;
+            loop {
+                let written = syncing.written.load(Ordering::Acquire);
+                if written == synced {
+                    if syncing.done.load(Ordering::Acquire) {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_micros(50));
+                    continue;
+                }
+                syncing.file.sync_data()?;
+                synced = written;
+                let now = Instant::now();
+                let mut pending = syncing.pending.lock().unwrap();
+                let mut latency = latency.lock().unwrap();
+                while let Some(&(end, due)) = pending.front()
+                    && end <= synced
+                {
+                    let _ = latency.record(((now - due).as_micros() as u64).max(1));
+                    pending.pop_front();
+                }
+            }
+        }));
+        threads.push(std::thread::spawn(move || -> Result<()> {
+            let buffer = vec![0x5au8; (per_file / 100.0) as usize + 4096];
+            let mut position = 0u64;
+            let mut tick = 0u32;
+            while started.elapsed() < duration {
+                tick += 1;
+                let due = started + Duration::from_millis(u64::from(tick));
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let owed = (per_file * due.duration_since(started).as_secs_f64()) as u64;
+                let chunk = (owed.saturating_sub(position) as usize).min(buffer.len());
+                if chunk == 0 {
+                    continue;
+                }
+                file.file.write_all_at(&buffer[..chunk], position)?;
+                position += chunk as u64;
+                file.pending.lock().unwrap().push_back((position, due));
+                file.written.store(position, Ordering::Release);
+            }
+            file.done.store(true, Ordering::Release);
+            Ok(())
+        }));
+    }
+    for thread in threads {
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a raw-disk thread panicked"))??;
+    }
+    for path in paths {
+        std::fs::remove_file(path)?;
+    }
+    let latency = latency.lock().unwrap().clone();
+    Ok(latency)
 }
 
 /// A `runnel dev` child process on free ports, killed on drop.
@@ -274,23 +385,39 @@ async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(
     Ok(())
 }
 
-/// Records the time from send to acknowledgement of every record.
+/// Records the time from send to acknowledgement of every record. The send time travels
+/// as the delivery opaque, in microseconds since `epoch`, so no record allocates for it.
 struct LatencyContext {
+    epoch: Instant,
     latency: Mutex<Histogram<u64>>,
     failures: Mutex<u64>,
+}
+
+impl LatencyContext {
+    fn new(epoch: Instant) -> Result<LatencyContext> {
+        Ok(LatencyContext {
+            epoch,
+            latency: Mutex::new(Histogram::new(3)?),
+            failures: Mutex::new(0),
+        })
+    }
+
+    fn stamp(&self) -> usize {
+        self.epoch.elapsed().as_micros() as usize
+    }
 }
 
 impl ClientContext for LatencyContext {}
 
 impl ProducerContext for LatencyContext {
-    type DeliveryOpaque = Box<Instant>;
+    type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
         if result.is_err() {
             *self.failures.lock().unwrap() += 1;
             return;
         }
-        let micros = sent.elapsed().as_micros() as u64;
+        let micros = self.stamp().saturating_sub(sent) as u64;
         let _ = self.latency.lock().unwrap().record(micros.max(1));
     }
 }
@@ -331,38 +458,56 @@ fn producer_config(bootstrap: &str) -> ClientConfig {
         .set("acks", "all")
         .set("enable.idempotence", "false")
         .set("compression.type", "none")
-        .set("linger.ms", "5")
+        .set("linger.ms", "10")
         .set("batch.size", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
         .set("queue.buffering.max.messages", "1000000");
     config
 }
 
-fn produce(bootstrap: &str, case: &Case, partitions: i32) -> Result<Produced> {
-    let context = LatencyContext {
-        latency: Mutex::new(Histogram::new(3)?),
-        failures: Mutex::new(0),
-    };
-    let producer: ThreadedProducer<LatencyContext> =
-        producer_config(bootstrap).create_with_context(context)?;
-    let payload = vec![0x42u8; case.record_bytes];
+/// Produces `case` from `producers` threads, each with its own librdkafka producer (and so
+/// its own connection) taking every `producers`-th record: one librdkafka producer thread
+/// tops out below what the broker takes when records are small.
+fn produce(bootstrap: &str, case: &Case, partitions: i32, producers: u64) -> Result<Produced> {
+    let epoch = Instant::now();
     let started = Instant::now();
-    for i in 0..case.records {
-        let key = (i % 1024).to_be_bytes();
-        let record = BaseRecord::with_opaque_to(case.topic, Box::new(Instant::now()))
-            .payload(&payload[..])
-            .key(&key[..])
-            .partition((i % partitions as u64) as i32);
-        send(&producer, record, Duration::from_millis(1))?;
+    let threads: Vec<_> = (0..producers)
+        .map(|first| {
+            let bootstrap = bootstrap.to_string();
+            let (topic, record_bytes, records) = (case.topic, case.record_bytes, case.records);
+            std::thread::spawn(move || -> Result<(Histogram<u64>, u64)> {
+                let producer: ThreadedProducer<LatencyContext> =
+                    producer_config(&bootstrap).create_with_context(LatencyContext::new(epoch)?)?;
+                let payload = vec![0x42u8; record_bytes];
+                for i in (first..records).step_by(producers as usize) {
+                    let key = (i % 1024).to_be_bytes();
+                    let record = BaseRecord::with_opaque_to(topic, producer.context().stamp())
+                        .payload(&payload[..])
+                        .key(&key[..])
+                        .partition((i % partitions as u64) as i32);
+                    send(&producer, record, Duration::from_millis(1))?;
+                }
+                producer.flush(Timeout::After(Duration::from_secs(120)))?;
+                let context = producer.context();
+                let latency = context.latency.lock().unwrap().clone();
+                let failures = *context.failures.lock().unwrap();
+                Ok((latency, failures))
+            })
+        })
+        .collect();
+    let mut latency = Histogram::<u64>::new(3)?;
+    let mut failures = 0;
+    for thread in threads {
+        let (measured, failed) = thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a producer thread panicked"))??;
+        latency.add(&measured)?;
+        failures += failed;
     }
-    producer.flush(Timeout::After(Duration::from_secs(120)))?;
     let elapsed = started.elapsed();
-    let context = producer.context();
-    let failures = *context.failures.lock().unwrap();
     if failures > 0 {
         bail!("{failures} records of {} were not acknowledged", case.topic);
     }
-    let latency = context.latency.lock().unwrap().clone();
     Ok(Produced {
         records_per_s: case.records as f64 / elapsed.as_secs_f64(),
         mb_per_s: crate::mb_per_s(case.records * case.record_bytes as u64, elapsed),

@@ -3,7 +3,8 @@
 //! Per connection, a reader takes frames off the socket, decodes each request and runs the
 //! first step of its handler in arrival order (see [`crate::handlers`]); the rest runs on
 //! a task of its own, and a writer sends the responses back in request order, as Kafka
-//! clients require. At most [`MAX_IN_FLIGHT`] requests of one connection are under way;
+//! clients require. At most [`MAX_IN_FLIGHT`] requests and [`MAX_IN_FLIGHT_BYTES`] of
+//! request frames of one connection are under way (a larger single request goes alone);
 //! beyond that the reader stops reading (TCP backpressure).
 //!
 //! Bad input closes only its own connection: a frame above `socket.request.max.bytes` is
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use crate::handlers::Backends;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +28,9 @@ use crate::versions;
 
 /// Requests of one connection under way at once.
 pub const MAX_IN_FLIGHT: usize = 64;
+
+/// Bytes of request frames of one connection under way at once.
+pub const MAX_IN_FLIGHT_BYTES: usize = 128 << 20;
 
 /// The Kafka listener's settings.
 #[derive(Debug, Clone)]
@@ -124,6 +128,8 @@ enum Outgoing {
         version: i16,
         correlation_id: i32,
         reply: JoinHandle<Option<kafka_protocol::messages::ResponseKind>>,
+        /// The request's share of [`MAX_IN_FLIGHT_BYTES`], returned once answered.
+        _budget: OwnedSemaphorePermit,
     },
 }
 
@@ -145,6 +151,7 @@ async fn serve_connection(
                     version,
                     correlation_id,
                     reply,
+                    _budget,
                 } => match reply.await {
                     Ok(Some(body)) => {
                         match codec::encode_response(api_key, version, correlation_id, &body) {
@@ -168,6 +175,7 @@ async fn serve_connection(
         }
     }));
 
+    let budget = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES));
     let mut frames = FrameDecoder::new(settings.max_request_bytes);
     'connection: loop {
         match reader.read_buf(frames.buffer()).await {
@@ -207,6 +215,10 @@ async fn serve_connection(
                 }
                 continue;
             }
+            let share = frame.len().clamp(1, MAX_IN_FLIGHT_BYTES) as u32;
+            let Ok(permit) = budget.clone().acquire_many_owned(share).await else {
+                break 'connection;
+            };
             let request = match codec::decode_request(frame) {
                 Ok(request) => request,
                 Err(error) => {
@@ -223,6 +235,7 @@ async fn serve_connection(
                 version,
                 correlation_id,
                 reply,
+                _budget: permit,
             };
             if outgoing.send(pending).await.is_err() {
                 break 'connection;
