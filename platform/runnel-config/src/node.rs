@@ -59,6 +59,8 @@ pub const NODE_CONFIG_KEYS: &[&str] = &[
     "broker.group_initial_rebalance_delay_ms",
     "broker.offsets_topic_num_partitions",
     "broker.offsets_retention_minutes",
+    "broker.group_consumer_session_timeout_ms",
+    "broker.group_consumer_heartbeat_interval_ms",
     "log.segment_bytes",
     "log.segment_ms",
     "log.retention_ms",
@@ -237,6 +239,13 @@ pub struct BrokerSection {
     /// are deleted once its newest commit is this old; at least 1. Default `10080` (7
     /// days), as Kafka's `offsets.retention.minutes`.
     pub offsets_retention_minutes: u64,
+    /// `broker.group_consumer_session_timeout_ms`: a member of a consumer-protocol group
+    /// (KIP-848) that sends no heartbeat for this long is removed. Default `45000`, as
+    /// Kafka's `group.consumer.session.timeout.ms`.
+    pub group_consumer_session_timeout_ms: u64,
+    /// `broker.group_consumer_heartbeat_interval_ms`: how often members of such groups
+    /// heartbeat; less than the session timeout. Default `5000`.
+    pub group_consumer_heartbeat_interval_ms: u64,
 }
 
 impl Default for BrokerSection {
@@ -249,6 +258,8 @@ impl Default for BrokerSection {
             group_initial_rebalance_delay_ms: 3_000,
             offsets_topic_num_partitions: 10,
             offsets_retention_minutes: 10_080,
+            group_consumer_session_timeout_ms: 45_000,
+            group_consumer_heartbeat_interval_ms: 5_000,
         }
     }
 }
@@ -661,6 +672,18 @@ impl NodeConfig {
             problems.push(ConfigProblem {
                 key: "broker.offsets_retention_minutes".to_string(),
                 reason: "must be at least 1".to_string(),
+            });
+        }
+        let (session, interval) = (
+            self.broker.group_consumer_session_timeout_ms,
+            self.broker.group_consumer_heartbeat_interval_ms,
+        );
+        if interval == 0 || interval >= session || session > i32::MAX as u64 {
+            problems.push(ConfigProblem {
+                key: "broker.group_consumer_heartbeat_interval_ms".to_string(),
+                reason: format!(
+                    "{interval} must be at least 1 and less than broker.group_consumer_session_timeout_ms ({session}, at most 2147483647)"
+                ),
             });
         }
         if !(1..=1000).contains(&self.broker.offsets_topic_num_partitions) {

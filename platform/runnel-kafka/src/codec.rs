@@ -244,6 +244,8 @@ pub fn codec_range(api: ApiKey) -> (i16, i16) {
         ApiKey::ListGroups => ListGroupsRequest::VERSIONS,
         ApiKey::DeleteGroups => DeleteGroupsRequest::VERSIONS,
         ApiKey::OffsetDelete => OffsetDeleteRequest::VERSIONS,
+        ApiKey::ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest::VERSIONS,
+        ApiKey::ConsumerGroupDescribe => ConsumerGroupDescribeRequest::VERSIONS,
         _ => return (0, -1),
     };
     (range.min, range.max)

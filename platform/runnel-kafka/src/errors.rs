@@ -2,7 +2,7 @@
 //! errors to them. Nothing below the Kafka frontend knows these numbers.
 
 use runnel_broker::BrokerError;
-use runnel_broker::groups::{GroupError, GroupServiceError};
+use runnel_broker::groups::{ConsumerGroupError, GroupError, GroupServiceError};
 use runnel_controller::{ControllerError, MetadataError};
 use runnel_log::LogError;
 
@@ -43,6 +43,10 @@ pub const INVALID_SESSION_TIMEOUT: i16 = 26;
 pub const REBALANCE_IN_PROGRESS: i16 = 27;
 pub const NON_EMPTY_GROUP: i16 = 68;
 pub const GROUP_ID_NOT_FOUND: i16 = 69;
+pub const FENCED_MEMBER_EPOCH: i16 = 110;
+pub const UNSUPPORTED_ASSIGNOR: i16 = 112;
+pub const STALE_MEMBER_EPOCH: i16 = 113;
+pub const INVALID_REGULAR_EXPRESSION: i16 = 128;
 pub const MEMBER_ID_REQUIRED: i16 = 79;
 pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
 pub const FENCED_INSTANCE_ID: i16 = 82;
@@ -143,6 +147,18 @@ pub fn group_code(error: &GroupServiceError) -> i16 {
             GroupError::NonEmptyGroup => NON_EMPTY_GROUP,
             GroupError::InvalidGroupId => INVALID_GROUP_ID,
             GroupError::FencedInstanceId => FENCED_INSTANCE_ID,
+        },
+        GroupServiceError::Consumer(error) => match error {
+            ConsumerGroupError::UnknownMemberId => UNKNOWN_MEMBER_ID,
+            ConsumerGroupError::FencedMemberEpoch => FENCED_MEMBER_EPOCH,
+            ConsumerGroupError::StaleMemberEpoch => STALE_MEMBER_EPOCH,
+            ConsumerGroupError::UnsupportedAssignor(_) => UNSUPPORTED_ASSIGNOR,
+            ConsumerGroupError::InvalidRegularExpression(_) => INVALID_REGULAR_EXPRESSION,
+            ConsumerGroupError::InvalidRequest(_) => INVALID_REQUEST,
+            ConsumerGroupError::ClassicGroup | ConsumerGroupError::GroupIdNotFound => {
+                GROUP_ID_NOT_FOUND
+            }
+            ConsumerGroupError::NonEmptyGroup => NON_EMPTY_GROUP,
         },
         GroupServiceError::NotCoordinator => NOT_COORDINATOR,
         GroupServiceError::Loading => COORDINATOR_LOAD_IN_PROGRESS,

@@ -33,6 +33,8 @@ pub const SUPPORTED: &[(i16, i16, i16)] = &[
     (LIST_GROUPS, 0, 5),
     (DELETE_GROUPS, 0, 2),
     (OFFSET_DELETE, 0, 0),
+    (CONSUMER_GROUP_HEARTBEAT, 0, 1),
+    (CONSUMER_GROUP_DESCRIBE, 0, 1),
 ];
 
 pub const PRODUCE: i16 = 0;
@@ -61,6 +63,8 @@ pub const ALTER_CONFIGS: i16 = 33;
 pub const CREATE_PARTITIONS: i16 = 37;
 pub const INCREMENTAL_ALTER_CONFIGS: i16 = 44;
 pub const DESCRIBE_CLUSTER: i16 = 60;
+pub const CONSUMER_GROUP_HEARTBEAT: i16 = 68;
+pub const CONSUMER_GROUP_DESCRIBE: i16 = 69;
 
 /// The oldest Produce version served; older ones are advertised but refused.
 pub const PRODUCE_MIN_SERVED: i16 = 3;

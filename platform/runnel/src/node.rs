@@ -41,7 +41,7 @@ use runnel_log::{LogManager, LogMetrics};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use runnel_broker::groups::{GroupService, GroupSettings};
+use runnel_broker::groups::{ConsumerGroupSettings, GroupService, GroupSettings};
 use runnel_broker::{Broker, BrokerSettings};
 use runnel_controller::liveness::Heartbeats;
 use runnel_controller::{Controller, NodeInfo, NodeRoles};
@@ -169,6 +169,10 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
         GroupSettings {
             initial_rebalance_delay: config.broker.group_initial_rebalance_delay_ms,
             ..GroupSettings::default()
+        },
+        ConsumerGroupSettings {
+            session_timeout: config.broker.group_consumer_session_timeout_ms,
+            heartbeat_interval: config.broker.group_consumer_heartbeat_interval_ms,
         },
         config.broker.offsets_topic_num_partitions,
         Duration::from_secs(config.broker.offsets_retention_minutes.saturating_mul(60)),

@@ -204,6 +204,8 @@ fn start_node_for_groups(dir: &Path) -> (Node, SocketAddr) {
     args.extend([
         "--set".to_string(),
         "broker.group_initial_rebalance_delay_ms=500".to_string(),
+        "--set".to_string(),
+        "broker.group_consumer_heartbeat_interval_ms=500".to_string(),
     ]);
     let node = Node::start(dir, &as_strs(&args));
     let kafka = node.kafka.expect("the banner has a kafka line");
@@ -237,6 +239,17 @@ fn confluent_kafka_groups_with_cooperative_sticky() {
     );
 }
 
+/// The same scenario under the KIP-848 protocol (`group.protocol=consumer`): the broker
+/// computes the assignment and members converge through ConsumerGroupHeartbeat.
+#[test]
+fn confluent_kafka_groups_with_the_consumer_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, kafka) = start_node_for_groups(dir.path());
+    let mut command = python("groups_confluent_kafka.py");
+    command.env("RUNNEL_GROUP_PROTOCOL", "consumer");
+    run_client(command, kafka, "kip848-groups");
+}
+
 #[test]
 fn kafka_python_groups() {
     let dir = tempfile::tempdir().unwrap();
@@ -253,6 +266,15 @@ fn a_rebalance_storm_loses_nothing_and_never_moves_offsets_back() {
     let dir = tempfile::tempdir().unwrap();
     let (_node, kafka) = start_node_for_groups(dir.path());
     run_client(python("groups_storm.py"), kafka, "storm");
+}
+
+#[test]
+fn a_rebalance_storm_under_the_consumer_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, kafka) = start_node_for_groups(dir.path());
+    let mut command = python("groups_storm.py");
+    command.env("RUNNEL_GROUP_PROTOCOL", "consumer");
+    run_client(command, kafka, "kip848-storm");
 }
 
 /// Two brokers (node 1 the controller, node 2 a broker-only learner), a topic whose

@@ -9,6 +9,7 @@
 //! leads and restores every committed offset and stable group. Until then requests get
 //! [`GroupServiceError::Loading`].
 
+pub mod consumer;
 pub mod coordinator;
 pub mod offsets;
 
@@ -21,6 +22,10 @@ use runnel_controller::{Command, NodeId, NodeInfo};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+pub use consumer::{
+    ConsumerGroupDescription, ConsumerGroupError, ConsumerGroupSettings, ConsumerGroupState,
+    Heartbeat as ConsumerHeartbeat, HeartbeatAnswer as ConsumerHeartbeatAnswer,
+};
 pub use coordinator::{
     Coordinator, GroupDescription, GroupError, GroupSettings, GroupState, Join, JoinOutcome,
     JoinedMember, SyncOutcome,
@@ -42,6 +47,9 @@ const EXPIRY_CHECK: Duration = Duration::from_secs(60);
 pub enum GroupServiceError {
     #[error(transparent)]
     Group(#[from] GroupError),
+    /// From a group of the KIP-848 protocol.
+    #[error(transparent)]
+    Consumer(#[from] ConsumerGroupError),
     /// Another node coordinates this group.
     #[error("this node is not the group's coordinator")]
     NotCoordinator,
@@ -59,6 +67,8 @@ enum Waiter {
 
 struct Inner {
     coordinator: Coordinator,
+    /// Groups of the KIP-848 protocol; a group name is in one protocol or the other.
+    consumer: consumer::ConsumerGroups,
     waiting: HashMap<Ticket, Waiter>,
     next_ticket: Ticket,
     offsets: HashMap<String, BTreeMap<(String, i32), CommittedOffset>>,
@@ -66,6 +76,31 @@ struct Inner {
 }
 
 impl Inner {
+    /// Whether a classic-protocol group of this name has members.
+    fn classic_has_members(&self, group: &str) -> bool {
+        self.coordinator
+            .describe(group)
+            .is_some_and(|g| !g.members.is_empty())
+    }
+
+    fn has_members(&self, group: &str) -> bool {
+        self.classic_has_members(group) || self.consumer.has_members(group)
+    }
+
+    /// How long `group` has had no members in either protocol (None: it has members).
+    fn empty_for(&self, group: &str, now: coordinator::Millis) -> Option<coordinator::Millis> {
+        if self.has_members(group) {
+            return None;
+        }
+        match (
+            self.consumer.empty_for(group, now),
+            self.coordinator.empty_for(group, now),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     fn ticket(&mut self, waiter: Waiter) -> Ticket {
         self.next_ticket += 1;
         self.waiting.insert(self.next_ticket, waiter);
@@ -107,6 +142,7 @@ impl GroupService {
     pub fn start(
         broker: Arc<Broker>,
         settings: GroupSettings,
+        consumer_settings: ConsumerGroupSettings,
         partitions: u32,
         offsets_retention: Duration,
         stop: CancellationToken,
@@ -117,6 +153,7 @@ impl GroupService {
             partitions: partitions.max(1),
             inner: Mutex::new(Inner {
                 coordinator: Coordinator::new(settings),
+                consumer: consumer::ConsumerGroups::new(consumer_settings),
                 waiting: HashMap::new(),
                 next_ticket: 0,
                 offsets: HashMap::new(),
@@ -152,6 +189,7 @@ impl GroupService {
                     let before = inner.coordinator.states();
                     let replies = inner.coordinator.tick(now);
                     inner.deliver(replies);
+                    inner.consumer.tick(now);
                     emptied_groups(&before, &inner.coordinator)
                 };
                 for (group, stored) in emptied {
@@ -288,6 +326,9 @@ impl GroupService {
         {
             let now = self.now();
             let mut inner = self.lock();
+            if inner.consumer.has_members(&join.group) {
+                return Err(GroupError::InconsistentGroupProtocol.into());
+            }
             let ticket = inner.ticket(Waiter::Join(sender));
             let replies = inner.coordinator.join(ticket, join, now);
             inner.deliver(replies);
@@ -407,12 +448,16 @@ impl GroupService {
         {
             let now = self.now();
             let mut inner = self.lock();
-            inner
-                .coordinator
-                .check_instance(group, member_id, instance)?;
-            inner
-                .coordinator
-                .check_commit(group, member_id, generation, now)?;
+            if inner.consumer.contains(group) && !inner.classic_has_members(group) {
+                inner.consumer.check_commit(group, member_id, generation)?;
+            } else {
+                inner
+                    .coordinator
+                    .check_instance(group, member_id, instance)?;
+                inner
+                    .coordinator
+                    .check_commit(group, member_id, generation, now)?;
+            }
         }
         if commits.is_empty() {
             return Ok(());
@@ -465,7 +510,13 @@ impl GroupService {
 
     pub fn describe(&self, group: &str) -> Result<Option<GroupDescription>, GroupServiceError> {
         self.check_local(group)?;
-        Ok(self.lock().coordinator.describe(group))
+        let inner = self.lock();
+        // As in Kafka: DescribeGroups is for classic groups; ConsumerGroupDescribe for the
+        // others.
+        if inner.consumer.contains(group) && !inner.classic_has_members(group) {
+            return Err(GroupError::GroupIdNotFound.into());
+        }
+        Ok(inner.coordinator.describe(group))
     }
 
     /// Every group this node coordinates: (name, state, protocol type).
@@ -476,7 +527,13 @@ impl GroupService {
         if !self.is_loaded() {
             return Err(GroupServiceError::Loading);
         }
-        Ok(self.lock().coordinator.list())
+        let inner = self.lock();
+        Ok(inner
+            .coordinator
+            .list()
+            .into_iter()
+            .filter(|(name, _, _)| !inner.consumer.contains(name))
+            .collect())
     }
 
     /// Deletes the committed offsets of some partitions of a group that has no members
@@ -489,11 +546,13 @@ impl GroupService {
         let partition = self.check_local(group)?;
         {
             let inner = self.lock();
-            let described = inner.coordinator.describe(group);
-            if described.as_ref().is_some_and(|g| !g.members.is_empty()) {
+            if inner.has_members(group) {
                 return Err(GroupError::NonEmptyGroup.into());
             }
-            if described.is_none() && !inner.offsets.contains_key(group) {
+            if inner.coordinator.describe(group).is_none()
+                && !inner.consumer.contains(group)
+                && !inner.offsets.contains_key(group)
+            {
                 return Err(GroupError::GroupIdNotFound.into());
             }
         }
@@ -539,7 +598,6 @@ impl GroupService {
                 .iter()
                 .filter(|(group, offsets)| {
                     inner
-                        .coordinator
                         .empty_for(group, now)
                         .is_some_and(|empty| empty >= retention_ms)
                         && offsets.values().all(|c| c.commit_ms < cutoff)
@@ -572,6 +630,7 @@ impl GroupService {
                         if offsets.is_empty() {
                             inner.offsets.remove(&group);
                             let _ = inner.coordinator.delete(&group);
+                            let _ = inner.consumer.delete(&group);
                         }
                     }
                     tracing::info!(%group, partitions = keys.len(), "expired the committed offsets of an empty group");
@@ -581,18 +640,80 @@ impl GroupService {
         }
     }
 
+    /// A ConsumerGroupHeartbeat (KIP-848): joins, leaves, or keeps a member and moves it
+    /// towards its target assignment.
+    pub fn consumer_heartbeat(
+        &self,
+        request: ConsumerHeartbeat,
+    ) -> Result<ConsumerHeartbeatAnswer, GroupServiceError> {
+        self.check_local(&request.group)?;
+        let topics: consumer::Topics = self
+            .broker
+            .metadata()
+            .topics
+            .iter()
+            .map(|(name, topic)| (name.clone(), (topic.id, topic.partitions.len() as u32)))
+            .collect();
+        let now = self.now();
+        let mut inner = self.lock();
+        if inner.classic_has_members(&request.group) {
+            return Err(ConsumerGroupError::ClassicGroup.into());
+        }
+        Ok(inner.consumer.heartbeat(request, &topics, now)?)
+    }
+
+    /// A consumer-protocol group (ConsumerGroupDescribe); `None` if there is none.
+    pub fn consumer_describe(
+        &self,
+        group: &str,
+    ) -> Result<Option<ConsumerGroupDescription>, GroupServiceError> {
+        self.check_local(group)?;
+        Ok(self.lock().consumer.describe(group))
+    }
+
+    /// Every consumer-protocol group this node coordinates: (name, state).
+    pub fn list_consumer(&self) -> Result<Vec<(String, ConsumerGroupState)>, GroupServiceError> {
+        if !self.broker.metadata().topics.contains_key(OFFSETS_TOPIC) {
+            return Ok(Vec::new());
+        }
+        if !self.is_loaded() {
+            return Err(GroupServiceError::Loading);
+        }
+        Ok(self.lock().consumer.list())
+    }
+
+    /// Checks an OffsetFetch that names a member of a consumer-protocol group.
+    pub fn check_consumer_fetch(
+        &self,
+        group: &str,
+        member_id: &str,
+        epoch: i32,
+    ) -> Result<(), GroupServiceError> {
+        let inner = self.lock();
+        if epoch >= 0 && inner.consumer.contains(group) {
+            inner.consumer.check_commit(group, member_id, epoch)?;
+        }
+        Ok(())
+    }
+
     /// Deletes an empty group and its committed offsets (tombstones in the offsets topic).
     pub async fn delete(&self, group: &str) -> Result<(), GroupServiceError> {
         let partition = self.check_local(group)?;
         let keys: Vec<(String, i32)> = {
             let mut inner = self.lock();
-            match inner.coordinator.describe(group) {
-                None if !inner.offsets.contains_key(group) => {
-                    return Err(GroupError::GroupIdNotFound.into());
+            if inner.consumer.contains(group) {
+                inner.consumer.delete(group)?;
+                // A classic entry of the same name (its offsets loaded at start) goes too.
+                let _ = inner.coordinator.delete(group);
+            } else {
+                match inner.coordinator.describe(group) {
+                    None if !inner.offsets.contains_key(group) => {
+                        return Err(GroupError::GroupIdNotFound.into());
+                    }
+                    _ => {}
                 }
-                _ => {}
+                inner.coordinator.delete(group)?;
             }
-            inner.coordinator.delete(group)?;
             inner
                 .offsets
                 .get(group)

@@ -247,6 +247,7 @@ pub async fn leave_group(
 pub async fn offset_commit(
     groups: &GroupService,
     request: OffsetCommitRequest,
+    version: i16,
 ) -> OffsetCommitResponse {
     let now = runnel_log::now_ms();
     // Partitions refused one by one: a name no topic can have (it could not be stored in
@@ -302,7 +303,7 @@ pub async fn offset_commit(
         .await
     {
         Ok(()) => errors::NONE,
-        Err(error) => error_code(&error),
+        Err(error) => super::consumer_groups::commit_error_code(&error, version),
     };
     OffsetCommitResponse::default().with_topics(
         request
@@ -380,7 +381,13 @@ pub fn offset_fetch(
                 });
                 let answer =
                     OffsetFetchResponseGroup::default().with_group_id(group.group_id.clone());
-                match fetch_group(groups, &group_name(&group.group_id), asked) {
+                let name = group_name(&group.group_id);
+                // v9: a member of a consumer-protocol group names itself and its epoch.
+                let member = group.member_id.as_deref().unwrap_or_default();
+                let fetched = groups
+                    .check_consumer_fetch(&name, member, group.member_epoch)
+                    .and_then(|()| fetch_group(groups, &name, asked));
+                match fetched {
                     Ok(fetched) => answer.with_topics(
                         fetched
                             .into_iter()
@@ -453,22 +460,32 @@ pub fn offset_fetch(
 }
 
 pub fn list_groups(groups: &GroupService, request: ListGroupsRequest) -> ListGroupsResponse {
-    match groups.list() {
+    let listed = groups.list().and_then(|classic| {
+        let consumer = groups.list_consumer()?;
+        // (name, state, protocol type, group type)
+        let classic = classic
+            .into_iter()
+            .map(|(name, state, protocol)| (name, state.name(), protocol, "classic"));
+        let consumer = consumer
+            .into_iter()
+            .map(|(name, state)| (name, state.name(), "consumer".to_string(), "consumer"));
+        Ok(classic.chain(consumer).collect::<Vec<_>>())
+    });
+    let wanted = |filter: &[kafka_protocol::protocol::StrBytes], value: &str| {
+        filter.is_empty() || filter.iter().any(|f| f.eq_ignore_ascii_case(value))
+    };
+    match listed {
         Ok(list) => ListGroupsResponse::default().with_groups(
             list.into_iter()
-                .filter(|(_, state, _)| {
-                    request.states_filter.is_empty()
-                        || request
-                            .states_filter
-                            .iter()
-                            .any(|s| s.eq_ignore_ascii_case(state.name()))
+                .filter(|(_, state, _, kind)| {
+                    wanted(&request.states_filter, state) && wanted(&request.types_filter, kind)
                 })
-                .map(|(name, state, protocol_type)| {
+                .map(|(name, state, protocol_type, kind)| {
                     ListedGroup::default()
                         .with_group_id(GroupId(text(name)))
                         .with_protocol_type(text(protocol_type))
-                        .with_group_state(text(state.name()))
-                        .with_group_type(text("classic"))
+                        .with_group_state(text(state))
+                        .with_group_type(text(kind))
                 })
                 .collect(),
         ),

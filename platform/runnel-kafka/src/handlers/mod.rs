@@ -20,6 +20,7 @@ use crate::codec::{self, Request};
 
 mod admin;
 mod configs;
+mod consumer_groups;
 mod fetch;
 mod groups;
 mod metadata;
@@ -131,7 +132,7 @@ pub async fn handle(backends: &Arc<Backends>, request: Request) -> Reply {
         // Committed in the first step, so a connection's pipelined commits are stored in
         // the order they were sent (a later one never overwritten by an earlier one).
         RequestKind::OffsetCommit(body) => ready(ResponseKind::OffsetCommit(
-            groups::offset_commit(&group_service, body).await,
+            groups::offset_commit(&group_service, body, version).await,
         )),
         RequestKind::OffsetFetch(body) => ready(ResponseKind::OffsetFetch(groups::offset_fetch(
             &group_service,
@@ -151,6 +152,12 @@ pub async fn handle(backends: &Arc<Backends>, request: Request) -> Reply {
         RequestKind::OffsetDelete(body) => later(async move {
             ResponseKind::OffsetDelete(groups::offset_delete(&group_service, body).await)
         }),
+        RequestKind::ConsumerGroupHeartbeat(body) => ready(ResponseKind::ConsumerGroupHeartbeat(
+            consumer_groups::heartbeat(&group_service, &broker, body, version, client_id),
+        )),
+        RequestKind::ConsumerGroupDescribe(body) => ready(ResponseKind::ConsumerGroupDescribe(
+            consumer_groups::describe(&group_service, &broker, body, version),
+        )),
         // decode_request only decodes served keys, all of which are listed above.
         other => {
             tracing::warn!(request = ?std::mem::discriminant(&other), "request without a handler");

@@ -1,9 +1,11 @@
 """Consumer groups with confluent-kafka (librdkafka) against a Runnel node.
 
-Environment: RUNNEL_BOOTSTRAP (host:port), RUNNEL_TOPIC (a new topic name).
+Environment: RUNNEL_BOOTSTRAP (host:port), RUNNEL_TOPIC (a new topic name), and
+RUNNEL_GROUP_PROTOCOL: "classic" (the default) or "consumer" (KIP-848, the broker assigns).
 
-Two consumers in one group with the cooperative-sticky assignor on a topic with two
-partitions each get one partition; when one leaves, the other gets both; everything
+Two consumers in one group (with the cooperative-sticky assignor under the classic
+protocol, with the broker's uniform assignor under the consumer protocol) on a topic with
+two partitions each get one partition; the admin client describes the group with both; when one leaves, the other gets both; everything
 produced is consumed, and a consumer started again in the group resumes from the
 committed offsets without reading anything twice or skipping anything. Exits 0 when all
 of that held, else prints one line saying what differed and exits 1.
@@ -19,6 +21,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 BOOTSTRAP = os.environ["RUNNEL_BOOTSTRAP"]
 TOPIC = os.environ["RUNNEL_TOPIC"]
 GROUP = f"{TOPIC}-group"
+PROTOCOL = os.environ.get("RUNNEL_GROUP_PROTOCOL", "classic")
 WAIT = 60.0
 
 
@@ -32,16 +35,23 @@ def step(name):
 
 
 def consumer(name):
-    c = Consumer({
+    config = {
         "bootstrap.servers": BOOTSTRAP,
         "group.id": GROUP,
         "client.id": name,
-        "partition.assignment.strategy": "cooperative-sticky",
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
-        "session.timeout.ms": 10000,
-        "heartbeat.interval.ms": 500,
-    })
+    }
+    if PROTOCOL == "consumer":
+        # Timeouts and the assignor are the broker's under KIP-848; librdkafka refuses them.
+        config["group.protocol"] = "consumer"
+    else:
+        config.update({
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": 10000,
+            "heartbeat.interval.ms": 500,
+        })
+    c = Consumer(config)
     c.subscribe([TOPIC])
     return c
 
@@ -91,6 +101,21 @@ def poll_until(consumers, condition, what, received):
          f"{[sorted(p.partition for p in c.assignment()) for c in consumers]}")
 
 
+def describe_group(admin, members):
+    """The admin client sees the group with `members` members, each with one partition."""
+    described = admin.describe_consumer_groups([GROUP])[GROUP].result(30)
+    if len(described.members) != members:
+        fail(f"the group is described with {len(described.members)} members, not {members}")
+    assigned = sorted(
+        p.partition for m in described.members for p in m.assignment.topic_partitions)
+    if assigned != [0, 1]:
+        fail(f"the described assignment is {assigned}, not [0, 1]")
+    kind = getattr(described, "type", None)
+    print("described:", kind, described.state, [(m.member_id, [p.partition for p in m.assignment.topic_partitions]) for m in described.members], flush=True)
+    if PROTOCOL == "consumer" and kind is not None and "CONSUMER" not in str(kind):
+        fail(f"the group is described as {kind}, not a consumer-protocol group")
+
+
 def main():
     step("create topic")
     admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
@@ -110,6 +135,7 @@ def main():
                and len(received) >= len(first), "one partition each and the first records", received)
     if {p.partition for p in a.assignment()} & {p.partition for p in b.assignment()}:
         fail("both members were given the same partition")
+    describe_group(admin, 2)
 
     step("one leaves, the other takes both")
     b.close()

@@ -1,6 +1,7 @@
 """A rebalance storm with confluent-kafka against a Runnel node.
 
-Environment: RUNNEL_BOOTSTRAP (host:port), RUNNEL_TOPIC (a new topic name).
+Environment: RUNNEL_BOOTSTRAP (host:port), RUNNEL_TOPIC (a new topic name),
+RUNNEL_GROUP_PROTOCOL: "classic" (the default) or "consumer" (KIP-848).
 
 A producer writes numbered records to a 6-partition topic for a while; meanwhile a group
 of three members keeps changing, one member leaving and a new one joining every couple of
@@ -21,6 +22,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 BOOTSTRAP = os.environ["RUNNEL_BOOTSTRAP"]
 TOPIC = os.environ["RUNNEL_TOPIC"]
 GROUP = f"{TOPIC}-group"
+PROTOCOL = os.environ.get("RUNNEL_GROUP_PROTOCOL", "classic")
 PARTITIONS = 6
 PRODUCE_SECONDS = 15
 CHURN_SECONDS = 2.0
@@ -35,15 +37,18 @@ def fail(message):
 
 
 def new_consumer(name, group=GROUP):
-    return Consumer({
+    config = {
         "bootstrap.servers": BOOTSTRAP,
         "group.id": group,
         "client.id": name,
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
-        "session.timeout.ms": 6000,
-        "heartbeat.interval.ms": 300,
-    })
+    }
+    if PROTOCOL == "consumer":
+        config["group.protocol"] = "consumer"
+    else:
+        config.update({"session.timeout.ms": 6000, "heartbeat.interval.ms": 300})
+    return Consumer(config)
 
 
 def member(name, stop):
