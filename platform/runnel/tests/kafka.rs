@@ -864,6 +864,131 @@ fn a_stable_group_survives_a_restart_without_a_rebalance() {
     assert_eq!(&described.members[0].member_assignment[..], b"all of it");
 }
 
+/// A consumer-protocol (KIP-848) group is stored in `__consumer_offsets`: after a restart
+/// its member carries on at its epoch with its assignment, without rejoining.
+#[test]
+fn a_consumer_protocol_group_survives_a_restart() {
+    const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+    const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    const GROUP_ID_NOT_FOUND: i16 = 69;
+    const FENCED_MEMBER_EPOCH: i16 = 110;
+    let dir = tempfile::tempdir().unwrap();
+    let (node, kafka) = start(dir.path());
+    let mut conn = Connection::open(kafka);
+    create_topic(&mut conn, "kip848", 2, &[]);
+    let topic_id = conn
+        .call(
+            MetadataRequest::default().with_topics(Some(vec![
+                metadata_request::MetadataRequestTopic::default().with_name(Some(name("kip848"))),
+            ])),
+            12,
+        )
+        .topics[0]
+        .topic_id;
+    let group = || GroupId(StrBytes::from_static_str("next-gen"));
+    let heartbeat = |conn: &mut Connection, epoch: i32, owned: Option<Vec<i32>>| {
+        let mut request = ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(group())
+            .with_member_id(StrBytes::from_static_str("member-one"))
+            .with_member_epoch(epoch)
+            .with_rebalance_timeout_ms(if epoch == 0 { 30_000 } else { -1 })
+            .with_topic_partitions(owned.map(|partitions| {
+                vec![
+                    consumer_group_heartbeat_request::TopicPartitions::default()
+                        .with_topic_id(topic_id)
+                        .with_partitions(partitions),
+                ]
+            }));
+        if epoch == 0 {
+            request = request.with_subscribed_topic_names(Some(vec![name("kip848")]));
+        }
+        let mut answer = conn.call(request.clone(), 1);
+        while answer.error_code == COORDINATOR_LOAD_IN_PROGRESS {
+            std::thread::sleep(Duration::from_millis(50));
+            answer = conn.call(request.clone(), 1);
+        }
+        answer
+    };
+    let partitions_of = |answer: &ConsumerGroupHeartbeatResponse| {
+        answer.assignment.as_ref().map(|a| {
+            let mut all: Vec<i32> = a
+                .topic_partitions
+                .iter()
+                .inspect(|t| assert_eq!(t.topic_id, topic_id))
+                .flat_map(|t| t.partitions.clone())
+                .collect();
+            all.sort();
+            all
+        })
+    };
+    let joined = heartbeat(&mut conn, 0, Some(vec![]));
+    assert_eq!((joined.error_code, joined.member_epoch), (0, 1));
+    assert_eq!(partitions_of(&joined), Some(vec![0, 1]));
+
+    // The group is the consumer protocol's: the classic APIs do not take it.
+    let classic_join = conn.call(
+        JoinGroupRequest::default()
+            .with_group_id(group())
+            .with_session_timeout_ms(30_000)
+            .with_rebalance_timeout_ms(30_000)
+            .with_member_id(StrBytes::from_static_str("someone"))
+            .with_protocol_type(StrBytes::from_static_str("consumer")),
+        7,
+    );
+    assert_eq!(classic_join.error_code, INCONSISTENT_GROUP_PROTOCOL);
+    let described = conn.call(
+        DescribeGroupsRequest::default().with_groups(vec![group()]),
+        5,
+    );
+    assert_eq!(described.groups[0].error_code, GROUP_ID_NOT_FOUND);
+    let listed = conn.call(ListGroupsRequest::default(), 5);
+    let listed = listed
+        .groups
+        .iter()
+        .find(|g| g.group_id == group())
+        .expect("the group is listed");
+    assert_eq!(
+        (listed.group_type.as_str(), listed.group_state.as_str()),
+        ("consumer", "Stable")
+    );
+
+    drop(conn);
+    let mut node = node;
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_for_exit().success());
+    let (_node, kafka) = start(dir.path());
+    let mut conn = Connection::open(kafka);
+    let again = heartbeat(&mut conn, 1, Some(vec![0, 1]));
+    assert_eq!(
+        (again.error_code, again.member_epoch, partitions_of(&again)),
+        (0, 1, None),
+        "the member carries on at its epoch, its assignment unchanged: {again:?}"
+    );
+    let described = conn.call(
+        ConsumerGroupDescribeRequest::default().with_group_ids(vec![group()]),
+        1,
+    );
+    let described = &described.groups[0];
+    assert_eq!(
+        (
+            described.error_code,
+            described.group_state.as_str(),
+            described.group_epoch,
+            described.assignor_name.as_str()
+        ),
+        (0, "Stable", 1, "uniform")
+    );
+    assert_eq!(described.members.len(), 1);
+    assert_eq!(
+        described.members[0].assignment.topic_partitions[0]
+            .partitions
+            .len(),
+        2
+    );
+    let fenced = heartbeat(&mut conn, 7, None);
+    assert_eq!(fenced.error_code, FENCED_MEMBER_EPOCH);
+}
+
 #[test]
 fn a_partition_led_by_another_node_gets_not_leader_or_follower() {
     let (mut cluster, leaders) = two_brokers_with_topic("elsewhere", 2);

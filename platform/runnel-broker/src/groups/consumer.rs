@@ -152,6 +152,35 @@ pub struct ConsumerGroupDescription {
     pub members: Vec<ConsumerMemberDescription>,
 }
 
+/// A group as it is stored in `__consumer_offsets` and restored after a restart: everything
+/// but the clocks (sessions start over) and what members were last told.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredConsumerGroup {
+    pub epoch: i32,
+    pub assignment_epoch: i32,
+    pub assignor: String,
+    pub members: BTreeMap<String, StoredConsumerMember>,
+    pub target: BTreeMap<String, BTreeSet<TopicPartition>>,
+    pub subscribed_topics: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredConsumerMember {
+    pub instance_id: Option<String>,
+    pub rack_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub subscribed: BTreeSet<String>,
+    pub regex: Option<String>,
+    pub assignor: Option<String>,
+    pub rebalance_timeout: Millis,
+    pub epoch: i32,
+    pub previous_epoch: i32,
+    pub assigned: BTreeSet<TopicPartition>,
+    pub revoking: BTreeSet<TopicPartition>,
+    pub owned: BTreeSet<TopicPartition>,
+}
+
 #[derive(Debug, Clone)]
 struct Member {
     instance_id: Option<String>,
@@ -625,6 +654,96 @@ impl ConsumerGroups {
             .then(|| now.saturating_sub(g.empty_since))
     }
 
+    /// The group as it should be stored (None if there is no such group).
+    pub fn stored(&self, group: &str) -> Option<StoredConsumerGroup> {
+        let g = self.groups.get(group)?;
+        Some(StoredConsumerGroup {
+            epoch: g.epoch,
+            assignment_epoch: g.assignment_epoch,
+            assignor: g.assignor.clone(),
+            members: g
+                .members
+                .iter()
+                .map(|(id, m)| {
+                    let member = StoredConsumerMember {
+                        instance_id: m.instance_id.clone(),
+                        rack_id: m.rack_id.clone(),
+                        client_id: m.client_id.clone(),
+                        client_host: m.client_host.clone(),
+                        subscribed: m.subscribed.clone(),
+                        regex: m.regex.as_ref().map(|(p, _)| p.clone()),
+                        assignor: m.assignor.clone(),
+                        rebalance_timeout: m.rebalance_timeout,
+                        epoch: m.epoch,
+                        previous_epoch: m.previous_epoch,
+                        assigned: m.assigned.clone(),
+                        revoking: m.revoking.clone(),
+                        owned: m.owned.clone(),
+                    };
+                    (id.clone(), member)
+                })
+                .collect(),
+            target: g.target.clone(),
+            subscribed_topics: g.subscribed_topics.clone(),
+        })
+    }
+
+    /// Restores a stored group after a restart. Its members' sessions start now, so members
+    /// that come back carry on at their epochs and the others expire as usual.
+    pub fn restore(&mut self, name: &str, stored: StoredConsumerGroup, now: Millis) {
+        let session = self.settings.session_timeout;
+        let members = stored
+            .members
+            .into_iter()
+            .map(|(id, m)| {
+                // A pattern that compiled when it was stored compiles again; if not, the
+                // member keeps its named topics only.
+                let regex = m.regex.and_then(|pattern| {
+                    let compiled = regex::Regex::new(&format!("^(?:{pattern})$")).ok()?;
+                    Some((pattern, compiled))
+                });
+                let revocation_deadline =
+                    (!m.revoking.is_empty()).then_some(now + m.rebalance_timeout);
+                let member = Member {
+                    instance_id: m.instance_id,
+                    rack_id: m.rack_id,
+                    client_id: m.client_id,
+                    client_host: m.client_host,
+                    subscribed: m.subscribed,
+                    regex,
+                    assignor: m.assignor,
+                    rebalance_timeout: m.rebalance_timeout,
+                    epoch: m.epoch,
+                    previous_epoch: m.previous_epoch,
+                    told: Some(m.assigned.clone()),
+                    assigned: m.assigned,
+                    revoking: m.revoking,
+                    owned: m.owned,
+                    session_deadline: now + session,
+                    revocation_deadline,
+                };
+                (id, member)
+            })
+            .collect();
+        self.groups.insert(
+            name.to_string(),
+            Group {
+                epoch: stored.epoch,
+                assignment_epoch: stored.assignment_epoch,
+                members,
+                target: stored.target,
+                subscribed_topics: stored.subscribed_topics,
+                assignor: stored.assignor,
+                empty_since: now,
+            },
+        );
+    }
+
+    /// Names of every group, for storing those a step changed.
+    pub fn names(&self) -> Vec<String> {
+        self.groups.keys().cloned().collect()
+    }
+
     /// Forgets an empty group.
     pub fn delete(&mut self, group: &str) -> Result<(), ConsumerGroupError> {
         match self.groups.get(group) {
@@ -954,6 +1073,25 @@ mod tests {
             groups.heartbeat(request, &topics, 0),
             Err(ConsumerGroupError::UnsupportedAssignor("sticky".into()))
         );
+    }
+
+    #[test]
+    fn a_restored_group_carries_on_at_its_epochs() {
+        let topics = topics(&[("t", 2)]);
+        let mut groups = ConsumerGroups::default();
+        groups.heartbeat(join("a", &["t"]), &topics, 0).unwrap();
+        let stored = groups.stored("g").unwrap();
+        let json = serde_json::to_vec(&stored).unwrap();
+        let mut restarted = ConsumerGroups::default();
+        restarted.restore("g", serde_json::from_slice(&json).unwrap(), 100_000);
+        assert_eq!(restarted.stored("g"), Some(stored));
+        let a = restarted
+            .heartbeat(beat("a", 1, None), &topics, 100_001)
+            .unwrap();
+        assert_eq!((a.member_epoch, a.assignment), (1, None));
+        // Its session started at the restore.
+        assert_eq!(restarted.tick(144_999), 0);
+        assert_eq!(restarted.tick(146_001), 1);
     }
 
     #[test]

@@ -69,6 +69,8 @@ struct Inner {
     coordinator: Coordinator,
     /// Groups of the KIP-848 protocol; a group name is in one protocol or the other.
     consumer: consumer::ConsumerGroups,
+    /// Each consumer-protocol group as last written to the offsets topic.
+    consumer_stored: HashMap<String, consumer::StoredConsumerGroup>,
     waiting: HashMap<Ticket, Waiter>,
     next_ticket: Ticket,
     offsets: HashMap<String, BTreeMap<(String, i32), CommittedOffset>>,
@@ -132,6 +134,9 @@ pub struct GroupService {
     wanted: std::sync::atomic::AtomicBool,
     partitions: u32,
     inner: Mutex<Inner>,
+    /// Held while consumer-protocol groups are written, so snapshots land in the order
+    /// they were taken.
+    consumer_writes: tokio::sync::Mutex<()>,
     started: Instant,
 }
 
@@ -154,11 +159,13 @@ impl GroupService {
             inner: Mutex::new(Inner {
                 coordinator: Coordinator::new(settings),
                 consumer: consumer::ConsumerGroups::new(consumer_settings),
+                consumer_stored: HashMap::new(),
                 waiting: HashMap::new(),
                 next_ticket: 0,
                 offsets: HashMap::new(),
                 loaded: false,
             }),
+            consumer_writes: tokio::sync::Mutex::new(()),
             started: Instant::now(),
         });
         let clock = service.clone();
@@ -184,16 +191,27 @@ impl GroupService {
                     _ = stop.cancelled() => break,
                 }
                 let now = clock.now();
-                let emptied = {
+                let (emptied, consumer_changed) = {
                     let mut inner = clock.lock();
                     let before = inner.coordinator.states();
                     let replies = inner.coordinator.tick(now);
                     inner.deliver(replies);
-                    inner.consumer.tick(now);
-                    emptied_groups(&before, &inner.coordinator)
+                    let removed = inner.consumer.tick(now);
+                    let consumer_changed = if removed > 0 {
+                        inner.consumer.names()
+                    } else {
+                        Vec::new()
+                    };
+                    (
+                        emptied_groups(&before, &inner.coordinator),
+                        consumer_changed,
+                    )
                 };
                 for (group, stored) in emptied {
                     clock.store_group(&group, &stored).await;
+                }
+                for group in consumer_changed {
+                    clock.store_consumer_group(&group).await;
                 }
             }
         });
@@ -242,6 +260,7 @@ impl GroupService {
         };
         let mut loaded: HashMap<String, BTreeMap<(String, i32), CommittedOffset>> = HashMap::new();
         let mut stored_groups = HashMap::new();
+        let mut consumer_groups = HashMap::new();
         for (index, partition) in topic.partitions.iter().enumerate() {
             if partition.leader != Some(self.broker.node_id()) {
                 continue;
@@ -253,8 +272,13 @@ impl GroupService {
                 if read.records.is_empty() {
                     break;
                 }
-                offset =
-                    offsets::apply_batches(&read.records, offset, &mut loaded, &mut stored_groups);
+                offset = offsets::apply_batches(
+                    &read.records,
+                    offset,
+                    &mut loaded,
+                    &mut stored_groups,
+                    &mut consumer_groups,
+                );
             }
         }
         let now = self.now();
@@ -265,6 +289,12 @@ impl GroupService {
         for (group, stored) in stored_groups {
             if let Some(stored) = stored {
                 inner.coordinator.restore(&group, stored, now);
+            }
+        }
+        for (group, stored) in consumer_groups {
+            if let Some(stored) = stored {
+                inner.consumer.restore(&group, stored.clone(), now);
+                inner.consumer_stored.insert(group, stored);
             }
         }
         let count: usize = loaded.values().map(BTreeMap::len).sum();
@@ -618,21 +648,24 @@ impl GroupService {
             let keys: Vec<(String, i32)> = stamped.iter().map(|(key, _)| key.clone()).collect();
             match self.write_tombstones(&group, partition, &keys).await {
                 Ok(()) => {
-                    let mut inner = self.lock();
-                    // A commit that arrived meanwhile stays (its record follows the
-                    // tombstone in the log too).
-                    if let Some(offsets) = inner.offsets.get_mut(&group) {
-                        for (key, commit_ms) in &stamped {
-                            if offsets.get(key).is_some_and(|c| c.commit_ms == *commit_ms) {
-                                offsets.remove(key);
+                    {
+                        let mut inner = self.lock();
+                        // A commit that arrived meanwhile stays (its record follows the
+                        // tombstone in the log too).
+                        if let Some(offsets) = inner.offsets.get_mut(&group) {
+                            for (key, commit_ms) in &stamped {
+                                if offsets.get(key).is_some_and(|c| c.commit_ms == *commit_ms) {
+                                    offsets.remove(key);
+                                }
+                            }
+                            if offsets.is_empty() {
+                                inner.offsets.remove(&group);
+                                let _ = inner.coordinator.delete(&group);
+                                let _ = inner.consumer.delete(&group);
                             }
                         }
-                        if offsets.is_empty() {
-                            inner.offsets.remove(&group);
-                            let _ = inner.coordinator.delete(&group);
-                            let _ = inner.consumer.delete(&group);
-                        }
                     }
+                    self.store_consumer_group(&group).await;
                     tracing::info!(%group, partitions = keys.len(), "expired the committed offsets of an empty group");
                 }
                 Err(error) => tracing::warn!(%group, %error, "expiring committed offsets"),
@@ -642,7 +675,7 @@ impl GroupService {
 
     /// A ConsumerGroupHeartbeat (KIP-848): joins, leaves, or keeps a member and moves it
     /// towards its target assignment.
-    pub fn consumer_heartbeat(
+    pub async fn consumer_heartbeat(
         &self,
         request: ConsumerHeartbeat,
     ) -> Result<ConsumerHeartbeatAnswer, GroupServiceError> {
@@ -654,12 +687,56 @@ impl GroupService {
             .iter()
             .map(|(name, topic)| (name.clone(), (topic.id, topic.partitions.len() as u32)))
             .collect();
-        let now = self.now();
-        let mut inner = self.lock();
-        if inner.classic_has_members(&request.group) {
-            return Err(ConsumerGroupError::ClassicGroup.into());
+        let group = request.group.clone();
+        let answer = {
+            let now = self.now();
+            let mut inner = self.lock();
+            if inner.classic_has_members(&request.group) {
+                return Err(ConsumerGroupError::ClassicGroup.into());
+            }
+            inner.consumer.heartbeat(request, &topics, now)?
+        };
+        // Stored before the member hears of it, so a restart never forgets an epoch or an
+        // assignment a member was told.
+        self.store_consumer_group(&group).await;
+        Ok(answer)
+    }
+
+    /// Writes a consumer-protocol group to the offsets topic if it changed since it was
+    /// last written (a tombstone once it is gone), logging rather than failing: a group
+    /// stored out of date only makes its members rejoin after a restart.
+    async fn store_consumer_group(&self, group: &str) {
+        let _writing = self.consumer_writes.lock().await;
+        let (snapshot, previous) = {
+            let inner = self.lock();
+            (
+                inner.consumer.stored(group),
+                inner.consumer_stored.get(group).cloned(),
+            )
+        };
+        if snapshot == previous {
+            return;
         }
-        Ok(inner.consumer.heartbeat(request, &topics, now)?)
+        let Ok(partition) = self.check_local(group) else {
+            return;
+        };
+        let written = async {
+            let batch = offsets::consumer_group_batch(group, snapshot.as_ref())
+                .map_err(|e| BrokerError::Log(runnel_log::LogError::InvalidBatch(e)))?;
+            let log = self.broker.leader_log(OFFSETS_TOPIC, partition)?;
+            log.append_durable(batch).await.map_err(BrokerError::from)?;
+            Ok::<(), GroupServiceError>(())
+        };
+        match written.await {
+            Ok(()) => {
+                let mut inner = self.lock();
+                match snapshot {
+                    Some(snapshot) => inner.consumer_stored.insert(group.to_string(), snapshot),
+                    None => inner.consumer_stored.remove(group),
+                };
+            }
+            Err(error) => tracing::warn!(%group, %error, "storing the consumer group"),
+        }
     }
 
     /// A consumer-protocol group (ConsumerGroupDescribe); `None` if there is none.
@@ -722,6 +799,7 @@ impl GroupService {
         };
         self.write_tombstones(group, partition, &keys).await?;
         self.write_group(group, partition, None).await?;
+        self.store_consumer_group(group).await;
         self.lock().offsets.remove(group);
         Ok(())
     }

@@ -21,6 +21,10 @@ const VALUE_VERSION: i16 = 3;
 /// Group metadata records: key version 2, value version 3 (Kafka's).
 const GROUP_KEY_VERSION: i16 = 2;
 const GROUP_VALUE_VERSION: i16 = 3;
+/// A consumer-protocol (KIP-848) group. Kafka stores such a group as several record types
+/// (key versions 3 to 8); Runnel stores one JSON snapshot per group under a key version of
+/// its own, which Kafka never uses, keyed like the classic group metadata.
+const CONSUMER_GROUP_KEY_VERSION: i16 = 0x7F01;
 /// Decompressed size bound when reading the offsets topic back.
 const MAX_BATCH: usize = 64 << 20;
 
@@ -84,10 +88,35 @@ fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
 }
 
 fn group_key(group: &str) -> Vec<u8> {
+    versioned_group_key(GROUP_KEY_VERSION, group)
+}
+
+fn versioned_group_key(version: i16, group: &str) -> Vec<u8> {
     let mut out = BytesMut::new();
-    out.put_i16(GROUP_KEY_VERSION);
+    out.put_i16(version);
     put_string(&mut out, group);
     out.to_vec()
+}
+
+/// The batch that records a consumer-protocol group as it stands (or, with `None`, that it
+/// is gone).
+pub fn consumer_group_batch(
+    group: &str,
+    stored: Option<&super::consumer::StoredConsumerGroup>,
+) -> Result<BytesMut, BatchError> {
+    let value = match stored {
+        Some(stored) => Some(
+            serde_json::to_vec(stored)
+                .map_err(|e| BatchError::Inconsistent(format!("encode a consumer group: {e}")))?,
+        ),
+        None => None,
+    };
+    BatchBuilder::default().build(&[NewRecord {
+        timestamp: runnel_log::now_ms(),
+        key: Some(versioned_group_key(CONSUMER_GROUP_KEY_VERSION, group)),
+        value,
+        headers: Vec::new(),
+    }])
 }
 
 fn group_value(stored: &StoredGroup, now: i64) -> Vec<u8> {
@@ -194,8 +223,12 @@ fn get_bytes(buf: &mut &[u8]) -> Option<bytes::Bytes> {
 }
 
 /// A group metadata key: its group name.
-fn parse_group_key(mut buf: &[u8]) -> Option<String> {
-    if buf.remaining() < 2 || buf.get_i16() != GROUP_KEY_VERSION {
+fn parse_group_key(buf: &[u8]) -> Option<String> {
+    parse_versioned_group_key(GROUP_KEY_VERSION, buf)
+}
+
+fn parse_versioned_group_key(version: i16, mut buf: &[u8]) -> Option<String> {
+    if buf.remaining() < 2 || buf.get_i16() != version {
         return None;
     }
     get_string(&mut buf)
@@ -299,6 +332,7 @@ pub fn apply_batches(
     from: u64,
     offsets: &mut HashMap<String, BTreeMap<(String, i32), CommittedOffset>>,
     groups: &mut HashMap<String, Option<StoredGroup>>,
+    consumer_groups: &mut HashMap<String, Option<super::consumer::StoredConsumerGroup>>,
 ) -> u64 {
     let mut next = from;
     for (position, header) in batch_positions(batches) {
@@ -315,6 +349,14 @@ pub fn apply_batches(
         for record in Records::new(&section, header.records_count).flatten() {
             let offset = header.base_offset + i64::from(record.offset_delta);
             if offset < from as i64 {
+                continue;
+            }
+            if let Some(group) = record
+                .key
+                .and_then(|k| parse_versioned_group_key(CONSUMER_GROUP_KEY_VERSION, k))
+            {
+                let stored = record.value.and_then(|v| serde_json::from_slice(v).ok());
+                consumer_groups.insert(group, stored);
                 continue;
             }
             if let Some(group) = record.key.and_then(parse_group_key) {
@@ -403,12 +445,24 @@ mod tests {
         log.extend_from_slice(&group);
         let mut offsets = HashMap::new();
         let mut groups = HashMap::new();
-        assert_eq!(apply_batches(&log, 0, &mut offsets, &mut groups), 4);
+        assert_eq!(
+            apply_batches(&log, 0, &mut offsets, &mut groups, &mut HashMap::new()),
+            4
+        );
         assert_eq!(groups["g"], Some(stored));
         let group = &offsets["g"];
         assert_eq!(group.len(), 1);
         assert_eq!(group[&("t".to_string(), 0)], committed);
         // Garbage is skipped, not a panic.
-        assert_eq!(apply_batches(&[1, 2, 3], 5, &mut offsets, &mut groups), 5);
+        assert_eq!(
+            apply_batches(
+                &[1, 2, 3],
+                5,
+                &mut offsets,
+                &mut groups,
+                &mut HashMap::new()
+            ),
+            5
+        );
     }
 }

@@ -70,7 +70,7 @@ fn present(value: &Option<StrBytes>) -> Option<String> {
         .map(|v| v.to_string())
 }
 
-pub fn heartbeat(
+pub async fn heartbeat(
     groups: &GroupService,
     broker: &Broker,
     request: ConsumerGroupHeartbeatRequest,
@@ -117,7 +117,7 @@ pub fn heartbeat(
         client_id,
         client_host: String::new(),
     };
-    match groups.consumer_heartbeat(call) {
+    match groups.consumer_heartbeat(call).await {
         Ok(answer) => ConsumerGroupHeartbeatResponse::default()
             .with_member_id(Some(text(answer.member_id)))
             .with_member_epoch(answer.member_epoch)

@@ -152,9 +152,11 @@ pub async fn handle(backends: &Arc<Backends>, request: Request) -> Reply {
         RequestKind::OffsetDelete(body) => later(async move {
             ResponseKind::OffsetDelete(groups::offset_delete(&group_service, body).await)
         }),
-        RequestKind::ConsumerGroupHeartbeat(body) => ready(ResponseKind::ConsumerGroupHeartbeat(
-            consumer_groups::heartbeat(&group_service, &broker, body, version, client_id),
-        )),
+        RequestKind::ConsumerGroupHeartbeat(body) => later(async move {
+            ResponseKind::ConsumerGroupHeartbeat(
+                consumer_groups::heartbeat(&group_service, &broker, body, version, client_id).await,
+            )
+        }),
         RequestKind::ConsumerGroupDescribe(body) => ready(ResponseKind::ConsumerGroupDescribe(
             consumer_groups::describe(&group_service, &broker, body, version),
         )),
