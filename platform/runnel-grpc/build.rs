@@ -1,11 +1,25 @@
 //! Compiles `schemas/proto` with protox (no system `protoc` needed) and generates the tonic
-//! code from it.
+//! code from it: the internal cluster RPC and the public `runnel.v1` API, whose descriptor
+//! set is also kept for gRPC server reflection.
+
+use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/proto");
+    println!("cargo:rerun-if-changed={}", root.display());
     let cluster = root.join("runnel/cluster/v1/cluster.proto");
-    println!("cargo:rerun-if-changed={}", cluster.display());
-    let descriptors = protox::compile([&cluster], [&root])?;
+    tonic_prost_build::configure().compile_fds(protox::compile([&cluster], [&root])?)?;
+
+    let api: Vec<_> = ["records", "producer", "consumer", "admin"]
+        .iter()
+        .map(|name| root.join(format!("runnel/v1/{name}.proto")))
+        .collect();
+    let descriptors = protox::compile(&api, [&root])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("runnel_v1_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
     Ok(())
 }

@@ -325,6 +325,8 @@ impl NodeProcess {
                 "--set",
                 "kafka.listen=127.0.0.1:0",
                 "--set",
+                "grpc.listen=127.0.0.1:0",
+                "--set",
                 "http.listen=127.0.0.1:0",
             ])
             .env("RUST_LOG", "warn")

@@ -9,6 +9,7 @@
 
 pub mod broker;
 pub mod groups;
+pub mod partitioner;
 pub mod reconcile;
 
 pub use broker::{Broker, BrokerError, BrokerSettings, PendingProduce, Produced, TopicConfigs};

@@ -1,9 +1,10 @@
 //! runnel-grpc: Runnel's gRPC services.
 //!
-//! For now, the internal cluster RPC ([`cluster`]): Raft between controller nodes and the
-//! forwarding of metadata proposals to the leader. The public `runnel.v1` API comes with
-//! its own issue.
+//! - [`api`]: the public `runnel.v1` API (Producer, Consumer, Admin) on `grpc.listen`.
+//! - [`cluster`]: the internal cluster RPC: Raft between controller nodes and the
+//!   forwarding of metadata proposals to the leader.
 
+pub mod api;
 pub mod cluster;
 
 /// Code generated from `schemas/proto/runnel/cluster/v1/cluster.proto`.

@@ -348,6 +348,38 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A record header: its key and its value (`None` for null).
+pub type HeaderEntry<'a> = (&'a str, Option<&'a [u8]>);
+
+impl<'a> Record<'a> {
+    /// The record's headers: (key, value), a null value as `None`. A key that is not UTF-8
+    /// is an error, as in Kafka.
+    pub fn header_entries(&self) -> Result<Vec<HeaderEntry<'a>>, BatchError> {
+        let mut reader = Reader {
+            bytes: self.headers,
+            position: 0,
+        };
+        let count = reader.varint()?;
+        // Each header takes at least two bytes: a count beyond that is a lie.
+        if count < 0 || count as usize > self.headers.len() / 2 {
+            return Err(BatchError::MalformedRecord(format!(
+                "header count {count} for {} bytes",
+                self.headers.len()
+            )));
+        }
+        let mut entries = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let key = reader
+                .nullable_bytes()?
+                .ok_or_else(|| BatchError::MalformedRecord("null header key".into()))?;
+            let key = std::str::from_utf8(key)
+                .map_err(|_| BatchError::MalformedRecord("header key is not UTF-8".into()))?;
+            entries.push((key, reader.nullable_bytes()?));
+        }
+        Ok(entries)
+    }
+}
+
 /// Iterates the records of an uncompressed records section (the bytes after the header).
 pub struct Records<'a> {
     reader: Reader<'a>,

@@ -41,6 +41,8 @@ pub struct Banner {
     pub cluster: Option<SocketAddr>,
     /// The Kafka listener's bound address.
     pub kafka: SocketAddr,
+    /// The gRPC API's bound address.
+    pub grpc: SocketAddr,
     pub coming: Vec<ComingListener>,
     pub ready_in: Duration,
 }
@@ -71,6 +73,7 @@ impl fmt::Display for Banner {
         writeln!(f, "health: http://{}/health/ready", self.http)?;
         writeln!(f, "metrics: http://{}/metrics", self.http)?;
         writeln!(f, "kafka: {}", self.kafka)?;
+        writeln!(f, "grpc: {}", self.grpc)?;
         if let Some(cluster) = self.cluster {
             writeln!(f, "cluster: {cluster}")?;
         }
@@ -95,9 +98,10 @@ mod tests {
             http: "127.0.0.1:40123".parse().unwrap(),
             cluster: None,
             kafka: "127.0.0.1:40124".parse().unwrap(),
+            grpc: "127.0.0.1:40125".parse().unwrap(),
             coming: vec![ComingListener {
-                name: "grpc",
-                listen: "127.0.0.1:9093".parse().unwrap(),
+                name: "cluster",
+                listen: "127.0.0.1:9094".parse().unwrap(),
             }],
             ready_in: Duration::from_micros(12_700),
         };
@@ -108,7 +112,8 @@ mod tests {
              health: http://127.0.0.1:40123/health/ready\n\
              metrics: http://127.0.0.1:40123/metrics\n\
              kafka: 127.0.0.1:40124\n\
-             grpc: 127.0.0.1:9093 (coming)\n\
+             grpc: 127.0.0.1:40125\n\
+             cluster: 127.0.0.1:9094 (coming)\n\
              ready in 12 ms\n",
             env!("CARGO_PKG_VERSION")
         );

@@ -14,9 +14,8 @@
 //! 5. start the log's retention and compaction schedule;
 //! 6. mark the node ready and print the banner (see [`crate::banner`]).
 //!
-//! The Kafka listener is bound before the controller starts (so the node registers its
-//! real address) and serves once the controller is ready; the gRPC listener is not bound
-//! yet.
+//! The Kafka and gRPC listeners are bound before the controller starts (so the node
+//! registers their real addresses) and serve once the controller is ready.
 //!
 //! # Shutdown
 //! On the first SIGINT/SIGTERM (also one that arrives during startup, which then completes
@@ -116,6 +115,19 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     let kafka_address = kafka_listener
         .local_addr()
         .context("read the kafka listener's address")?;
+    let grpc_listener = match tokio::net::TcpListener::bind(config.grpc.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            http.stop().await.ok();
+            return Err(anyhow::Error::new(error).context(format!(
+                "bind the grpc listener on {} (grpc.listen)",
+                config.grpc.listen
+            )));
+        }
+    };
+    let grpc_address = grpc_listener
+        .local_addr()
+        .context("read the grpc listener's address")?;
 
     let log = match open_log(&config, log_metrics).await {
         Ok(log) => Arc::new(log),
@@ -131,6 +143,7 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     let addresses = BoundAddresses {
         http: http.local_addr(),
         kafka: kafka_address,
+        grpc: grpc_address,
     };
     let started_controller = match start_controller(&config, &data_dir, addresses, &shutdown).await
     {
@@ -180,6 +193,16 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     );
     // Set once, right here; nothing else sets it.
     let _ = groups_slot.set(groups.clone());
+    let api = runnel_grpc::api::ApiServer::start(
+        grpc_listener,
+        runnel_grpc::api::Backends {
+            broker: broker.clone(),
+            groups: groups.clone(),
+        },
+    )
+    .await
+    .context("start the grpc api")?;
+    tracing::info!(address = %api.address, "grpc listening");
     let kafka = KafkaServer::start(
         kafka_listener,
         Arc::new(Backends { broker, groups }),
@@ -204,19 +227,15 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
         http: http.local_addr(),
         cluster: cluster_server.as_ref().map(|server| server.address),
         kafka: kafka.local_addr(),
-        coming: [
-            Some(ComingListener {
-                name: "grpc",
-                listen: config.grpc.listen,
-            }),
-            cluster_server.is_none().then_some(ComingListener {
+        grpc: api.address,
+        coming: cluster_server
+            .is_none()
+            .then_some(ComingListener {
                 name: "cluster",
                 listen: config.cluster.listen,
-            }),
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
+            })
+            .into_iter()
+            .collect(),
         ready_in,
     };
     // A signal during startup: stop without ever reporting ready.
@@ -235,6 +254,7 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
 
     readiness.set(false);
     kafka.stop().await;
+    api.stop().await;
     stop_maintenance.cancel();
     if let Err(error) = maintenance.await {
         tracing::error!(%error, "the log maintenance task failed");
@@ -267,6 +287,7 @@ struct StartedController {
 struct BoundAddresses {
     http: std::net::SocketAddr,
     kafka: std::net::SocketAddr,
+    grpc: std::net::SocketAddr,
 }
 
 async fn start_controller(
@@ -287,7 +308,11 @@ async fn start_controller(
             .advertised
             .clone()
             .unwrap_or_else(|| bound.kafka.to_string()),
-        grpc: config.grpc.advertised_address(),
+        grpc: config
+            .grpc
+            .advertised
+            .clone()
+            .unwrap_or_else(|| bound.grpc.to_string()),
         cluster: config.cluster.advertised_address(),
         http: config
             .http

@@ -319,6 +319,23 @@ impl GroupService {
         metadata.nodes.get(&leader).cloned()
     }
 
+    /// Waits (up to `timeout`) until the committed offsets are loaded, creating the offsets
+    /// topic if no group was used yet: for callers that would rather wait than retry on
+    /// [`GroupServiceError::Loading`]. Returns whether it is loaded.
+    pub async fn wait_loaded(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.is_loaded() {
+                return true;
+            }
+            self.want_offsets_topic();
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Asks the clock to create `__consumer_offsets` (the first group request does).
     fn want_offsets_topic(&self) {
         self.wanted

@@ -41,6 +41,8 @@ pub struct Node {
     pub http: SocketAddr,
     /// The Kafka listener, from the banner's `kafka:` line.
     pub kafka: Option<SocketAddr>,
+    /// The gRPC API, from the banner's `grpc:` line.
+    pub grpc: Option<SocketAddr>,
 }
 
 impl Node {
@@ -79,6 +81,7 @@ impl Node {
             banner: Vec::new(),
             http: SocketAddr::from(([0, 0, 0, 0], 0)),
             kafka: None,
+            grpc: None,
         }
     }
 
@@ -104,6 +107,9 @@ impl Node {
             }
             if let Some(address) = line.strip_prefix("kafka: ") {
                 self.kafka = address.parse().ok();
+            }
+            if let Some(address) = line.strip_prefix("grpc: ") {
+                self.grpc = address.parse().ok();
             }
             let done = line.starts_with("ready in ");
             self.banner.push(line);
@@ -248,6 +254,8 @@ pub fn dev_args(data_dir: &Path) -> Vec<String> {
         "http.listen=127.0.0.1:0".to_string(),
         "--set".to_string(),
         "kafka.listen=127.0.0.1:0".to_string(),
+        "--set".to_string(),
+        "grpc.listen=127.0.0.1:0".to_string(),
     ]
 }
 
