@@ -250,6 +250,21 @@ fn confluent_kafka_groups_with_the_consumer_protocol() {
     run_client(command, kafka, "kip848-groups");
 }
 
+/// A Python client generated with grpcio-tools from nothing but `schemas/proto` produces
+/// and fetches through the gRPC API, and confluent-kafka sees the same records (and the
+/// reverse): the same offsets, keys, headers, timestamps and key partitions.
+#[test]
+fn a_python_grpc_client_from_the_proto_files_and_kafka_clients_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, kafka) = start_node(dir.path());
+    let proto = repository().join("schemas/proto");
+    let mut command = python("grpc_python.py");
+    command
+        .env("RUNNEL_GRPC", node.grpc.expect("a grpc line").to_string())
+        .env("RUNNEL_PROTO_DIR", proto);
+    run_client(command, kafka, "grpc-python");
+}
+
 #[test]
 fn kafka_python_groups() {
     let dir = tempfile::tempdir().unwrap();
