@@ -45,6 +45,16 @@ pub enum Command {
     /// warnings and ignored.
     #[command(after_help = CONFIG_HELP)]
     Start(StartArgs),
+    /// Create, list, describe, alter, grow and delete topics
+    Topic(crate::client::TopicArgs),
+    /// Write lines from stdin to a topic
+    Produce(crate::client::ProduceArgs),
+    /// Print a topic's records, following new ones until Ctrl-C
+    Consume(crate::client::ConsumeArgs),
+    /// List, describe, reset and delete consumer groups
+    Group(crate::client::GroupArgs),
+    /// The cluster's nodes
+    Cluster(crate::client::ClusterArgs),
 }
 
 #[derive(Debug, Args)]
@@ -90,12 +100,18 @@ impl Overrides {
 }
 
 impl Command {
+    /// Whether this command runs a node (rather than talk to one).
+    pub fn runs_a_node(&self) -> bool {
+        matches!(self, Command::Dev(_) | Command::Start(_))
+    }
+
     /// Loads and validates the node configuration for this command, logging the warnings of
     /// the load (unknown keys and the like). Errors name the key or file at fault.
     pub fn load_config(&self) -> anyhow::Result<NodeConfig> {
         let (file, overrides) = match self {
             Command::Dev(args) => (None, &args.overrides),
             Command::Start(args) => (Some(args.config.as_path()), &args.overrides),
+            _ => anyhow::bail!("a client command runs no node"),
         };
         let loaded = NodeConfig::load(file, environment(), &overrides.pairs()?)?;
         for warning in &loaded.warnings {

@@ -1,13 +1,15 @@
 //! The `runnel` binary: parses the command line, loads the node configuration and runs the
 //! node until it is told to stop.
 //!
-//! Exit codes: `0` after a clean shutdown, `1` when the node failed to start or to stop
-//! cleanly, `2` for a bad command line or configuration (one `error: ...` line on stderr),
-//! `130` when a second Ctrl-C/SIGTERM cut a shutdown short.
+//! Exit codes of `dev` and `start`: `0` after a clean shutdown, `1` when the node failed to
+//! start or to stop cleanly, `2` for a bad command line or configuration (one `error: ...`
+//! line on stderr), `130` when a second Ctrl-C/SIGTERM cut a shutdown short. The client
+//! commands (`topic`, `produce`, `consume`, `group`, `cluster`) have theirs in [`client`].
 
 mod admin;
 mod banner;
 mod cli;
+mod client;
 mod http;
 mod logging;
 mod metrics;
@@ -26,6 +28,9 @@ static ALLOCATOR: runnel_kafka::alloc::GuardedAllocator = runnel_kafka::alloc::G
 fn main() -> ExitCode {
     let started = Instant::now();
     let cli = cli::Cli::parse();
+    if !cli.command.runs_a_node() {
+        return client::run(cli.command);
+    }
     logging::init();
 
     let config = match cli.command.load_config() {

@@ -1,0 +1,18 @@
+//! Generates the client code of the `runnel.v1` API from `schemas/proto` (with protox, so no
+//! system `protoc` is needed).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/proto");
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("runnel/v1").display()
+    );
+    let files: Vec<_> = ["records", "producer", "consumer", "admin"]
+        .iter()
+        .map(|name| root.join(format!("runnel/v1/{name}.proto")))
+        .collect();
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_fds(protox::compile(&files, [&root])?)?;
+    Ok(())
+}
