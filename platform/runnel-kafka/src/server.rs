@@ -10,7 +10,8 @@
 //! Bad input closes only its own connection: a frame above `socket.request.max.bytes` is
 //! refused from its length prefix before anything is allocated for it, and a request that
 //! does not decode is logged once. A request of an api key or version that is not served
-//! gets UNSUPPORTED_VERSION and the connection stays open.
+//! gets UNSUPPORTED_VERSION and the connection stays open. A produce with acks=0 that
+//! fails gets no response, so it closes its connection, as in Kafka.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -122,12 +123,12 @@ async fn accept_loop(
 enum Outgoing {
     /// A response already encoded.
     Ready(bytes::BytesMut),
-    /// A handler still running; `None` means no response (acks=0).
+    /// A handler still running.
     Pending {
         api_key: kafka_protocol::messages::ApiKey,
         version: i16,
         correlation_id: i32,
-        reply: JoinHandle<Option<kafka_protocol::messages::ResponseKind>>,
+        reply: JoinHandle<handlers::Answer>,
         /// The request's share of [`MAX_IN_FLIGHT_BYTES`], returned once answered.
         _budget: OwnedSemaphorePermit,
     },
@@ -153,7 +154,7 @@ async fn serve_connection(
                     reply,
                     _budget,
                 } => match reply.await {
-                    Ok(Some(body)) => {
+                    Ok(handlers::Answer::Respond(body)) => {
                         match codec::encode_response(api_key, version, correlation_id, &body) {
                             Ok(frame) => frame,
                             Err(error) => {
@@ -162,7 +163,11 @@ async fn serve_connection(
                             }
                         }
                     }
-                    Ok(None) => continue,
+                    Ok(handlers::Answer::Nothing) => continue,
+                    Ok(handlers::Answer::Close) => {
+                        tracing::debug!(%peer, ?api_key, "closing the connection after a failed request without a response");
+                        return;
+                    }
                     Err(error) => {
                         tracing::error!(%peer, ?api_key, %error, "a request handler failed; closing the connection");
                         return;

@@ -61,9 +61,17 @@ impl Connection {
     }
 
     /// Whether the broker closed the connection (EOF or reset) rather than answer.
+    /// Waiting out the read timeout is not a close.
     fn is_closed_by_broker(&mut self) -> bool {
         let mut byte = [0u8; 1];
-        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
+        match self.stream.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(error) => !matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
     }
 
     fn frame<R: Request>(&mut self, request: &R, version: i16) -> BytesMut {
@@ -380,6 +388,42 @@ fn refused_batches_write_nothing() {
     assert_eq!((code, high_watermark), (0, 2));
     // Served as sent, but for the base offset and leader epoch the log stamps.
     assert_eq!(&bytes[16..], &batch(&["g", "h"])[16..]);
+}
+
+/// An acks=0 produce gets no response; one that fails closes its connection, which is how
+/// the producer learns of it (as in Kafka). A good one leaves the connection open.
+#[test]
+fn a_failed_acks_zero_produce_closes_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, kafka) = start(dir.path());
+    let mut conn = Connection::open(kafka);
+    create_topic(&mut conn, "quiet", 1, &[]);
+
+    let fire_and_forget = |topic: &str, records: Bytes| {
+        ProduceRequest::default()
+            .with_acks(0)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![
+                produce_request::TopicProduceData::default()
+                    .with_name(name(topic))
+                    .with_partition_data(vec![
+                        produce_request::PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(records)),
+                    ]),
+            ])
+    };
+    let frame = conn.frame(&fire_and_forget("quiet", batch(&["a", "b"])), 9);
+    conn.send_raw(&frame);
+    // The next request's answer is the first frame back: the produce got none.
+    assert_eq!(list_offset(&mut conn, "quiet", 0, -1), (0, 2));
+
+    let frame = conn.frame(&fire_and_forget("nowhere", batch(&["c"])), 9);
+    conn.send_raw(&frame);
+    assert!(conn.is_closed_by_broker());
+
+    let mut other = Connection::open(kafka);
+    assert_eq!(list_offset(&mut other, "quiet", 0, -1), (0, 2));
 }
 
 fn crc32c(bytes: &[u8]) -> u32 {

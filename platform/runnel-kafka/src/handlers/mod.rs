@@ -27,16 +27,27 @@ mod metadata;
 mod offsets;
 mod produce;
 
-/// The rest of a request's handling; `None` for a request that gets no response
-/// (a produce with acks=0).
-pub type Reply = Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send>>;
+/// The rest of a request's handling.
+pub type Reply = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+/// What the connection does once a request is handled.
+pub enum Answer {
+    /// Send this response.
+    Respond(ResponseKind),
+    /// Send nothing: a produce with acks=0 that succeeded.
+    Nothing,
+    /// Close the connection without a response: a produce with acks=0 that failed. As in
+    /// Kafka, that is how such a producer learns of the error (it reconnects and refreshes
+    /// its metadata, for example after a leader moved).
+    Close,
+}
 
 fn ready(response: ResponseKind) -> Reply {
-    Box::pin(std::future::ready(Some(response)))
+    Box::pin(std::future::ready(Answer::Respond(response)))
 }
 
 fn later(future: impl Future<Output = ResponseKind> + Send + 'static) -> Reply {
-    Box::pin(async move { Some(future.await) })
+    Box::pin(async move { Answer::Respond(future.await) })
 }
 
 /// The id Kafka clients show for this cluster.
@@ -163,7 +174,7 @@ pub async fn handle(backends: &Arc<Backends>, request: Request) -> Reply {
         // decode_request only decodes served keys, all of which are listed above.
         other => {
             tracing::warn!(request = ?std::mem::discriminant(&other), "request without a handler");
-            Box::pin(std::future::ready(None))
+            Box::pin(std::future::ready(Answer::Close))
         }
     }
 }

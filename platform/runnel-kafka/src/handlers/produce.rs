@@ -9,7 +9,7 @@ use kafka_protocol::messages::{
 };
 use runnel_broker::{Broker, BrokerError, PendingProduce};
 
-use super::{Reply, text};
+use super::{Answer, Reply, text};
 use crate::errors::{self, KafkaError};
 
 /// The first step queues every partition's batches in request order; the reply waits for
@@ -49,19 +49,28 @@ pub async fn produce(broker: &Arc<Broker>, request: ProduceRequest, version: i16
         topics.push((topic.name, partitions));
     }
     if acks == 0 {
-        // Nobody waits for the outcome; a failure is only logged.
-        tokio::spawn(async move {
-            for (_, partitions) in topics {
-                for (_, outcome) in partitions {
-                    if let Ok(pending) = outcome
-                        && let Err(error) = pending.wait().await
-                    {
-                        tracing::debug!(%error, "acks=0 produce failed");
+        // Nobody waits for a response; a failure closes the connection once the appends
+        // queued before it are done (the writer answers in request order).
+        return Box::pin(async move {
+            let mut failed = false;
+            for (name, partitions) in topics {
+                for (index, outcome) in partitions {
+                    let result = match outcome {
+                        Ok(pending) => wait(pending).await.map(drop),
+                        Err(error) => Err(error),
+                    };
+                    if let Err(error) = result {
+                        tracing::debug!(topic = %name.0, partition = index, code = error.code, error = %error.message, "acks=0 produce refused; closing the connection");
+                        failed = true;
                     }
                 }
             }
+            if failed {
+                Answer::Close
+            } else {
+                Answer::Nothing
+            }
         });
-        return Box::pin(std::future::ready(None));
     }
     let broker = broker.clone();
     Box::pin(async move {
@@ -102,7 +111,7 @@ pub async fn produce(broker: &Arc<Broker>, request: ProduceRequest, version: i16
                     .with_partition_responses(partition_responses),
             );
         }
-        Some(ResponseKind::Produce(
+        Answer::Respond(ResponseKind::Produce(
             ProduceResponse::default().with_responses(responses),
         ))
     })
