@@ -73,6 +73,7 @@ pub const NODE_CONFIG_KEYS: &[&str] = &[
     "log.cleanup_policy",
     "log.retention_check_interval_ms",
     "log.cleaner_interval_ms",
+    "log.producer_id_expiration_ms",
 ];
 
 /// The prefix of the environment variables that set node configuration keys.
@@ -368,6 +369,10 @@ pub struct LogSection {
     /// `log.cleaner_interval_ms`: how often the log cleaner looks for partitions to compact,
     /// in milliseconds, at least 1. Default `15000` (15 seconds).
     pub cleaner_interval_ms: u64,
+    /// `log.producer_id_expiration_ms` (Kafka's `producer.id.expiration.ms`): an idempotent
+    /// producer that wrote nothing to a partition for this long is forgotten there, in
+    /// milliseconds, at least 1. Checked with retention. Default `86400000` (1 day).
+    pub producer_id_expiration_ms: u64,
 }
 
 impl Default for LogSection {
@@ -386,6 +391,7 @@ impl Default for LogSection {
             cleanup_policy: "delete".to_string(),
             retention_check_interval_ms: 300_000,
             cleaner_interval_ms: 15_000,
+            producer_id_expiration_ms: DAY_MS,
         }
     }
 }
@@ -441,6 +447,12 @@ impl LogSection {
         if self.cleaner_interval_ms == 0 {
             problems.push(ConfigProblem {
                 key: "log.cleaner_interval_ms".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.producer_id_expiration_ms == 0 {
+            problems.push(ConfigProblem {
+                key: "log.producer_id_expiration_ms".into(),
                 reason: "must be at least 1".into(),
             });
         }
@@ -1090,6 +1102,7 @@ mod tests {
         config.log.flush_messages = Some(0);
         config.log.cleanup_policy = "shred".into();
         config.log.cleaner_interval_ms = 0;
+        config.log.producer_id_expiration_ms = 0;
         let error = config.validate().unwrap_err();
         assert_eq!(
             problem_keys(&error),
@@ -1105,6 +1118,7 @@ mod tests {
                 "log.flush_messages",
                 "log.cleanup_policy",
                 "log.cleaner_interval_ms",
+                "log.producer_id_expiration_ms",
             ]
         );
         let message = error.to_string();

@@ -29,7 +29,9 @@ pub use batch::{BatchBuilder, BatchError, BatchHeader, NewRecord};
 pub use cleaner::CompactionOutcome;
 pub use compression::Compression;
 pub use error::LogError;
-pub use manager::{LogManager, MaintenanceReport, TopicPartition, is_safe_topic_name};
+pub use manager::{
+    LogManager, MaintenanceReport, MaintenanceSchedule, TopicPartition, is_safe_topic_name,
+};
 pub use metrics::LogMetrics;
 pub use partition::{
     Appended, PartitionLog, PendingAppend, ReadResult, RetentionOutcome, SegmentInfo, now_ms,

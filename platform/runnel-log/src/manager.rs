@@ -68,6 +68,17 @@ pub struct MaintenanceReport {
     pub failures: usize,
 }
 
+/// When the log's maintenance runs, and what it expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaintenanceSchedule {
+    /// `log.retention_check_interval_ms`: segment.ms rolls, retention, producer expiry.
+    pub retention_interval: Duration,
+    /// `log.cleaner_interval_ms`: compaction.
+    pub cleaner_interval: Duration,
+    /// `log.producer_id_expiration_ms`: idempotent producers silent this long are forgotten.
+    pub producer_id_expiration: Duration,
+}
+
 pub struct LogManager {
     root: PathBuf,
     /// `<data dir>/.lock`: one node per data directory.
@@ -260,8 +271,13 @@ impl LogManager {
         Ok(())
     }
 
-    /// One pass of segment.ms rolls, retention and compaction over every partition.
-    pub async fn run_maintenance(&self, compact: bool) -> MaintenanceReport {
+    /// One pass of segment.ms rolls, retention, producer expiry and (if `compact`)
+    /// compaction over every partition.
+    pub async fn run_maintenance(
+        &self,
+        compact: bool,
+        producer_id_expiration: Duration,
+    ) -> MaintenanceReport {
         let mut report = MaintenanceReport::default();
         for (tp, log) in self.partitions() {
             if log.offline_reason().is_some() {
@@ -271,6 +287,9 @@ impl LogManager {
             let result = async {
                 log.roll_if_expired().await?;
                 report.deleted_segments += log.enforce_retention(now).await?.deleted_segments;
+                let expiration =
+                    i64::try_from(producer_id_expiration.as_millis()).unwrap_or(i64::MAX);
+                log.expire_producers(now.saturating_sub(expiration)).await?;
                 if compact {
                     report.compacted_segments += log.compact(now).await?.segments_rewritten;
                 }
@@ -287,14 +306,18 @@ impl LogManager {
         report
     }
 
-    /// Runs retention every `retention_interval` and compaction every `cleaner_interval`
-    /// until `cancel` fires.
+    /// Runs retention (and producer expiry) every `retention_interval` and compaction every
+    /// `cleaner_interval` until `cancel` fires.
     pub fn spawn_maintenance(
         self: &Arc<Self>,
-        retention_interval: Duration,
-        cleaner_interval: Duration,
+        schedule: MaintenanceSchedule,
         cancel: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
+        let MaintenanceSchedule {
+            retention_interval,
+            cleaner_interval,
+            producer_id_expiration,
+        } = schedule;
         let manager = self.clone();
         tokio::spawn(async move {
             // The first passes come one interval after start, not at start.
@@ -310,7 +333,9 @@ impl LogManager {
                     _ = retention.tick() => false,
                     _ = cleaner.tick() => true,
                 };
-                manager.run_maintenance(compact).await;
+                manager
+                    .run_maintenance(compact, producer_id_expiration)
+                    .await;
             }
         })
     }

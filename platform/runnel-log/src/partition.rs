@@ -205,6 +205,11 @@ enum Command {
         older_than: Option<Duration>,
         reply: oneshot::Sender<Result<(), LogError>>,
     },
+    /// Forget idempotent producers whose last batch is older than `before_ms`.
+    ExpireProducers {
+        before_ms: i64,
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
     Close {
         reply: oneshot::Sender<Result<(), LogError>>,
     },
@@ -340,6 +345,13 @@ impl PartitionLog {
     pub async fn roll_if_expired(&self) -> Result<(), LogError> {
         let older_than = Some(self.shared.config().segment_age_limit());
         self.call(|reply| Command::Roll { older_than, reply }).await
+    }
+
+    /// Forgets the idempotent producers that wrote nothing since `before_ms` (the
+    /// maintenance's `producer.id.expiration.ms`, see [`crate::producers`]).
+    pub async fn expire_producers(&self, before_ms: i64) -> Result<(), LogError> {
+        self.call(|reply| Command::ExpireProducers { before_ms, reply })
+            .await
     }
 
     /// Flushes, writes the indexes and the clean-shutdown marker, and stops the writer.
@@ -1154,6 +1166,13 @@ impl Writer {
                     let result = self.roll_if(older_than, now);
                     replies.push(Reply::Done(reply, result));
                 }
+                Command::ExpireProducers { before_ms, reply } => {
+                    let forgotten = self.producers.expire(before_ms);
+                    if forgotten > 0 {
+                        tracing::debug!(partition = %self.shared.dir.display(), forgotten, "idempotent producers expired");
+                    }
+                    replies.push(Reply::Done(reply, Ok(())));
+                }
                 Command::Close { reply } => {
                     closing = true;
                     replies.push(Reply::Done(reply, Ok(())));
@@ -1265,7 +1284,8 @@ impl Writer {
         self.shared
             .log_end
             .store(last_offset + 1, Ordering::Release);
-        self.producers.record(&header, base_offset);
+        // The stamped header: its max timestamp is the append time under LogAppendTime.
+        self.producers.record(&stamped, base_offset);
         self.unflushed_records += header.records_count as u64;
         self.oldest_unflushed.get_or_insert_with(Instant::now);
         let metrics = &self.shared.metrics;
@@ -1392,8 +1412,9 @@ impl Writer {
 fn reject_closed(command: Command) {
     match command {
         Command::Append { reply, .. } => drop(reply.send(Err(LogError::Closed))),
-        Command::Sync { reply } | Command::Roll { reply, .. } | Command::Close { reply } => {
-            drop(reply.send(Err(LogError::Closed)))
-        }
+        Command::Sync { reply }
+        | Command::Roll { reply, .. }
+        | Command::ExpireProducers { reply, .. }
+        | Command::Close { reply } => drop(reply.send(Err(LogError::Closed))),
     }
 }

@@ -16,6 +16,11 @@
 //! `<offset:020>.producers`, whenever a segment is sealed and at a clean close; opening
 //! loads the newest snapshot at or below the log end and replays the batches after it, so
 //! the state survives restarts and crashes without reading the whole log.
+//!
+//! A producer that has written nothing for `producer.id.expiration.ms` is forgotten
+//! ([`ProducerStates::expire`], from the log's maintenance), so the state does not grow
+//! with every producer that ever wrote. As in Kafka, "written" is the newest max timestamp
+//! of its batches, and a batch of a forgotten producer is appended whatever its sequence.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -28,7 +33,9 @@ use crate::segment;
 pub const REMEMBERED_BATCHES: usize = 5;
 
 const SNAPSHOT_EXTENSION: &str = "producers";
-const SNAPSHOT_MAGIC: &[u8; 4] = b"RPS1";
+const SNAPSHOT_MAGIC: &[u8; 4] = b"RPS2";
+/// The first format, without the producers' last timestamps; still read.
+const SNAPSHOT_MAGIC_V1: &[u8; 4] = b"RPS1";
 /// Snapshots kept; older ones are deleted when a new one is written.
 const SNAPSHOTS_KEPT: usize = 2;
 
@@ -44,6 +51,8 @@ struct BatchMeta {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ProducerEntry {
     epoch: i16,
+    /// The newest max timestamp of its batches, in milliseconds since the epoch.
+    last_timestamp: i64,
     batches: VecDeque<BatchMeta>,
 }
 
@@ -159,8 +168,10 @@ impl ProducerStates {
             .entry(header.producer_id)
             .or_insert_with(|| ProducerEntry {
                 epoch: header.producer_epoch,
+                last_timestamp: header.max_timestamp,
                 batches: VecDeque::with_capacity(REMEMBERED_BATCHES),
             });
+        entry.last_timestamp = entry.last_timestamp.max(header.max_timestamp);
         if header.producer_epoch != entry.epoch {
             entry.epoch = header.producer_epoch;
             entry.batches.clear();
@@ -169,6 +180,14 @@ impl ProducerStates {
             entry.batches.pop_front();
         }
         entry.batches.push_back(meta);
+    }
+
+    /// Forgets the producers whose last batch is older than `before_ms`; returns how many.
+    pub fn expire(&mut self, before_ms: i64) -> usize {
+        let before = self.producers.len();
+        self.producers
+            .retain(|_, entry| entry.last_timestamp >= before_ms);
+        before - self.producers.len()
     }
 
     /// The snapshot's bytes: magic, count, entries, CRC-32C of everything before it.
@@ -182,6 +201,7 @@ impl ProducerStates {
             let entry = &self.producers[&id];
             out.extend_from_slice(&id.to_be_bytes());
             out.extend_from_slice(&entry.epoch.to_be_bytes());
+            out.extend_from_slice(&entry.last_timestamp.to_be_bytes());
             out.push(entry.batches.len() as u8);
             for batch in &entry.batches {
                 out.extend_from_slice(&batch.first_sequence.to_be_bytes());
@@ -195,27 +215,36 @@ impl ProducerStates {
         out
     }
 
-    /// Parses a snapshot; `None` if it is damaged in any way.
-    fn decode(bytes: &[u8]) -> Option<ProducerStates> {
+    /// Parses a snapshot; `None` if it is damaged in any way. Producers of a first-format
+    /// snapshot, which has no timestamps, count as having written at `loaded_at`.
+    fn decode(bytes: &[u8], loaded_at: i64) -> Option<ProducerStates> {
         let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
         if crc32c::crc32c(body).to_be_bytes() != crc {
             return None;
         }
         let mut reader = Reader(body);
-        if reader.take(4)? != SNAPSHOT_MAGIC {
-            return None;
-        }
+        let with_timestamps = match reader.take(4)? {
+            magic if magic == SNAPSHOT_MAGIC => true,
+            magic if magic == SNAPSHOT_MAGIC_V1 => false,
+            _ => return None,
+        };
         let count = u32::from_be_bytes(reader.array()?);
         let mut producers = HashMap::new();
         for _ in 0..count {
             let id = i64::from_be_bytes(reader.array()?);
             let epoch = i16::from_be_bytes(reader.array()?);
+            let last_timestamp = if with_timestamps {
+                i64::from_be_bytes(reader.array()?)
+            } else {
+                loaded_at
+            };
             let batches = reader.take(1)?[0] as usize;
             if batches > REMEMBERED_BATCHES {
                 return None;
             }
             let mut entry = ProducerEntry {
                 epoch,
+                last_timestamp,
                 batches: VecDeque::with_capacity(batches),
             };
             for _ in 0..batches {
@@ -303,7 +332,7 @@ pub(crate) fn load_snapshot(
         let path = snapshot_path(dir, offset);
         let bytes = std::fs::read(&path)
             .map_err(|source| LogError::io(format!("read {}", path.display()), source))?;
-        match ProducerStates::decode(&bytes) {
+        match ProducerStates::decode(&bytes, crate::partition::now_ms()) {
             Some(states) => return Ok(Some((offset, states))),
             None => {
                 tracing::warn!(path = %path.display(), "ignoring a damaged producer snapshot");
@@ -450,7 +479,69 @@ mod tests {
         // A damaged newest snapshot falls back to the older one.
         std::fs::write(snapshot_path(dir.path(), 12), b"RPS1garbage").unwrap();
         assert_eq!(load_snapshot(dir.path(), 20).unwrap().unwrap().0, 9);
-        assert!(ProducerStates::decode(&[]).is_none());
-        assert!(ProducerStates::decode(&[0; 3]).is_none());
+        assert!(ProducerStates::decode(&[], 0).is_none());
+        assert!(ProducerStates::decode(&[0; 3], 0).is_none());
+    }
+
+    fn at(mut header: BatchHeader, timestamp: i64) -> BatchHeader {
+        header.max_timestamp = timestamp;
+        header
+    }
+
+    #[test]
+    fn producers_silent_past_the_expiration_are_forgotten() {
+        let mut states = ProducerStates::default();
+        append(&mut states, &at(header(1, 0, 0, 1), 1_000), 0);
+        append(&mut states, &at(header(1, 0, 1, 1), 5_000), 1);
+        append(&mut states, &at(header(2, 0, 0, 1), 2_000), 2);
+        // A batch with an older timestamp does not make the producer look older.
+        append(&mut states, &at(header(2, 0, 1, 1), 500), 3);
+        assert_eq!(states.expire(2_000), 0);
+        assert_eq!(states.expire(2_001), 1);
+        assert_eq!(states.len(), 1);
+        // Forgotten: its next batch is appended whatever its sequence, as for a new one.
+        assert_eq!(
+            states.check(&header(2, 0, 7, 1)).unwrap(),
+            SequenceCheck::Append
+        );
+        // Remembered: a gap is still refused.
+        assert!(matches!(
+            states.check(&header(1, 0, 7, 1)),
+            Err(LogError::OutOfOrderSequence { expected: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn timestamps_survive_a_snapshot_and_first_format_snapshots_still_load() {
+        let mut states = ProducerStates::default();
+        append(&mut states, &at(header(4, 1, 0, 2), 1_234), 10);
+        let decoded = ProducerStates::decode(&states.encode(), 99).unwrap();
+        assert_eq!(decoded, states);
+
+        // The first format: no timestamp after the epoch.
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(SNAPSHOT_MAGIC_V1);
+        v1.extend_from_slice(&1u32.to_be_bytes());
+        v1.extend_from_slice(&4i64.to_be_bytes());
+        v1.extend_from_slice(&1i16.to_be_bytes());
+        v1.push(1);
+        for field in [0i32, 1] {
+            v1.extend_from_slice(&field.to_be_bytes());
+        }
+        v1.extend_from_slice(&10u64.to_be_bytes());
+        v1.extend_from_slice(&11u64.to_be_bytes());
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_be_bytes());
+        let mut loaded = ProducerStates::decode(&v1, 7_000).unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(
+            loaded.check(&header(4, 1, 0, 2)).unwrap(),
+            SequenceCheck::Duplicate {
+                base_offset: 10,
+                last_offset: 11
+            }
+        );
+        assert_eq!(loaded.expire(7_000), 0);
+        assert_eq!(loaded.expire(7_001), 1);
     }
 }

@@ -491,3 +491,53 @@ async fn the_topic_id_is_recorded_and_survives_a_reopen() {
         Some("2d7543f8-7a8f-45f2-a0be-0f7aa18f6254")
     );
 }
+
+fn idempotent_batch(producer_id: i64, sequence: i32, timestamp: i64) -> bytes::BytesMut {
+    runnel_log::BatchBuilder {
+        producer_id,
+        producer_epoch: 0,
+        base_sequence: sequence,
+        ..Default::default()
+    }
+    .build(&[record(timestamp, None, Some(b"v"))])
+    .unwrap()
+}
+
+#[tokio::test]
+async fn expired_producers_are_forgotten_and_others_kept_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), config()).await;
+    log.append(idempotent_batch(1, 0, 1_000)).await.unwrap();
+    log.append(idempotent_batch(2, 0, 9_000)).await.unwrap();
+    log.expire_producers(5_000).await.unwrap();
+    // Producer 2 is remembered: its retry is a duplicate and a gap is refused.
+    let retry = log.append(idempotent_batch(2, 0, 9_000)).await.unwrap();
+    assert!(retry.duplicate);
+    assert!(matches!(
+        log.append(idempotent_batch(2, 5, 9_000)).await,
+        Err(LogError::OutOfOrderSequence { .. })
+    ));
+    // Producer 1 is forgotten: the same batch is appended again, as from a new producer.
+    let again = log.append(idempotent_batch(1, 0, 1_000)).await.unwrap();
+    assert!(!again.duplicate);
+    assert_eq!(again.base_offset, 2);
+
+    // The snapshot written at close keeps the timestamps: producer 2 still counts as
+    // having written at 9000 after a reopen.
+    log.close().await.unwrap();
+    drop(log);
+    let log = open(dir.path(), config()).await;
+    assert!(
+        log.append(idempotent_batch(2, 0, 9_000))
+            .await
+            .unwrap()
+            .duplicate
+    );
+    log.expire_producers(9_001).await.unwrap();
+    assert!(
+        !log.append(idempotent_batch(2, 0, 9_000))
+            .await
+            .unwrap()
+            .duplicate
+    );
+}

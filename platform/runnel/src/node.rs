@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use runnel_config::NodeConfig;
-use runnel_log::{LogManager, LogMetrics};
+use runnel_log::{LogManager, LogMetrics, MaintenanceSchedule};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -213,8 +213,11 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     .context("start the kafka listener")?;
     tracing::info!(address = %kafka.local_addr(), "kafka listening");
     let maintenance = log.spawn_maintenance(
-        interval(config.log.retention_check_interval_ms),
-        interval(config.log.cleaner_interval_ms),
+        MaintenanceSchedule {
+            retention_interval: interval(config.log.retention_check_interval_ms),
+            cleaner_interval: interval(config.log.cleaner_interval_ms),
+            producer_id_expiration: interval(config.log.producer_id_expiration_ms),
+        },
         stop_maintenance.clone(),
     );
 
