@@ -735,6 +735,21 @@ fn committed_offsets_survive_a_restart_and_group_errors_are_kafkas() {
     let (node, kafka) = start(dir.path());
     let mut conn = Connection::open(kafka);
     create_topic(&mut conn, "tracked", 1, &[]);
+    // The first group request makes the node create and load __consumer_offsets; until it
+    // has, OffsetFetch v1 (no top-level error code yet) carries the error on each partition
+    // rather than answering "nothing committed".
+    let loading = conn.call(
+        OffsetFetchRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("g1")))
+            .with_topics(Some(vec![
+                offset_fetch_request::OffsetFetchRequestTopic::default()
+                    .with_name(name("tracked"))
+                    .with_partition_indexes(vec![0]),
+            ])),
+        1,
+    );
+    let partition = &loading.topics[0].partitions[0];
+    assert_eq!((partition.error_code, partition.committed_offset), (14, -1));
     // The coordinator loads in the background: retry while it is not ready.
     wait_until(
         || commit_offset(&mut Connection::open(kafka), "g1", "tracked", 5) == 0,

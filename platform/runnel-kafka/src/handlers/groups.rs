@@ -415,13 +415,24 @@ pub fn offset_fetch(
             .collect();
         return OffsetFetchResponse::default().with_groups(answers);
     }
-    let asked = request.topics.map(|topics| {
+    let asked: Option<Vec<(String, Vec<i32>)>> = request.topics.map(|topics| {
         topics
             .into_iter()
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
             .collect()
     });
-    match fetch_group(groups, &group_name(&request.group_id), asked) {
+    let partition = |p: i32, offset: i64, epoch: i32, metadata: String| {
+        let entry = OffsetFetchResponsePartition::default()
+            .with_partition_index(p)
+            .with_committed_offset(offset)
+            .with_metadata(Some(text(metadata)));
+        if version >= 5 {
+            entry.with_committed_leader_epoch(epoch)
+        } else {
+            entry
+        }
+    };
+    match fetch_group(groups, &group_name(&request.group_id), asked.clone()) {
         Ok(fetched) => OffsetFetchResponse::default().with_topics(
             fetched
                 .into_iter()
@@ -432,15 +443,7 @@ pub fn offset_fetch(
                             partitions
                                 .into_iter()
                                 .map(|(p, offset, epoch, metadata)| {
-                                    let entry = OffsetFetchResponsePartition::default()
-                                        .with_partition_index(p)
-                                        .with_committed_offset(offset)
-                                        .with_metadata(Some(text(metadata)));
-                                    if version >= 5 {
-                                        entry.with_committed_leader_epoch(epoch)
-                                    } else {
-                                        entry
-                                    }
+                                    partition(p, offset, epoch, metadata)
                                 })
                                 .collect(),
                         )
@@ -449,12 +452,27 @@ pub fn offset_fetch(
         ),
         Err(error) => {
             let code = error_code(&error);
-            // Before v2 there is no top-level error code: it goes on every partition.
             if version >= 2 {
-                OffsetFetchResponse::default().with_error_code(code)
-            } else {
-                OffsetFetchResponse::default()
+                return OffsetFetchResponse::default().with_error_code(code);
             }
+            // Before v2 there is no top-level error code: it goes on every partition asked
+            // for (v0 and v1 always name them), so a client never mistakes a coordinator
+            // error for "nothing committed".
+            let topics = asked
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(topic, partitions)| {
+                    OffsetFetchResponseTopic::default()
+                        .with_name(TopicName(text(topic)))
+                        .with_partitions(
+                            partitions
+                                .into_iter()
+                                .map(|p| partition(p, -1, -1, String::new()).with_error_code(code))
+                                .collect(),
+                        )
+                })
+                .collect();
+            OffsetFetchResponse::default().with_topics(topics)
         }
     }
 }
