@@ -59,6 +59,7 @@ pub const NODE_CONFIG_KEYS: &[&str] = &[
     "broker.group_initial_rebalance_delay_ms",
     "broker.offsets_topic_num_partitions",
     "broker.offsets_retention_minutes",
+    "broker.offsets_retention_check_interval_ms",
     "broker.group_consumer_session_timeout_ms",
     "broker.group_consumer_heartbeat_interval_ms",
     "log.segment_bytes",
@@ -240,6 +241,10 @@ pub struct BrokerSection {
     /// are deleted once its newest commit is this old; at least 1. Default `10080` (7
     /// days), as Kafka's `offsets.retention.minutes`.
     pub offsets_retention_minutes: u64,
+    /// `broker.offsets_retention_check_interval_ms`: how often the coordinator looks for
+    /// expired offsets and for empty groups without offsets to forget; at least 1. Default
+    /// `600000` (10 minutes), as Kafka's `offsets.retention.check.interval.ms`.
+    pub offsets_retention_check_interval_ms: u64,
     /// `broker.group_consumer_session_timeout_ms`: a member of a consumer-protocol group
     /// (KIP-848) that sends no heartbeat for this long is removed. Default `45000`, as
     /// Kafka's `group.consumer.session.timeout.ms`.
@@ -259,6 +264,7 @@ impl Default for BrokerSection {
             group_initial_rebalance_delay_ms: 3_000,
             offsets_topic_num_partitions: 10,
             offsets_retention_minutes: 10_080,
+            offsets_retention_check_interval_ms: 600_000,
             group_consumer_session_timeout_ms: 45_000,
             group_consumer_heartbeat_interval_ms: 5_000,
         }
@@ -683,6 +689,12 @@ impl NodeConfig {
         if self.broker.offsets_retention_minutes == 0 {
             problems.push(ConfigProblem {
                 key: "broker.offsets_retention_minutes".to_string(),
+                reason: "must be at least 1".to_string(),
+            });
+        }
+        if self.broker.offsets_retention_check_interval_ms == 0 {
+            problems.push(ConfigProblem {
+                key: "broker.offsets_retention_check_interval_ms".to_string(),
                 reason: "must be at least 1".to_string(),
             });
         }

@@ -40,7 +40,7 @@ use runnel_log::{LogManager, LogMetrics, MaintenanceSchedule};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use runnel_broker::groups::{ConsumerGroupSettings, GroupService, GroupSettings};
+use runnel_broker::groups::{ConsumerGroupSettings, GroupService, GroupSettings, OffsetsSettings};
 use runnel_broker::{Broker, BrokerSettings};
 use runnel_controller::liveness::Heartbeats;
 use runnel_controller::{Controller, NodeInfo, NodeRoles};
@@ -187,8 +187,13 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
             session_timeout: config.broker.group_consumer_session_timeout_ms,
             heartbeat_interval: config.broker.group_consumer_heartbeat_interval_ms,
         },
-        config.broker.offsets_topic_num_partitions,
-        Duration::from_secs(config.broker.offsets_retention_minutes.saturating_mul(60)),
+        OffsetsSettings {
+            partitions: config.broker.offsets_topic_num_partitions,
+            retention: Duration::from_secs(
+                config.broker.offsets_retention_minutes.saturating_mul(60),
+            ),
+            retention_check_interval: interval(config.broker.offsets_retention_check_interval_ms),
+        },
         stop_maintenance.clone(),
     );
     // Set once, right here; nothing else sets it.

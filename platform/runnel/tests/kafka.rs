@@ -842,6 +842,125 @@ fn committed_offsets_survive_a_restart_and_group_errors_are_kafkas() {
     );
 }
 
+fn listed_groups(kafka: SocketAddr) -> Vec<String> {
+    let listed = Connection::open(kafka).call(ListGroupsRequest::default(), 5);
+    assert_eq!(listed.error_code, 0);
+    listed
+        .groups
+        .iter()
+        .map(|g| g.group_id.to_string())
+        .collect()
+}
+
+/// offsets.retention.minutes at its smallest (1) and a fast check: an empty group without
+/// offsets is forgotten at the next check, one with offsets keeps them for the retention
+/// and then loses them, and a restart brings neither back. Takes a minute of waiting.
+#[test]
+fn empty_groups_are_forgotten_and_their_offsets_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = dev_args(&dir.path().join("data"));
+    for setting in [
+        "broker.offsets_retention_minutes=1",
+        "broker.offsets_retention_check_interval_ms=200",
+        "broker.group_initial_rebalance_delay_ms=0",
+    ] {
+        args.extend(["--set".to_string(), setting.to_string()]);
+    }
+    let node = Node::start(dir.path(), &as_strs(&args));
+    let kafka = node.kafka.expect("the banner has a kafka line");
+    let mut conn = Connection::open(kafka);
+    create_topic(&mut conn, "aging", 1, &[]);
+    wait_until(
+        || commit_offset(&mut Connection::open(kafka), "idle", "aging", 5) == 0,
+        "a commit is accepted",
+    );
+    let committed_at = std::time::Instant::now();
+
+    // "ghost" gets a member, which leaves without committing anything.
+    let group = || GroupId(StrBytes::from_static_str("ghost"));
+    let join = |conn: &mut Connection, member: &str| {
+        conn.call(
+            JoinGroupRequest::default()
+                .with_group_id(group())
+                .with_session_timeout_ms(30_000)
+                .with_rebalance_timeout_ms(30_000)
+                .with_member_id(StrBytes::from_string(member.to_string()))
+                .with_protocol_type(StrBytes::from_static_str("consumer"))
+                .with_protocols(vec![
+                    join_group_request::JoinGroupRequestProtocol::default()
+                        .with_name(StrBytes::from_static_str("range"))
+                        .with_metadata(Bytes::from_static(b"subscription")),
+                ]),
+            7,
+        )
+    };
+    let first = join(&mut conn, "");
+    assert_eq!(first.error_code, 79);
+    let joined = join(&mut conn, &first.member_id.to_string());
+    assert_eq!(joined.error_code, 0);
+    let member = joined.member_id.to_string();
+    let synced = conn.call(
+        SyncGroupRequest::default()
+            .with_group_id(group())
+            .with_generation_id(joined.generation_id)
+            .with_member_id(StrBytes::from_string(member.clone()))
+            .with_assignments(vec![
+                sync_group_request::SyncGroupRequestAssignment::default()
+                    .with_member_id(StrBytes::from_string(member.clone()))
+                    .with_assignment(Bytes::from_static(b"all of it")),
+            ]),
+        5,
+    );
+    assert_eq!(synced.error_code, 0);
+    assert!(listed_groups(kafka).contains(&"ghost".to_string()));
+    let left = conn.call(
+        LeaveGroupRequest::default()
+            .with_group_id(group())
+            .with_members(vec![
+                leave_group_request::MemberIdentity::default()
+                    .with_member_id(StrBytes::from_string(member)),
+            ]),
+        3,
+    );
+    assert_eq!(left.error_code, 0);
+    wait_until(
+        || !listed_groups(kafka).contains(&"ghost".to_string()),
+        "the empty group without offsets is forgotten",
+    );
+    // Still within the retention: the memberless group keeps its offset.
+    assert_eq!(fetch_offset(&mut conn, "idle", "aging").0, 5);
+    assert!(committed_at.elapsed() < Duration::from_secs(50));
+
+    let deadline = committed_at + Duration::from_secs(90);
+    while fetch_offset(&mut Connection::open(kafka), "idle", "aging").0 != -1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the offset of an empty group did not expire"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        committed_at.elapsed() >= Duration::from_secs(60),
+        "expired before offsets.retention.minutes"
+    );
+
+    drop(conn);
+    let mut node = node;
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_for_exit().success());
+    let node = Node::start(dir.path(), &as_strs(&args));
+    let kafka = node.kafka.expect("the banner has a kafka line");
+    wait_until(
+        || fetch_offset(&mut Connection::open(kafka), "idle", "aging").0 == -1,
+        "the coordinator is back",
+    );
+    let listed = listed_groups(kafka);
+    assert!(
+        !listed.contains(&"ghost".to_string()) && !listed.contains(&"idle".to_string()),
+        "{listed:?}"
+    );
+}
+
 #[test]
 fn a_stable_group_survives_a_restart_without_a_rebalance() {
     let dir = tempfile::tempdir().unwrap();

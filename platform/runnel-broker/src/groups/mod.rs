@@ -40,8 +40,17 @@ const TICK: Duration = Duration::from_millis(50);
 /// A committed offset's (topic, partition) with its commit time.
 type StampedKey = ((String, i32), i64);
 
-/// How often committed offsets of empty groups are checked for expiry.
-const EXPIRY_CHECK: Duration = Duration::from_secs(60);
+/// Where committed offsets live and how long they are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetsSettings {
+    /// `broker.offsets_topic_num_partitions`: partitions of `__consumer_offsets`.
+    pub partitions: u32,
+    /// `broker.offsets_retention_minutes`: how long an empty group's offsets are kept.
+    pub retention: Duration,
+    /// `broker.offsets_retention_check_interval_ms`: how often expired offsets and empty
+    /// groups without offsets are looked for.
+    pub retention_check_interval: Duration,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GroupServiceError {
@@ -141,17 +150,21 @@ pub struct GroupService {
 }
 
 impl GroupService {
-    /// Starts the service: creates `__consumer_offsets` (with `partitions` partitions) if
-    /// needed, loads the committed offsets of the partitions this node leads, and runs the
-    /// coordinator's clock until `stop`.
+    /// Starts the service: creates `__consumer_offsets` if needed, loads the committed
+    /// offsets of the partitions this node leads, and runs the coordinator's clock and the
+    /// offsets' expiry until `stop`.
     pub fn start(
         broker: Arc<Broker>,
         settings: GroupSettings,
         consumer_settings: ConsumerGroupSettings,
-        partitions: u32,
-        offsets_retention: Duration,
+        offsets_settings: OffsetsSettings,
         stop: CancellationToken,
     ) -> Arc<GroupService> {
+        let OffsetsSettings {
+            partitions,
+            retention,
+            retention_check_interval,
+        } = offsets_settings;
         let service = Arc::new(GroupService {
             broker,
             wanted: std::sync::atomic::AtomicBool::new(false),
@@ -170,13 +183,14 @@ impl GroupService {
         });
         let clock = service.clone();
         tokio::spawn(async move {
-            let mut next_expiry = Instant::now() + EXPIRY_CHECK;
+            let mut next_expiry = Instant::now() + retention_check_interval;
             loop {
                 let exists = clock.broker.metadata().topics.contains_key(OFFSETS_TOPIC);
                 let wanted = clock.wanted.load(std::sync::atomic::Ordering::Acquire);
                 if clock.is_loaded() && Instant::now() >= next_expiry {
-                    clock.expire_offsets(offsets_retention).await;
-                    next_expiry = Instant::now() + EXPIRY_CHECK;
+                    clock.expire_offsets(retention).await;
+                    clock.forget_empty_groups().await;
+                    next_expiry = Instant::now() + retention_check_interval;
                 }
                 if !clock.is_loaded() && (exists || wanted) {
                     match clock.load().await {
@@ -682,12 +696,67 @@ impl GroupService {
                             }
                         }
                     }
-                    self.store_consumer_group(&group).await;
+                    self.forget_stored(&group, partition).await;
                     tracing::info!(%group, partitions = keys.len(), "expired the committed offsets of an empty group");
                 }
                 Err(error) => tracing::warn!(%group, %error, "expiring committed offsets"),
             }
         }
+    }
+
+    /// Forgets the groups, of either protocol, that have no members and no committed
+    /// offsets, as Kafka's periodic cleanup does: nothing of them would survive a
+    /// restart's reload anyway, and otherwise every group ever named stays in memory.
+    pub async fn forget_empty_groups(&self) {
+        let now = self.now();
+        let candidates: Vec<String> = {
+            let inner = self.lock();
+            let classic = inner
+                .coordinator
+                .states()
+                .into_iter()
+                .filter(|(_, state)| *state == GroupState::Empty)
+                .map(|(name, _)| name);
+            let consumer = inner
+                .consumer
+                .names()
+                .into_iter()
+                .filter(|name| inner.consumer.empty_for(name, now).is_some());
+            classic
+                .chain(consumer)
+                .filter(|name| inner.offsets.get(name).is_none_or(BTreeMap::is_empty))
+                .collect()
+        };
+        for group in candidates {
+            let Ok(partition) = self.check_local(&group) else {
+                continue;
+            };
+            let forgotten = {
+                let mut inner = self.lock();
+                // Checked again: a member or a commit may have come meanwhile.
+                let still_unused = !inner.has_members(&group)
+                    && inner.offsets.get(&group).is_none_or(BTreeMap::is_empty);
+                if still_unused {
+                    inner.offsets.remove(&group);
+                    let _ = inner.coordinator.delete(&group);
+                    let _ = inner.consumer.delete(&group);
+                }
+                still_unused
+            };
+            if forgotten {
+                self.forget_stored(&group, partition).await;
+                tracing::debug!(%group, "forgot an empty group without committed offsets");
+            }
+        }
+    }
+
+    /// Writes the tombstones of a forgotten group's stored state (classic and KIP-848), so
+    /// a restart does not bring it back.
+    async fn forget_stored(&self, group: &str, partition: i32) {
+        if let Err(error) = self.write_group(group, partition, None).await {
+            tracing::warn!(%group, %error, "writing the tombstone of a forgotten group");
+        }
+        self.store_consumer_group(group).await;
     }
 
     /// A ConsumerGroupHeartbeat (KIP-848): joins, leaves, or keeps a member and moves it
