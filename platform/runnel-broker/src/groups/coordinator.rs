@@ -128,6 +128,9 @@ pub struct JoinOutcome {
     pub member_id: String,
     /// Every member with its metadata, for the leader only.
     pub members: Vec<JoinedMember>,
+    /// A static leader that rejoined a stable group: it gets the members (to watch their
+    /// subscriptions) but must not assign (KIP-814, JoinGroup v9).
+    pub skip_assignment: bool,
 }
 
 /// The answer to a SyncGroup.
@@ -260,7 +263,21 @@ impl Group {
             leader: self.leader.clone().unwrap_or_default(),
             member_id,
             members: Vec::new(),
+            skip_assignment: false,
         }
+    }
+
+    /// What the leader sees of every member: its id, instance id and metadata for the
+    /// group's protocol.
+    fn joined_members(&self, protocol: &str) -> Vec<JoinedMember> {
+        self.members
+            .iter()
+            .map(|(id, m)| JoinedMember {
+                member_id: id.clone(),
+                instance_id: m.instance_id.clone(),
+                metadata: m.metadata_for(protocol),
+            })
+            .collect()
     }
 
     fn rebalance_timeout(&self) -> Millis {
@@ -322,6 +339,7 @@ fn failed_join(error: GroupError, member_id: &str) -> JoinOutcome {
         leader: String::new(),
         member_id: member_id.to_string(),
         members: Vec::new(),
+        skip_assignment: false,
     }
 }
 
@@ -422,12 +440,13 @@ impl Coordinator {
                 .filter(|(id, m)| **id != member_id && m.instance_id.as_ref() == Some(instance))
                 .map(|(id, _)| id.clone())
                 .collect();
-            // A static follower that restarts into a stable group with the same
+            // A static member that restarts into a stable group with the same
             // subscription takes over its old member and assignment without a rebalance
-            // (KIP-345); the old process is fenced.
+            // (KIP-345); the old process is fenced. A leader stays the leader and gets the
+            // members with skip_assignment (KIP-814), so it can watch for changes to
+            // their subscriptions without assigning again.
             if let [old] = previous.as_slice()
                 && group.state == GroupState::Stable
-                && group.leader.as_ref() != Some(old)
                 && group
                     .members
                     .get(old)
@@ -444,7 +463,20 @@ impl Coordinator {
                 member.session_timeout = join.session_timeout;
                 member.rebalance_timeout = join.rebalance_timeout;
                 group.members.insert(member_id.clone(), member);
-                replies.push(Reply::Join(ticket, group.current_generation(member_id)));
+                let was_leader = group.leader.as_ref() == Some(old);
+                let mut outcome = if was_leader {
+                    group.leader = Some(member_id.clone());
+                    let members = group.joined_members(&group.protocol_name);
+                    JoinOutcome {
+                        members,
+                        skip_assignment: true,
+                        ..group.current_generation(member_id)
+                    }
+                } else {
+                    group.current_generation(member_id)
+                };
+                outcome.leader = group.leader.clone().unwrap_or_default();
+                replies.push(Reply::Join(ticket, outcome));
                 return replies;
             }
             for old in previous {
@@ -589,15 +621,7 @@ impl Coordinator {
                 .map(|(id, _)| id.clone());
         }
         let leader = group.leader.clone().unwrap_or_default();
-        let everyone: Vec<JoinedMember> = group
-            .members
-            .iter()
-            .map(|(id, m)| JoinedMember {
-                member_id: id.clone(),
-                instance_id: m.instance_id.clone(),
-                metadata: m.metadata_for(&protocol),
-            })
-            .collect();
+        let everyone = group.joined_members(&protocol);
         group.state = GroupState::CompletingRebalance;
         for (id, member) in group.members.iter_mut() {
             member.last_heartbeat = now;
@@ -617,6 +641,7 @@ impl Coordinator {
                         } else {
                             Vec::new()
                         },
+                        skip_assignment: false,
                     },
                 ));
             }
@@ -923,6 +948,10 @@ impl Coordinator {
     }
 
     /// The state of every group, to see which ones a step changed.
+    pub fn state(&self, name: &str) -> Option<GroupState> {
+        self.groups.get(name).map(|g| g.state)
+    }
+
     pub fn states(&self) -> HashMap<String, GroupState> {
         self.groups
             .iter()
@@ -1330,6 +1359,62 @@ mod tests {
         assert_eq!(
             c.check_instance("g", &again.member_id, Some("follower")),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn a_static_leader_restarts_without_a_rebalance_and_skips_assignment() {
+        let mut c = Coordinator::new(settings());
+        let static_join = |instance: &str| {
+            let mut j = join("");
+            j.instance_id = Some(instance.to_string());
+            j
+        };
+        assert!(c.join(80, static_join("leader"), 0).is_empty());
+        assert!(c.join(81, static_join("follower"), 10).is_empty());
+        let replies = c.tick(100);
+        let leader = joined(&replies, 80);
+        let follower = joined(&replies, 81);
+        assert_eq!(leader.leader, leader.member_id);
+        c.sync(82, "g", &follower.member_id, 1, vec![], 110);
+        c.sync(
+            83,
+            "g",
+            &leader.member_id,
+            1,
+            vec![
+                (leader.member_id.clone(), Bytes::from_static(b"p0")),
+                (follower.member_id.clone(), Bytes::from_static(b"p1")),
+            ],
+            120,
+        );
+        // The leader's process restarts: a new member id that still leads, the members
+        // to watch, skip_assignment, and no rebalance.
+        let again = joined(&c.join(84, static_join("leader"), 500), 84);
+        assert_eq!((again.error, again.generation), (None, 1));
+        assert_ne!(again.member_id, leader.member_id);
+        assert_eq!(again.leader, again.member_id);
+        assert!(again.skip_assignment);
+        let mut members: Vec<_> = again.members.iter().map(|m| m.member_id.clone()).collect();
+        members.sort();
+        let mut expected = vec![again.member_id.clone(), follower.member_id.clone()];
+        expected.sort();
+        assert_eq!(members, expected);
+        assert_eq!(c.describe("g").unwrap().state, GroupState::Stable);
+        // A SyncGroup of an assigning old-version leader changes nothing.
+        let replies = c.sync(
+            85,
+            "g",
+            &again.member_id,
+            1,
+            vec![(again.member_id.clone(), Bytes::from_static(b"everything"))],
+            510,
+        );
+        assert_eq!(synced(&replies, 85).assignment, Bytes::from_static(b"p0"));
+        assert_eq!(c.heartbeat("g", &follower.member_id, 1, 520), Ok(()));
+        assert_eq!(
+            c.heartbeat("g", &leader.member_id, 1, 520),
+            Err(GroupError::UnknownMemberId)
         );
     }
 }

@@ -383,6 +383,7 @@ impl GroupService {
 
     pub async fn join(&self, join: Join) -> Result<JoinOutcome, GroupServiceError> {
         self.check_local(&join.group)?;
+        let group = join.group.clone();
         let (sender, receiver) = oneshot::channel();
         {
             let now = self.now();
@@ -394,7 +395,26 @@ impl GroupService {
             let replies = inner.coordinator.join(ticket, join, now);
             inner.deliver(replies);
         }
-        receiver.await.map_err(|_| GroupServiceError::Loading)
+        let outcome = receiver.await.map_err(|_| GroupServiceError::Loading)?;
+        // A static member that took over its old entry in a stable group (no rebalance):
+        // its new member id is stored, so a restart of this node keeps it.
+        if outcome.error.is_none() {
+            let stored = {
+                let inner = self.lock();
+                (inner.coordinator.state(&group) == Some(GroupState::Stable))
+                    .then(|| inner.coordinator.stored(&group))
+                    .flatten()
+            };
+            if let Some(stored) = stored
+                && stored
+                    .members
+                    .iter()
+                    .any(|m| m.member_id == outcome.member_id && m.instance_id.is_some())
+            {
+                self.store_group(&group, &stored).await;
+            }
+        }
+        Ok(outcome)
     }
 
     pub async fn sync(

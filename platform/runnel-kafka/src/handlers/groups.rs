@@ -138,6 +138,10 @@ pub async fn join_group(
             if version >= 7 {
                 response = response.with_protocol_type(Some(text(outcome.protocol_type)));
             }
+            // Older leaders assign again; their SyncGroup in a stable group changes nothing.
+            if version >= 9 {
+                response = response.with_skip_assignment(outcome.skip_assignment);
+            }
             response.with_protocol_name(Some(text(outcome.protocol_name)))
         }
         Err(error) => response.with_error_code(error_code(&error)),
