@@ -12,7 +12,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
 use runnel_client::admin::ResetTo;
-use runnel_client::{Acks, Client, ConsumedRecord, Error, ProducerConfig, Record, Start};
+use runnel_client::{
+    Acks, Client, ConsumedRecord, Error, GroupEvent, ProducerConfig, Record, Reset, Start,
+};
 use serde_json::json;
 use tokio_stream::StreamExt;
 
@@ -139,11 +141,13 @@ pub struct ConsumeArgs {
     /// Start at this offset in every partition read
     #[arg(long, conflicts_with = "group")]
     pub offset: Option<i64>,
-    /// Start at this consumer group's committed offsets and commit what was printed
+    /// Join this consumer group: the server shares the topic's partitions among its
+    /// members, each read from the group's committed offsets (the earliest where there are
+    /// none), and what was printed is committed
     #[arg(long, short)]
     pub group: Option<String>,
     /// Only these partitions (repeatable; default: all)
-    #[arg(long = "partition", short)]
+    #[arg(long = "partition", short, conflicts_with = "group")]
     pub partitions: Vec<i32>,
     /// Stop after this many records (default: follow until Ctrl-C)
     #[arg(long, short = 'n')]
@@ -644,13 +648,13 @@ fn print_record(
 
 async fn consume(args: ConsumeArgs) -> Result<(), Failure> {
     let client = connect(&args.connection).await?;
-    let start = match (&args.group, args.offset, args.from_beginning) {
-        (Some(group), _, _) => Start::Committed {
-            group: group.clone(),
-        },
-        (None, Some(offset), _) => Start::Offset(offset),
-        (None, None, true) => Start::Earliest,
-        (None, None, false) => Start::Latest,
+    if let Some(group) = &args.group {
+        return consume_in_group(&client, group, &args).await;
+    }
+    let start = match (args.offset, args.from_beginning) {
+        (Some(offset), _) => Start::Offset(offset),
+        (None, true) => Start::Earliest,
+        (None, false) => Start::Latest,
     };
     let records = client
         .subscribe_partitions(&args.topic, &args.partitions, start)
@@ -664,15 +668,38 @@ async fn consume(args: ConsumeArgs) -> Result<(), Failure> {
             _ = tokio::signal::ctrl_c() => None,
         };
         let Some(record) = next else { break };
-        let record = record?;
-        print_record(&args, &record, &mut stdout)?;
+        print_record(&args, &record?, &mut stdout)?;
         printed += 1;
-        if let Some(group) = &args.group {
-            // What was printed is consumed: the group resumes after it.
-            client
-                .commit(group, &args.topic, &[(record.partition, record.offset + 1)])
-                .await?;
+        if args.count.is_some_and(|count| printed >= count) {
+            break;
         }
+    }
+    stdout.flush()?;
+    Ok(())
+}
+
+/// `consume --group`: one member of the group, committing each record once printed.
+async fn consume_in_group(client: &Client, group: &str, args: &ConsumeArgs) -> Result<(), Failure> {
+    let mut member = client
+        .subscribe_group(group, &[args.topic.as_str()], Reset::Earliest)
+        .await?;
+    let mut printed = 0u64;
+    let mut stdout = std::io::stdout();
+    loop {
+        let next = tokio::select! {
+            next = member.next() => next,
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let Some(event) = next else { break };
+        let GroupEvent::Record(record) = event? else {
+            continue;
+        };
+        print_record(args, &record, &mut stdout)?;
+        printed += 1;
+        // What was printed is consumed: the group resumes after it.
+        member
+            .commit(&record.topic, &[(record.partition, record.offset + 1)])
+            .await?;
         if args.count.is_some_and(|count| printed >= count) {
             break;
         }

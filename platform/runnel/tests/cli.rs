@@ -232,6 +232,17 @@ fn lines_produced_are_consumed_with_keys_and_headers_and_groups_track_them() {
     assert!(lag <= 2, "{described}");
     let table = cli.ok(&["group", "describe", "teste"]);
     assert!(table.contains("LAG"), "{table}");
+    // The consumer left the group when it exited (its stream closed); that happens on the
+    // server a moment later.
+    wait_until(
+        || {
+            let described: serde_json::Value =
+                serde_json::from_str(&cli.ok(&["group", "describe", "teste", "-o", "json"]))
+                    .unwrap();
+            described["members"].as_array().unwrap().is_empty()
+        },
+        "the consumer has left the group",
+    );
     let listed = cli.ok(&["group", "list"]);
     assert!(listed.lines().any(|l| l.starts_with("teste")), "{listed}");
     let reset: serde_json::Value = serde_json::from_str(&cli.ok(&[

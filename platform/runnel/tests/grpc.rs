@@ -459,6 +459,7 @@ async fn topics_groups_and_the_cluster_are_administered() {
                 offset: 4,
                 metadata: String::new(),
             }],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -616,4 +617,186 @@ async fn health_and_reflection_answer() {
     ] {
         assert!(names.iter().any(|n| n == service), "{names:?}");
     }
+}
+
+/// Events of a group subscription until `done` says enough, with a deadline.
+async fn events_until(
+    member: &mut runnel_client::GroupSubscription,
+    mut done: impl FnMut(&runnel_client::GroupEvent) -> bool,
+    what: &str,
+) -> Vec<runnel_client::GroupEvent> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let event = tokio::time::timeout_at(deadline, member.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting: {what}; seen {seen:?}"))
+            .expect("the stream goes on")
+            .expect("no error");
+        let finished = done(&event);
+        seen.push(event);
+        if finished {
+            return seen;
+        }
+    }
+}
+
+fn partitions_of(assignment: &runnel_client::Assignment) -> Vec<i32> {
+    assignment.partitions.iter().map(|(_, p)| *p).collect()
+}
+
+/// Two SubscribeGroup streams of one group split a topic's partitions, each reads only
+/// its own, and when one closes the other takes them all over from the committed offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_subscriptions_split_partitions_and_rebalance_when_one_closes() {
+    use runnel_client::{Acks, Client, GroupEvent, Record, Reset};
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = dev_args(&dir.path().join("data"));
+    args.extend([
+        "--set".to_string(),
+        "broker.group_consumer_heartbeat_interval_ms=200".to_string(),
+    ]);
+    let node = Node::start(dir.path(), &as_strs(&args));
+    let client = Client::connect(&node.grpc.unwrap().to_string())
+        .await
+        .unwrap();
+    client.admin().create_topic("split", 4, &[]).await.unwrap();
+    let produce_round = |round: usize| {
+        let client = client.clone();
+        async move {
+            for partition in 0..4 {
+                let records = (0..10)
+                    .map(|i| Record::new(format!("r{round}-p{partition}-{i}")))
+                    .collect();
+                client
+                    .produce("split", Some(partition), records, Acks::All)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    produce_round(0).await;
+
+    // Alone, the first member gets every partition and reads the first round.
+    let mut a = client
+        .subscribe_group("pair", &["split"], Reset::Earliest)
+        .await
+        .unwrap();
+    let mut records = 0;
+    events_until(
+        &mut a,
+        |event| {
+            if let GroupEvent::Record(_) = event {
+                records += 1;
+            }
+            records == 40
+        },
+        "the first member reads the first round",
+    )
+    .await;
+    assert_eq!(partitions_of(a.assignment()), vec![0, 1, 2, 3]);
+    for partition in 0..4 {
+        a.commit("split", &[(partition, 10)]).await.unwrap();
+    }
+
+    // A second member joins: the first gives up two partitions, which then go to it.
+    let mut b = client
+        .subscribe_group("pair", &["split"], Reset::Earliest)
+        .await
+        .unwrap();
+    let reader_a = tokio::spawn(async move {
+        events_until(
+            &mut a,
+            |event| matches!(event, GroupEvent::Assigned(x) if x.partitions.len() == 2),
+            "the first member gives up half",
+        )
+        .await;
+        a
+    });
+    events_until(
+        &mut b,
+        |event| matches!(event, GroupEvent::Assigned(x) if x.partitions.len() == 2),
+        "the second member gets half",
+    )
+    .await;
+    let mut a = reader_a.await.unwrap();
+    let (mine_a, mine_b) = (partitions_of(a.assignment()), partitions_of(b.assignment()));
+    let mut all: Vec<i32> = mine_a.iter().chain(&mine_b).copied().collect();
+    all.sort();
+    assert_eq!(all, vec![0, 1, 2, 3], "{mine_a:?} and {mine_b:?}");
+
+    // New records: each member gets exactly those of its own partitions.
+    produce_round(1).await;
+    for (member, mine) in [(&mut a, &mine_a), (&mut b, &mine_b)] {
+        let mut count = 0;
+        let seen = events_until(
+            member,
+            |event| {
+                if let GroupEvent::Record(r) = event
+                    && r.value.as_deref().is_some_and(|v| v.starts_with(b"r1"))
+                {
+                    count += 1;
+                }
+                count == 20
+            },
+            "each member reads the second round of its partitions",
+        )
+        .await;
+        for event in seen {
+            if let GroupEvent::Record(record) = event {
+                assert!(
+                    mine.contains(&record.partition),
+                    "{record:?} is not in {mine:?}"
+                );
+                let round0 = record
+                    .value
+                    .as_deref()
+                    .is_some_and(|v| v.starts_with(b"r0"));
+                // The second member starts from the first's commits: no first round.
+                assert!(!round0, "{record:?} was committed already");
+            }
+        }
+    }
+
+    // The first member commits nothing more and closes: the second takes its partitions
+    // over from their committed offsets (10), so the second round of them comes again.
+    drop(a);
+    let mut again = 0;
+    let seen = events_until(
+        &mut b,
+        |event| {
+            if let GroupEvent::Record(r) = event
+                && mine_a.contains(&r.partition)
+            {
+                again += 1;
+            }
+            again == 20
+        },
+        "the second member takes the first's partitions over",
+    )
+    .await;
+    assert_eq!(partitions_of(b.assignment()), vec![0, 1, 2, 3]);
+    for event in seen {
+        if let GroupEvent::Record(record) = event
+            && mine_a.contains(&record.partition)
+        {
+            assert!(record.offset >= 10, "{record:?}");
+        }
+    }
+
+    // Commits are checked against the member: a stale identity is refused.
+    b.commit("split", &[(0, 20)]).await.unwrap();
+    let stranger = client.commit("pair", "split", &[(0, 1)]).await.unwrap_err();
+    assert!(
+        stranger.to_string().starts_with("FAILED_PRECONDITION"),
+        "{stranger}"
+    );
+
+    // Bad subscriptions are refused before any stream starts.
+    let unknown = client
+        .subscribe_group("pair", &["nowhere"], Reset::Earliest)
+        .await
+        .err()
+        .expect("an unknown topic is refused");
+    assert!(unknown.to_string().starts_with("NOT_FOUND"), "{unknown}");
 }

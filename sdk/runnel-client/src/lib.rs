@@ -27,6 +27,7 @@
 
 pub mod admin;
 mod error;
+mod group;
 mod producer;
 
 use std::time::Duration;
@@ -36,6 +37,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use admin::Admin;
 pub use error::Error;
+pub use group::{Assignment, GroupEvent, GroupSubscription, Reset};
 pub use producer::{Delivery, Producer, ProducerConfig};
 
 /// The generated messages and clients of `runnel.v1`.
@@ -306,8 +308,40 @@ impl Client {
                         metadata: String::new(),
                     })
                     .collect(),
+                member_id: String::new(),
+                member_epoch: -1,
             })
             .await?;
         Ok(())
+    }
+
+    /// Joins consumer group `group` as a new member reading `topics`: the server assigns
+    /// it a share of their partitions (with the group's other members: other
+    /// subscriptions, and Kafka consumers with `group.protocol=consumer`), starting from
+    /// the group's committed offsets, or `reset` where there are none.
+    ///
+    /// ```no_run
+    /// # async fn example(client: runnel_client::Client) -> Result<(), runnel_client::Error> {
+    /// use runnel_client::{GroupEvent, Reset};
+    /// let mut member = client.subscribe_group("billing", &["orders"], Reset::Earliest).await?;
+    /// while let Some(event) = member.next().await {
+    ///     match event? {
+    ///         GroupEvent::Assigned(assignment) => println!("reading {:?}", assignment.partitions),
+    ///         GroupEvent::Record(record) => {
+    ///             // ... process it, then:
+    ///             member.commit(&record.topic, &[(record.partition, record.offset + 1)]).await?;
+    ///         }
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn subscribe_group(
+        &self,
+        group: &str,
+        topics: &[&str],
+        reset: Reset,
+    ) -> Result<GroupSubscription, Error> {
+        GroupSubscription::start(self.channel.clone(), group, topics, reset).await
     }
 }

@@ -1,5 +1,6 @@
 //! The Consumer service: Fetch (one partition, long poll), Subscribe (a stream over a
-//! topic's partitions that follows new records) and Commit (a group's offsets, shared with
+//! topic's partitions that follows new records), SubscribeGroup (a stream as a member of a
+//! consumer group, see [`super::group_stream`]) and Commit (a group's offsets, shared with
 //! Kafka clients).
 
 use std::sync::Arc;
@@ -14,11 +15,11 @@ use tonic::{Request, Response, Status};
 use super::{Backends, broker_status, group_status, groups_loaded, pb, records, required};
 
 /// Bytes read per partition and round when a request does not say.
-const DEFAULT_MAX_BYTES: usize = 1 << 20;
+pub(super) const DEFAULT_MAX_BYTES: usize = 1 << 20;
 /// The longest long poll of a Fetch.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Records per Subscribe message when the request does not say.
-const DEFAULT_SUBSCRIBE_RECORDS: usize = 500;
+pub(super) const DEFAULT_SUBSCRIBE_RECORDS: usize = 500;
 /// How long an idle Subscribe waits before checking that its client is still there.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
@@ -33,7 +34,7 @@ impl ConsumerService {
 }
 
 /// Reads the records of `log` from `offset`: up to `max_records` (0: all in `max_bytes`).
-async fn read(
+pub(super) async fn read(
     backends: &Backends,
     log: &PartitionLog,
     topic: &str,
@@ -211,6 +212,24 @@ impl pb::consumer_server::Consumer for ConsumerService {
         )))
     }
 
+    type SubscribeGroupStream = super::group_stream::GroupStream;
+
+    async fn subscribe_group(
+        &self,
+        request: Request<pb::SubscribeGroupRequest>,
+    ) -> Result<Response<Self::SubscribeGroupStream>, Status> {
+        let client_host = request
+            .remote_addr()
+            .map_or_else(String::new, |address| address.ip().to_string());
+        let stream = super::group_stream::subscribe_group(
+            self.backends.clone(),
+            request.into_inner(),
+            client_host,
+        )
+        .await?;
+        Ok(Response::new(stream))
+    }
+
     async fn commit(
         &self,
         request: Request<pb::CommitRequest>,
@@ -237,8 +256,15 @@ impl pb::consumer_server::Consumer for ConsumerService {
                 )
             })
             .collect();
+        // A SubscribeGroup member commits with its id and epoch; anyone else only while
+        // the group has no members.
+        let epoch = if request.member_id.is_empty() {
+            -1
+        } else {
+            request.member_epoch
+        };
         groups
-            .commit(group, "", None, -1, commits)
+            .commit(group, &request.member_id, None, epoch, commits)
             .await
             .map_err(|e| group_status(groups, group, e))?;
         Ok(Response::new(pb::CommitResponse {}))

@@ -10,6 +10,7 @@
 
 mod admin;
 mod consumer;
+mod group_stream;
 mod producer;
 mod records;
 
