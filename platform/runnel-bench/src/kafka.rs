@@ -1,6 +1,7 @@
 //! `runnel-bench kafka`: produce and consume through the Kafka protocol with librdkafka
 //! against a real `runnel dev` node, beside the raw sequential-write speed of the same
-//! disk measured in the same run.
+//! disk measured in the same run. `runnel-bench grpc` runs the same workload through the
+//! gRPC API as well (see [`crate::grpc`]), each case on both protocols in turn.
 //!
 //! Cases: 1 KiB records and 100-byte records, 6 partitions, acks=all (each acknowledged
 //! batch fsynced): records/s, MB/s and produce latency (send to acknowledgement) p50, p99,
@@ -55,17 +56,37 @@ pub struct KafkaOptions {
     pub runnel: Option<PathBuf>,
 }
 
-pub fn run(options: &KafkaOptions) -> Result<()> {
+/// The protocols a run drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// librdkafka over the Kafka protocol.
+    Kafka,
+    /// runnel-client over the gRPC API.
+    Grpc,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Kafka => "kafka",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+pub fn run(options: &KafkaOptions, protocols: &[Protocol]) -> Result<()> {
     let work = crate::tempfile_in(&options.dir)?;
-    let result = run_in(options, &work);
+    let result = run_in(options, protocols, &work);
     let _ = std::fs::remove_dir_all(&work);
     result
 }
 
-fn run_in(options: &KafkaOptions, work: &Path) -> Result<()> {
+fn run_in(options: &KafkaOptions, protocols: &[Protocol], work: &Path) -> Result<()> {
     let total = options.mib << 20;
+    let names: Vec<&str> = protocols.iter().map(|p| p.name()).collect();
     println!(
-        "runnel-bench kafka: librdkafka {} against runnel dev",
+        "runnel-bench {}: librdkafka {} and runnel-client against runnel dev",
+        names.join(" + "),
         rdkafka::util::get_rdkafka_version().1
     );
     println!("data in {}\n", work.display());
@@ -74,44 +95,83 @@ fn run_in(options: &KafkaOptions, work: &Path) -> Result<()> {
     // measurement before the produce cases and one after.
     let raw_before = raw_disk(work, total)?;
     let node = NodeProcess::start(options, work)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?;
 
     let big = Case {
-        topic: "bench-1k",
+        topic: "bench-1k".to_string(),
         record_bytes: 1024,
         records: total / 1024,
     };
     let small = Case {
-        topic: "bench-100",
+        topic: "bench-100".to_string(),
         record_bytes: 100,
         records: options.small_records,
     };
     let mut rows = Vec::new();
     for case in [&big, &small] {
-        runtime.block_on(create_topic(&node.kafka, case.topic, options.partitions))?;
-        let produced = produce(&node.kafka, case, options.partitions, options.producers)?;
-        let consumed = consume(&node.kafka, case, options.partitions)?;
-        rows.push((case, produced, consumed));
+        for &protocol in protocols {
+            let case = Case {
+                topic: format!("{}-{}", case.topic, protocol.name()),
+                ..case.clone()
+            };
+            runtime.block_on(create_topic(&node.kafka, &case.topic, options.partitions))?;
+            let (produced, consumed) = match protocol {
+                Protocol::Kafka => (
+                    produce(&node.kafka, &case, options.partitions, options.producers)?,
+                    consume(&node.kafka, &case, options.partitions)?,
+                ),
+                Protocol::Grpc => (
+                    runtime.block_on(crate::grpc::produce(
+                        &node.grpc,
+                        &case,
+                        options.partitions,
+                    ))?,
+                    runtime.block_on(crate::grpc::consume(&node.grpc, &case))?,
+                ),
+            };
+            rows.push((case, protocol, produced, consumed));
+        }
     }
     let raw_after = raw_disk(work, total)?;
     let raw = (raw_before + raw_after) / 2.0;
-    let rate = options.e2e_rate.unwrap_or(rows[0].1.records_per_s / 2.0);
+    // Half the first protocol's 1 KiB rate, the same for every protocol.
+    let rate = options.e2e_rate.unwrap_or(rows[0].2.records_per_s / 2.0);
+    let duration = Duration::from_secs(options.e2e_seconds);
     let mut e2e = Vec::new();
-    for acks in ["all", "1"] {
-        let topic = format!("bench-e2e-acks-{acks}");
-        runtime.block_on(create_topic(&node.kafka, &topic, options.partitions))?;
-        let duration = Duration::from_secs(options.e2e_seconds);
-        let measured = end_to_end(
-            &node.kafka,
-            &topic,
-            options.partitions,
-            rate,
-            duration,
-            acks,
-        )?;
-        e2e.push((acks, measured));
+    for &protocol in protocols {
+        for acks in ["all", "1"] {
+            let topic = format!("bench-e2e-acks-{acks}-{}", protocol.name());
+            runtime.block_on(create_topic(&node.kafka, &topic, options.partitions))?;
+            let measured = match protocol {
+                Protocol::Kafka => end_to_end(
+                    &node.kafka,
+                    &topic,
+                    options.partitions,
+                    rate,
+                    duration,
+                    acks,
+                )?,
+                Protocol::Grpc => {
+                    let acks = if acks == "all" {
+                        runnel_client::Acks::All
+                    } else {
+                        runnel_client::Acks::Leader
+                    };
+                    runtime.block_on(crate::grpc::end_to_end(
+                        &node.grpc,
+                        &topic,
+                        options.partitions,
+                        rate,
+                        duration,
+                        acks,
+                    ))?
+                }
+            };
+            e2e.push((protocol, acks, measured));
+        }
     }
     drop(node);
     let raw_sync = raw_sync_latency(
@@ -125,7 +185,8 @@ fn run_in(options: &KafkaOptions, work: &Path) -> Result<()> {
         "raw disk, sequential write of 1 MiB chunks, fdatasync each: {raw:.0} MB/s (before {raw_before:.0}, after {raw_after:.0})\n"
     );
     println!(
-        "{:<28} {:>12} {:>9} {:>9} {:>9} {:>10} {:>14} {:>9}",
+        "{:<9} {:<28} {:>12} {:>9} {:>9} {:>9} {:>10} {:>14} {:>9}",
+        "protocol",
         "produce (acks=all)",
         "records/s",
         "MB/s",
@@ -135,9 +196,10 @@ fn run_in(options: &KafkaOptions, work: &Path) -> Result<()> {
         "consume rec/s",
         "MB/s"
     );
-    for (case, produced, consumed) in &rows {
+    for (case, protocol, produced, consumed) in &rows {
         println!(
-            "{:<28} {:>12.0} {:>9.1} {:>9.2} {:>9.2} {:>10.2} {:>14.0} {:>9.1}",
+            "{:<9} {:<28} {:>12.0} {:>9.1} {:>9.2} {:>9.2} {:>10.2} {:>14.0} {:>9.1}",
+            protocol.name(),
             format!(
                 "{} B records, {} partitions",
                 case.record_bytes, options.partitions
@@ -151,14 +213,20 @@ fn run_in(options: &KafkaOptions, work: &Path) -> Result<()> {
             consumed.mb_per_s,
         );
     }
-    println!(
-        "\n1 KiB produce vs raw disk: {:.1} / {raw:.1} MB/s = {:.0}%",
-        rows[0].1.mb_per_s,
-        100.0 * rows[0].1.mb_per_s / raw
-    );
-    for (acks, measured) in &e2e {
+    println!();
+    for (case, protocol, produced, _) in rows.iter().filter(|row| row.0.record_bytes == 1024) {
         println!(
-            "end to end, 1 KiB records, acks={acks}, {:.0} records/s for {} s: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms ({} records)",
+            "1 KiB produce vs raw disk ({}, {}): {:.1} / {raw:.1} MB/s = {:.0}%",
+            protocol.name(),
+            case.topic,
+            produced.mb_per_s,
+            100.0 * produced.mb_per_s / raw
+        );
+    }
+    for (protocol, acks, measured) in &e2e {
+        println!(
+            "end to end ({}), 1 KiB records, acks={acks}, {:.0} records/s for {} s: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms ({} records)",
+            protocol.name(),
             measured.rate,
             options.e2e_seconds,
             ms(measured.latency.value_at_quantile(0.50)),
@@ -181,10 +249,11 @@ fn ms(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
 
-struct Case {
-    topic: &'static str,
-    record_bytes: usize,
-    records: u64,
+#[derive(Clone)]
+pub(crate) struct Case {
+    pub topic: String,
+    pub record_bytes: usize,
+    pub records: u64,
 }
 
 /// Sequential 1 MiB writes with an fdatasync after each: the disk's durable write speed,
@@ -306,6 +375,7 @@ fn raw_sync_latency(
 struct NodeProcess {
     child: Child,
     kafka: String,
+    grpc: String,
 }
 
 impl NodeProcess {
@@ -341,11 +411,14 @@ impl NodeProcess {
                 )
             })?;
         let stdout = child.stdout.take().context("piped stdout")?;
-        let mut kafka = None;
+        let (mut kafka, mut grpc) = (None, None);
         for line in std::io::BufReader::new(stdout).lines() {
             let line = line?;
             if let Some(address) = line.strip_prefix("kafka: ") {
                 kafka = Some(address.to_string());
+            }
+            if let Some(address) = line.strip_prefix("grpc: ") {
+                grpc = Some(address.to_string());
             }
             if line.starts_with("ready in ") {
                 break;
@@ -354,9 +427,10 @@ impl NodeProcess {
         let node = NodeProcess {
             child,
             kafka: kafka.unwrap_or_default(),
+            grpc: grpc.unwrap_or_default(),
         };
-        if node.kafka.is_empty() {
-            bail!("the node printed no kafka address");
+        if node.kafka.is_empty() || node.grpc.is_empty() {
+            bail!("the node printed no kafka or grpc address");
         }
         Ok(node)
     }
@@ -446,10 +520,10 @@ where
     }
 }
 
-struct Produced {
-    records_per_s: f64,
-    mb_per_s: f64,
-    latency: Histogram<u64>,
+pub(crate) struct Produced {
+    pub records_per_s: f64,
+    pub mb_per_s: f64,
+    pub latency: Histogram<u64>,
 }
 
 fn producer_config(bootstrap: &str) -> ClientConfig {
@@ -476,14 +550,15 @@ fn produce(bootstrap: &str, case: &Case, partitions: i32, producers: u64) -> Res
     let threads: Vec<_> = (0..producers)
         .map(|first| {
             let bootstrap = bootstrap.to_string();
-            let (topic, record_bytes, records) = (case.topic, case.record_bytes, case.records);
+            let (topic, record_bytes, records) =
+                (case.topic.clone(), case.record_bytes, case.records);
             std::thread::spawn(move || -> Result<(Histogram<u64>, u64)> {
                 let producer: ThreadedProducer<LatencyContext> =
                     producer_config(&bootstrap).create_with_context(LatencyContext::new(epoch)?)?;
                 let payload = vec![0x42u8; record_bytes];
                 for i in (first..records).step_by(producers as usize) {
                     let key = (i % 1024).to_be_bytes();
-                    let record = BaseRecord::with_opaque_to(topic, producer.context().stamp())
+                    let record = BaseRecord::with_opaque_to(&topic, producer.context().stamp())
                         .payload(&payload[..])
                         .key(&key[..])
                         .partition((i % partitions as u64) as i32);
@@ -517,9 +592,9 @@ fn produce(bootstrap: &str, case: &Case, partitions: i32, producers: u64) -> Res
     })
 }
 
-struct Consumed {
-    records_per_s: f64,
-    mb_per_s: f64,
+pub(crate) struct Consumed {
+    pub records_per_s: f64,
+    pub mb_per_s: f64,
 }
 
 fn consumer(bootstrap: &str, topic: &str, partitions: i32, from: Offset) -> Result<BaseConsumer> {
@@ -543,7 +618,7 @@ fn consumer(bootstrap: &str, topic: &str, partitions: i32, from: Offset) -> Resu
 }
 
 fn consume(bootstrap: &str, case: &Case, partitions: i32) -> Result<Consumed> {
-    let consumer = consumer(bootstrap, case.topic, partitions, Offset::Beginning)?;
+    let consumer = consumer(bootstrap, &case.topic, partitions, Offset::Beginning)?;
     let started = Instant::now();
     let mut count = 0u64;
     let mut bytes = 0u64;
@@ -565,12 +640,12 @@ fn consume(bootstrap: &str, case: &Case, partitions: i32) -> Result<Consumed> {
     })
 }
 
-struct EndToEnd {
-    rate: f64,
-    latency: Histogram<u64>,
+pub(crate) struct EndToEnd {
+    pub rate: f64,
+    pub latency: Histogram<u64>,
 }
 
-fn micros_since_epoch() -> u64 {
+pub(crate) fn micros_since_epoch() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)

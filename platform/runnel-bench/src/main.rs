@@ -1,7 +1,8 @@
 //! runnel-bench: load generators that print a report.
 //!
 //! `runnel-bench kafka` (see [`kafka`]) drives a real node through the Kafka protocol with
-//! librdkafka.
+//! librdkafka; `runnel-bench grpc` (see [`grpc`]) runs the same workload through the gRPC
+//! API beside it.
 //!
 //! `runnel-bench log` measures the partition log against the disk itself: it appends the
 //! same bytes (1 KiB records in batches of 16 KiB and 1 MiB) to a `PartitionLog` and, in the
@@ -22,6 +23,7 @@ use clap::{Parser, Subcommand};
 use runnel_config::TopicConfig;
 use runnel_log::{BatchBuilder, LogMetrics, NewRecord, PartitionLog};
 
+mod grpc;
 mod kafka;
 
 #[derive(Parser)]
@@ -65,6 +67,9 @@ enum Benchmark {
     /// Produce and consume through the Kafka protocol (librdkafka) against a `runnel dev`
     /// node started for the run, beside the disk's raw sequential-write speed.
     Kafka(kafka::KafkaOptions),
+    /// The Kafka benchmark's workload through the gRPC API (ProduceStream and Subscribe,
+    /// with runnel-client) and through the Kafka protocol, side by side in one run.
+    Grpc(kafka::KafkaOptions),
 }
 
 const RECORD_BYTES: usize = 1024;
@@ -107,7 +112,10 @@ fn main() -> Result<()> {
             };
             runtime.block_on(log_benchmark(&options, &dir))
         }
-        Benchmark::Kafka(options) => kafka::run(&options),
+        Benchmark::Kafka(options) => kafka::run(&options, &[kafka::Protocol::Kafka]),
+        Benchmark::Grpc(options) => {
+            kafka::run(&options, &[kafka::Protocol::Kafka, kafka::Protocol::Grpc])
+        }
     }
 }
 
