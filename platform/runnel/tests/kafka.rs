@@ -1139,8 +1139,9 @@ fn a_consumer_protocol_group_survives_a_restart() {
     let again = heartbeat(&mut conn, 1, Some(vec![0, 1]));
     assert_eq!(
         (again.error_code, again.member_epoch, partitions_of(&again)),
-        (0, 1, None),
-        "the member carries on at its epoch, its assignment unchanged: {again:?}"
+        (0, 1, Some(vec![0, 1])),
+        "the member carries on at its epoch with the same assignment (sent again, as what \
+         it was told is not stored): {again:?}"
     );
     let described = conn.call(
         ConsumerGroupDescribeRequest::default().with_group_ids(vec![group()]),

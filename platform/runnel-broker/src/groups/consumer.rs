@@ -262,7 +262,7 @@ impl Group {
     fn remove_member(&mut self, member_id: &str, now: Millis) {
         if self.members.remove(member_id).is_some() {
             self.target.remove(member_id);
-            self.epoch += 1;
+            self.epoch = self.epoch.saturating_add(1);
             if self.members.is_empty() {
                 self.empty_since = now;
             }
@@ -299,15 +299,17 @@ impl Group {
         self.assignment_epoch = self.epoch;
     }
 
-    /// Moves one member a step towards its target (see the module docs).
-    fn reconcile(&mut self, member_id: &str, now: Millis) {
+    /// Moves one member a step towards its target (see the module docs). A revocation is
+    /// complete only when this heartbeat reported the member's partitions without those
+    /// revoked: without a report, what it holds is not known.
+    fn reconcile(&mut self, member_id: &str, now: Millis, owned_reported: bool) {
         let target = self.target.get(member_id).cloned().unwrap_or_default();
         let assignment_epoch = self.assignment_epoch;
         let Some(member) = self.members.get_mut(member_id) else {
             return;
         };
         if !member.revoking.is_empty() {
-            if member.owned.is_disjoint(&member.revoking) {
+            if owned_reported && member.owned.is_disjoint(&member.revoking) {
                 member.revoking.clear();
                 member.revocation_deadline = None;
             } else {
@@ -384,13 +386,26 @@ impl ConsumerGroups {
             return Err(ConsumerGroupError::UnsupportedAssignor(name.to_string()));
         }
         let regex = match request.subscribed_regex.as_deref() {
-            Some(pattern) if !pattern.is_empty() => Some((
-                pattern.to_string(),
-                regex::Regex::new(&format!("^(?:{pattern})$"))
-                    .map_err(|e| ConsumerGroupError::InvalidRegularExpression(e.to_string()))?,
-            )),
+            Some(pattern) if !pattern.is_empty() => {
+                let invalid =
+                    |e: regex::Error| ConsumerGroupError::InvalidRegularExpression(e.to_string());
+                // Checked alone first: wrapped, a pattern like `a)|(b` would compile but
+                // no longer match whole names only.
+                regex::Regex::new(pattern).map_err(invalid)?;
+                Some((
+                    pattern.to_string(),
+                    regex::Regex::new(&format!("^(?:{pattern})$")).map_err(invalid)?,
+                ))
+            }
             _ => None,
         };
+        // A full request (a join, or every field given, as a client sends after a lost
+        // answer) gets the whole assignment back.
+        let full = request.member_epoch == 0
+            || (request.rebalance_timeout.is_some()
+                && request.subscribed_topics.is_some()
+                && request.owned.is_some());
+        let owned_reported = request.owned.is_some();
         let interval = self.settings.heartbeat_interval;
         let session = self.settings.session_timeout;
         match request.member_epoch {
@@ -428,6 +443,10 @@ impl ConsumerGroups {
                 return Err(ConsumerGroupError::InvalidRequest("invalid member epoch"));
             }
             _ => {}
+        }
+        // Only a join creates a group: a heartbeat of an unknown member creates nothing.
+        if request.member_epoch != 0 && !self.groups.contains_key(&request.group) {
+            return Err(ConsumerGroupError::UnknownMemberId);
         }
         let group = self
             .groups
@@ -524,7 +543,6 @@ impl ConsumerGroups {
         if let Some(owned) = owned {
             member.owned = owned;
         }
-        let full = request.member_epoch == 0;
         if full {
             member.told = None;
         }
@@ -534,10 +552,10 @@ impl ConsumerGroups {
             changed = true;
         }
         if changed {
-            group.epoch += 1;
+            group.epoch = group.epoch.saturating_add(1);
         }
         group.update_target();
-        group.reconcile(&member_id, now);
+        group.reconcile(&member_id, now, owned_reported);
         let member = group
             .members
             .get_mut(&member_id)
@@ -591,7 +609,7 @@ impl ConsumerGroups {
         let Some(group) = self.groups.get(group) else {
             return Ok(());
         };
-        if member_id.is_empty() && epoch < 0 {
+        if epoch < 0 {
             return if group.members.is_empty() {
                 Ok(())
             } else {
@@ -715,7 +733,8 @@ impl ConsumerGroups {
                     rebalance_timeout: m.rebalance_timeout,
                     epoch: m.epoch,
                     previous_epoch: m.previous_epoch,
-                    told: Some(m.assigned.clone()),
+                    // Unknown after a restart: the next heartbeat gets the whole assignment.
+                    told: None,
                     assigned: m.assigned,
                     revoking: m.revoking,
                     owned: m.owned,
@@ -948,6 +967,53 @@ mod tests {
     }
 
     #[test]
+    fn a_revocation_completes_only_on_a_report_and_a_full_request_gets_everything() {
+        let mut groups = ConsumerGroups::default();
+        let topics = topics(&[("t", 2)]);
+        let a = groups.heartbeat(join("a", &["t"]), &topics, 0).unwrap();
+        let a_owned = a.assignment.unwrap();
+        groups.heartbeat(join("b", &["t"]), &topics, 1).unwrap();
+        // a is told to give one up; a heartbeat without owned partitions proves nothing.
+        let kept = groups
+            .heartbeat(beat("a", 1, Some(&a_owned)), &topics, 2)
+            .unwrap()
+            .assignment
+            .unwrap();
+        let a = groups.heartbeat(beat("a", 1, None), &topics, 3).unwrap();
+        assert_eq!(a.member_epoch, 1, "still revoking");
+        let b = groups
+            .heartbeat(beat("b", 2, Some(&BTreeSet::new())), &topics, 4)
+            .unwrap();
+        assert_eq!(b.assignment, None, "nothing is free yet");
+        // A full request (as after a lost answer) is answered with the whole assignment.
+        let mut full = beat("a", 1, Some(&kept));
+        full.rebalance_timeout = Some(30_000);
+        full.subscribed_topics = Some(vec!["t".into()]);
+        let a = groups.heartbeat(full, &topics, 5).unwrap();
+        assert_eq!((a.member_epoch, a.assignment), (2, Some(kept)));
+    }
+
+    #[test]
+    fn bad_heartbeats_create_nothing() {
+        let mut groups = ConsumerGroups::default();
+        let topics = topics(&[("t", 1), ("other", 1)]);
+        assert_eq!(
+            groups.heartbeat(beat("ghost", 3, None), &topics, 0),
+            Err(ConsumerGroupError::UnknownMemberId)
+        );
+        assert!(!groups.contains("g"));
+        // A pattern that would escape its anchors once wrapped is refused.
+        let mut request = join("a", &[]);
+        request.subscribed_topics = None;
+        request.subscribed_regex = Some("t)|(o".into());
+        assert!(matches!(
+            groups.heartbeat(request, &topics, 1),
+            Err(ConsumerGroupError::InvalidRegularExpression(_))
+        ));
+        assert!(!groups.contains("g"));
+    }
+
+    #[test]
     fn a_member_that_leaves_hands_its_partitions_over() {
         let mut groups = ConsumerGroups::default();
         let topics = topics(&[("t", 2)]);
@@ -1088,7 +1154,13 @@ mod tests {
         let a = restarted
             .heartbeat(beat("a", 1, None), &topics, 100_001)
             .unwrap();
-        assert_eq!((a.member_epoch, a.assignment), (1, None));
+        // What it was last told is not stored: it gets its whole assignment again.
+        let both: BTreeSet<TopicPartition> = [("t".to_string(), 0), ("t".to_string(), 1)].into();
+        assert_eq!((a.member_epoch, a.assignment), (1, Some(both)));
+        let a = restarted
+            .heartbeat(beat("a", 1, None), &topics, 100_002)
+            .unwrap();
+        assert_eq!(a.assignment, None);
         // Its session started at the restore.
         assert_eq!(restarted.tick(144_999), 0);
         assert_eq!(restarted.tick(146_001), 1);

@@ -803,15 +803,23 @@ impl GroupService {
             inner.consumer.heartbeat(request, &topics, now)?
         };
         // Stored before the member hears of it, so a restart never forgets an epoch or an
-        // assignment a member was told.
-        self.store_consumer_group(&group).await;
+        // assignment a member was told; if that fails, the member hears of the failure
+        // (a retriable coordinator error) instead.
+        self.try_store_consumer_group(&group).await?;
         Ok(answer)
     }
 
     /// Writes a consumer-protocol group to the offsets topic if it changed since it was
-    /// last written (a tombstone once it is gone), logging rather than failing: a group
-    /// stored out of date only makes its members rejoin after a restart.
+    /// last written (a tombstone once it is gone), logging a failure: a group stored out
+    /// of date only makes its members rejoin after a restart. Heartbeats use
+    /// [`GroupService::try_store_consumer_group`] to answer with the failure instead.
     async fn store_consumer_group(&self, group: &str) {
+        if let Err(error) = self.try_store_consumer_group(group).await {
+            tracing::warn!(%group, %error, "storing the consumer group");
+        }
+    }
+
+    async fn try_store_consumer_group(&self, group: &str) -> Result<(), GroupServiceError> {
         let _writing = self.consumer_writes.lock().await;
         let (snapshot, previous) = {
             let inner = self.lock();
@@ -821,11 +829,9 @@ impl GroupService {
             )
         };
         if snapshot == previous {
-            return;
+            return Ok(());
         }
-        let Ok(partition) = self.check_local(group) else {
-            return;
-        };
+        let partition = self.check_local(group)?;
         let written = async {
             let batch = offsets::consumer_group_batch(group, snapshot.as_ref())
                 .map_err(|e| BrokerError::Log(runnel_log::LogError::InvalidBatch(e)))?;
@@ -840,8 +846,9 @@ impl GroupService {
                     Some(snapshot) => inner.consumer_stored.insert(group.to_string(), snapshot),
                     None => inner.consumer_stored.remove(group),
                 };
+                Ok(())
             }
-            Err(error) => tracing::warn!(%group, %error, "storing the consumer group"),
+            Err(error) => Err(error),
         }
     }
 

@@ -162,6 +162,7 @@ impl Member {
                 }
                 Err(error) => return Err(error),
             };
+            let epoch_moved = answer.member_epoch != self.epoch;
             self.member_id = answer.member_id;
             self.epoch = answer.member_epoch;
             self.interval = Duration::from_millis(answer.heartbeat_interval.max(1));
@@ -170,6 +171,9 @@ impl Member {
                 self.assign(assignment)?;
                 // Acknowledged at once, so the partitions released reach their next owner.
                 self.next_heartbeat = Instant::now();
+            } else if epoch_moved {
+                // The same partitions at a new epoch: the client commits with it.
+                self.changed = Some(self.assignment_message());
             }
             return Ok(());
         }
@@ -200,11 +204,17 @@ impl Member {
             self.cursors.insert(partition.clone(), (log, start));
         }
         self.owned = assignment;
+        self.changed = Some(self.assignment_message());
+        Ok(())
+    }
+
+    /// The member's partitions and identity, as the client is told them.
+    fn assignment_message(&self) -> pb::GroupAssignment {
         let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
         for (topic, partition) in &self.owned {
             by_topic.entry(topic).or_default().push(*partition);
         }
-        self.changed = Some(pb::GroupAssignment {
+        pb::GroupAssignment {
             member_id: self.member_id.clone(),
             member_epoch: self.epoch,
             partitions: by_topic
@@ -214,8 +224,7 @@ impl Member {
                     partitions,
                 })
                 .collect(),
-        });
-        Ok(())
+        }
     }
 
     /// Heartbeats and streams records until the client goes away (Ok) or an error ends
