@@ -44,6 +44,7 @@ pub const REBALANCE_IN_PROGRESS: i16 = 27;
 pub const NON_EMPTY_GROUP: i16 = 68;
 pub const GROUP_ID_NOT_FOUND: i16 = 69;
 pub const FENCED_MEMBER_EPOCH: i16 = 110;
+pub const UNRELEASED_INSTANCE_ID: i16 = 111;
 pub const UNSUPPORTED_ASSIGNOR: i16 = 112;
 pub const STALE_MEMBER_EPOCH: i16 = 113;
 pub const INVALID_REGULAR_EXPRESSION: i16 = 128;
@@ -159,6 +160,7 @@ pub fn group_code(error: &GroupServiceError) -> i16 {
                 GROUP_ID_NOT_FOUND
             }
             ConsumerGroupError::NonEmptyGroup => NON_EMPTY_GROUP,
+            ConsumerGroupError::UnreleasedInstanceId => UNRELEASED_INSTANCE_ID,
         },
         GroupServiceError::NotCoordinator => NOT_COORDINATOR,
         GroupServiceError::Loading => COORDINATOR_LOAD_IN_PROGRESS,

@@ -53,6 +53,9 @@ pub enum ConsumerGroupError {
     InvalidRequest(&'static str),
     #[error("the group uses the classic protocol")]
     ClassicGroup,
+    /// A static member's instance id is held by a member that has not left.
+    #[error("the instance id is still in use by another member")]
+    UnreleasedInstanceId,
     #[error("no such group")]
     GroupIdNotFound,
     #[error("the group still has members")]
@@ -179,6 +182,9 @@ pub struct StoredConsumerMember {
     pub assigned: BTreeSet<TopicPartition>,
     pub revoking: BTreeSet<TopicPartition>,
     pub owned: BTreeSet<TopicPartition>,
+    /// Away for a while (a static member's epoch -2); absent in older snapshots.
+    #[serde(default)]
+    pub away: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -201,6 +207,8 @@ struct Member {
     owned: BTreeSet<TopicPartition>,
     /// The assignment the member was last told, to send only changes.
     told: Option<BTreeSet<TopicPartition>>,
+    /// A static member that left for a while (epoch -2): kept until its session ends.
+    away: bool,
     session_deadline: Millis,
     revocation_deadline: Option<Millis>,
 }
@@ -414,8 +422,22 @@ impl ConsumerGroups {
                     .groups
                     .get_mut(&request.group)
                     .ok_or(ConsumerGroupError::UnknownMemberId)?;
-                if !group.members.contains_key(&request.member_id) {
-                    return Err(ConsumerGroupError::UnknownMemberId);
+                let member = group
+                    .members
+                    .get_mut(&request.member_id)
+                    .ok_or(ConsumerGroupError::UnknownMemberId)?;
+                if request.member_epoch == -2 && member.instance_id.is_some() {
+                    // A static member away for a while (a restart) keeps its place and
+                    // partitions until its session ends, so coming back under its instance
+                    // id costs no rebalance (KIP-848).
+                    member.away = true;
+                    member.session_deadline = now + session;
+                    return Ok(HeartbeatAnswer {
+                        member_id: request.member_id,
+                        member_epoch: -2,
+                        heartbeat_interval: interval,
+                        assignment: None,
+                    });
                 }
                 group.remove_member(&request.member_id, now);
                 group.subscribed_topics = group.subscribed_topics(topics);
@@ -458,47 +480,66 @@ impl ConsumerGroups {
             });
         let owned: Option<BTreeSet<TopicPartition>> =
             request.owned.map(|owned| owned.into_iter().collect());
+        let mut took_over = false;
         let member_id = if request.member_epoch == 0 {
             let member_id = if request.member_id.is_empty() {
                 Uuid::new_v4().to_string()
             } else {
                 request.member_id.clone()
             };
-            // A static member taking its instance id back replaces its earlier self.
-            if let Some(instance) = &request.instance_id {
-                let earlier: Vec<String> = group
+            // A static member coming back takes over its earlier self, which must have
+            // left for a while (epoch -2): its epoch and partitions, without a rebalance.
+            // An instance id still in use is refused.
+            let earlier = request.instance_id.as_ref().and_then(|instance| {
+                group
                     .members
                     .iter()
-                    .filter(|(id, m)| **id != member_id && m.instance_id.as_ref() == Some(instance))
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                for id in earlier {
-                    group.remove_member(&id, now);
+                    .find(|(id, m)| **id != member_id && m.instance_id.as_ref() == Some(instance))
+                    .map(|(id, m)| (id.clone(), m.away))
+            });
+            match earlier {
+                Some((_, false)) => return Err(ConsumerGroupError::UnreleasedInstanceId),
+                Some((old_id, true)) => {
+                    if let Some(mut member) = group.members.remove(&old_id) {
+                        member.away = false;
+                        member.told = None;
+                        member.session_deadline = now + session;
+                        member.client_id.clone_from(&request.client_id);
+                        member.client_host.clone_from(&request.client_host);
+                        if let Some(target) = group.target.remove(&old_id) {
+                            group.target.insert(member_id.clone(), target);
+                        }
+                        group.members.insert(member_id.clone(), member);
+                    }
+                    took_over = true;
+                }
+                None => {
+                    // A member (re)joining owns nothing the group gave it before.
+                    group.remove_member(&member_id, now);
+                    group.members.insert(
+                        member_id.clone(),
+                        Member {
+                            instance_id: request.instance_id.clone(),
+                            rack_id: request.rack_id.clone(),
+                            client_id: request.client_id.clone(),
+                            client_host: request.client_host.clone(),
+                            subscribed: BTreeSet::new(),
+                            regex: None,
+                            assignor: None,
+                            rebalance_timeout: 0,
+                            epoch: 0,
+                            previous_epoch: 0,
+                            assigned: BTreeSet::new(),
+                            revoking: BTreeSet::new(),
+                            owned: BTreeSet::new(),
+                            told: None,
+                            away: false,
+                            session_deadline: now + session,
+                            revocation_deadline: None,
+                        },
+                    );
                 }
             }
-            // A member (re)joining owns nothing the group gave it before.
-            group.remove_member(&member_id, now);
-            group.members.insert(
-                member_id.clone(),
-                Member {
-                    instance_id: request.instance_id.clone(),
-                    rack_id: request.rack_id.clone(),
-                    client_id: request.client_id.clone(),
-                    client_host: request.client_host.clone(),
-                    subscribed: BTreeSet::new(),
-                    regex: None,
-                    assignor: None,
-                    rebalance_timeout: 0,
-                    epoch: 0,
-                    previous_epoch: 0,
-                    assigned: BTreeSet::new(),
-                    revoking: BTreeSet::new(),
-                    owned: BTreeSet::new(),
-                    told: None,
-                    session_deadline: now + session,
-                    revocation_deadline: None,
-                },
-            );
             member_id
         } else {
             let member = group
@@ -526,7 +567,7 @@ impl ConsumerGroups {
             member.rack_id = Some(rack);
         }
         // A join, a new subscription or new topic partitions: a new group epoch.
-        let mut changed = request.member_epoch == 0;
+        let mut changed = request.member_epoch == 0 && !took_over;
         if let Some(names) = request.subscribed_topics {
             let names: BTreeSet<String> = names.into_iter().collect();
             changed |= names != member.subscribed;
@@ -697,6 +738,7 @@ impl ConsumerGroups {
                         assigned: m.assigned.clone(),
                         revoking: m.revoking.clone(),
                         owned: m.owned.clone(),
+                        away: m.away,
                     };
                     (id.clone(), member)
                 })
@@ -738,6 +780,7 @@ impl ConsumerGroups {
                     assigned: m.assigned,
                     revoking: m.revoking,
                     owned: m.owned,
+                    away: m.away,
                     session_deadline: now + session,
                     revocation_deadline,
                 };
@@ -991,6 +1034,45 @@ mod tests {
         full.subscribed_topics = Some(vec!["t".into()]);
         let a = groups.heartbeat(full, &topics, 5).unwrap();
         assert_eq!((a.member_epoch, a.assignment), (2, Some(kept)));
+    }
+
+    #[test]
+    fn a_static_member_away_for_a_while_comes_back_without_a_rebalance() {
+        let mut groups = ConsumerGroups::default();
+        let topics = topics(&[("t", 2)]);
+        let static_join = |member: &str| {
+            let mut request = join(member, &["t"]);
+            request.instance_id = Some("pod-1".into());
+            request
+        };
+        let first = groups.heartbeat(static_join("a"), &topics, 0).unwrap();
+        let partitions = first.assignment.unwrap();
+        // Another process with the same instance id while the first is alive: refused.
+        assert_eq!(
+            groups.heartbeat(static_join("a2"), &topics, 2),
+            Err(ConsumerGroupError::UnreleasedInstanceId)
+        );
+        // The first leaves for a while (-2): it keeps its place and partitions...
+        let left = groups.heartbeat(beat("a", -2, None), &topics, 3).unwrap();
+        assert_eq!(left.member_epoch, -2);
+        let epoch = groups.describe("g").unwrap().group_epoch;
+        // ...and its restarted process takes them back at its epoch, without a rebalance.
+        let back = groups.heartbeat(static_join("a2"), &topics, 4).unwrap();
+        assert_eq!(
+            (back.member_epoch, back.assignment),
+            (first.member_epoch, Some(partitions))
+        );
+        assert_eq!(groups.describe("g").unwrap().group_epoch, epoch);
+        assert_eq!(
+            groups.heartbeat(beat("a", 1, None), &topics, 5),
+            Err(ConsumerGroupError::UnknownMemberId)
+        );
+        // Away past its session, a static member is removed like any other.
+        groups
+            .heartbeat(beat("a2", back.member_epoch, None), &topics, 6)
+            .unwrap();
+        groups.heartbeat(beat("a2", -2, None), &topics, 7).unwrap();
+        assert_eq!(groups.tick(7 + 45_001), 1);
     }
 
     #[test]
