@@ -1,0 +1,229 @@
+//! The host side of the worlds: generated bindings, the store's state, and the host
+//! interfaces a function imports (`log`, `config`, `kv`, `metrics`, `produce`).
+
+use std::collections::BTreeMap;
+
+use wasmtime::component::{HasSelf, InstancePre, Linker, ResourceTable};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::Kind;
+
+mod transform {
+    wasmtime::component::bindgen!({
+        world: "transform",
+        path: "../../schemas/wit",
+    });
+}
+
+mod consumer {
+    wasmtime::component::bindgen!({
+        world: "consumer",
+        path: "../../schemas/wit",
+        // The interfaces both worlds import are the transform bindings' ones.
+        with: {
+            "runnel:functions/log": super::transform::runnel::functions::log,
+            "runnel:functions/config": super::transform::runnel::functions::config,
+            "runnel:functions/kv": super::transform::runnel::functions::kv,
+            "runnel:functions/metrics": super::transform::runnel::functions::metrics,
+        },
+    });
+}
+
+use transform::runnel::functions::{config, kv, log, metrics};
+
+/// Log lines kept per instance until the executor collects them.
+const MAX_LOG_LINES: usize = 1000;
+/// The longest log line kept; longer ones are cut.
+const MAX_LOG_LINE: usize = 4096;
+
+/// One line a function logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub level: &'static str,
+    pub message: String,
+}
+
+/// What a function's store holds.
+pub struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    config: BTreeMap<String, String>,
+    /// The function's state for its partition.
+    pub kv: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Logged since last taken; the oldest lines go first when full.
+    pub logs: Vec<LogLine>,
+    pub counters: BTreeMap<String, u64>,
+    pub gauges: BTreeMap<String, f64>,
+    /// Output records a consumer sent, in the output encoding, one buffer per call.
+    pub produced: Vec<Vec<u8>>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::new(BTreeMap::new(), BTreeMap::new(), 64 << 20)
+    }
+}
+
+impl State {
+    pub(crate) fn new(
+        config: BTreeMap<String, String>,
+        kv: BTreeMap<Vec<u8>, Vec<u8>>,
+        memory_bytes: usize,
+    ) -> State {
+        State {
+            // No files, sockets, environment or arguments: WASI's defaults only.
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(memory_bytes)
+                .table_elements(1 << 20)
+                .instances(16)
+                .trap_on_grow_failure(true)
+                .build(),
+            config,
+            kv,
+            logs: Vec::new(),
+            counters: BTreeMap::new(),
+            gauges: BTreeMap::new(),
+            produced: Vec::new(),
+        }
+    }
+
+    pub(crate) fn limits(&mut self) -> &mut StoreLimits {
+        &mut self.limits
+    }
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl log::Host for State {
+    fn write(&mut self, level: log::Level, mut message: String) {
+        if message.len() > MAX_LOG_LINE {
+            let mut end = MAX_LOG_LINE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        if self.logs.len() == MAX_LOG_LINES {
+            self.logs.remove(0);
+        }
+        let level = match level {
+            log::Level::Debug => "debug",
+            log::Level::Info => "info",
+            log::Level::Warn => "warn",
+            log::Level::Error => "error",
+        };
+        self.logs.push(LogLine { level, message });
+    }
+}
+
+impl config::Host for State {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.config.get(&key).cloned()
+    }
+
+    fn all(&mut self) -> Vec<(String, String)> {
+        self.config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+impl kv::Host for State {
+    fn get(&mut self, key: Vec<u8>) -> Option<Vec<u8>> {
+        self.kv.get(&key).cloned()
+    }
+
+    fn set(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.kv.insert(key, value);
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        self.kv.remove(&key);
+    }
+}
+
+impl metrics::Host for State {
+    fn counter_add(&mut self, name: String, delta: u64) {
+        let counter = self.counters.entry(name).or_default();
+        *counter = counter.saturating_add(delta);
+    }
+
+    fn gauge_set(&mut self, name: String, value: f64) {
+        self.gauges.insert(name, value);
+    }
+}
+
+impl consumer::runnel::functions::produce::Host for State {
+    fn send(&mut self, records: Vec<u8>) -> Result<(), String> {
+        runnel_abi::Outputs::parse(&records).map_err(|e| format!("outputs do not decode: {e}"))?;
+        self.produced.push(records);
+        Ok(())
+    }
+}
+
+/// Adds WASI and the imports of `kind`'s world to `linker`.
+pub(crate) fn link(linker: &mut Linker<State>, kind: Kind) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    match kind {
+        Kind::Transform => {
+            transform::Transform::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
+        }
+        Kind::Consumer => consumer::Consumer::add_to_linker::<_, HasSelf<_>>(linker, |state| state),
+    }
+}
+
+/// A compiled component checked against its world.
+pub(crate) enum Pre {
+    Transform(transform::TransformPre<State>),
+    Consumer(consumer::ConsumerPre<State>),
+}
+
+impl Pre {
+    pub(crate) fn new(kind: Kind, pre: InstancePre<State>) -> wasmtime::Result<Pre> {
+        Ok(match kind {
+            Kind::Transform => Pre::Transform(transform::TransformPre::new(pre)?),
+            Kind::Consumer => Pre::Consumer(consumer::ConsumerPre::new(pre)?),
+        })
+    }
+
+    pub(crate) fn instantiate(&self, store: &mut Store<State>) -> wasmtime::Result<Bindings> {
+        Ok(match self {
+            Pre::Transform(pre) => Bindings::Transform(pre.instantiate(store)?),
+            Pre::Consumer(pre) => Bindings::Consumer(pre.instantiate(store)?),
+        })
+    }
+}
+
+/// An instance's exports.
+pub(crate) enum Bindings {
+    Transform(transform::Transform),
+    Consumer(consumer::Consumer),
+}
+
+impl Bindings {
+    /// `process` on `batch`: the transform's outputs, or nothing for a consumer.
+    pub(crate) fn process(
+        &self,
+        store: &mut Store<State>,
+        batch: &[u8],
+    ) -> wasmtime::Result<Result<Vec<u8>, String>> {
+        match self {
+            Bindings::Transform(bindings) => bindings.call_process(store, batch),
+            Bindings::Consumer(bindings) => {
+                Ok(bindings.call_process(store, batch)?.map(|()| Vec::new()))
+            }
+        }
+    }
+}
