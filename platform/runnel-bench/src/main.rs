@@ -2,7 +2,7 @@
 //!
 //! `runnel-bench kafka` (see [`kafka`]) drives a real node through the Kafka protocol with
 //! librdkafka; `runnel-bench grpc` (see [`grpc`]) runs the same workload through the gRPC
-//! API beside it.
+//! API beside it. `runnel-bench functions` (see [`functions`]) measures the Wasm boundary.
 //!
 //! `runnel-bench log` measures the partition log against the disk itself: it appends the
 //! same bytes (1 KiB records in batches of 16 KiB and 1 MiB) to a `PartitionLog` and, in the
@@ -23,6 +23,7 @@ use clap::{Parser, Subcommand};
 use runnel_config::TopicConfig;
 use runnel_log::{BatchBuilder, LogMetrics, NewRecord, PartitionLog};
 
+mod functions;
 mod grpc;
 mod kafka;
 
@@ -70,6 +71,9 @@ enum Benchmark {
     /// The Kafka benchmark's workload through the gRPC API (ProduceStream and Subscribe,
     /// with runnel-client) and through the Kafka protocol, side by side in one run.
     Grpc(kafka::KafkaOptions),
+    /// The Wasm boundary: batches through a transform component against the same work
+    /// done natively, in one run.
+    Functions(functions::FunctionsOptions),
 }
 
 const RECORD_BYTES: usize = 1024;
@@ -113,6 +117,7 @@ fn main() -> Result<()> {
             runtime.block_on(log_benchmark(&options, &dir))
         }
         Benchmark::Kafka(options) => kafka::run(&options, &[kafka::Protocol::Kafka]),
+        Benchmark::Functions(options) => functions::run(&options),
         Benchmark::Grpc(options) => {
             kafka::run(&options, &[kafka::Protocol::Kafka, kafka::Protocol::Grpc])
         }

@@ -25,7 +25,14 @@ fn build(dir: &str, name: &str) -> Vec<u8> {
         .unwrap_or_else(|| repository().join("target"));
     let target = host_target.join("wasm-guests");
     let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
-        .args(["build", "--quiet", "--locked", "--release", "--target", "wasm32-wasip2"])
+        .args([
+            "build",
+            "--quiet",
+            "--locked",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+        ])
         .arg("--manifest-path")
         .arg(repository().join(dir).join("Cargo.toml"))
         .arg("--target-dir")
