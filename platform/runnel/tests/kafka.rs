@@ -842,6 +842,24 @@ fn committed_offsets_survive_a_restart_and_group_errors_are_kafkas() {
     );
 }
 
+/// A JoinGroup (v7) of the classic protocol with a 30 s session, as a range consumer.
+fn classic_join(conn: &mut Connection, group: &str, member: &str) -> JoinGroupResponse {
+    conn.call(
+        JoinGroupRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+            .with_session_timeout_ms(30_000)
+            .with_rebalance_timeout_ms(30_000)
+            .with_member_id(StrBytes::from_string(member.to_string()))
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(vec![
+                join_group_request::JoinGroupRequestProtocol::default()
+                    .with_name(StrBytes::from_static_str("range"))
+                    .with_metadata(Bytes::from_static(b"subscription")),
+            ]),
+        7,
+    )
+}
+
 fn listed_groups(kafka: SocketAddr) -> Vec<String> {
     let listed = Connection::open(kafka).call(ListGroupsRequest::default(), 5);
     assert_eq!(listed.error_code, 0);
@@ -878,22 +896,7 @@ fn empty_groups_are_forgotten_and_their_offsets_expire() {
 
     // "ghost" gets a member, which leaves without committing anything.
     let group = || GroupId(StrBytes::from_static_str("ghost"));
-    let join = |conn: &mut Connection, member: &str| {
-        conn.call(
-            JoinGroupRequest::default()
-                .with_group_id(group())
-                .with_session_timeout_ms(30_000)
-                .with_rebalance_timeout_ms(30_000)
-                .with_member_id(StrBytes::from_string(member.to_string()))
-                .with_protocol_type(StrBytes::from_static_str("consumer"))
-                .with_protocols(vec![
-                    join_group_request::JoinGroupRequestProtocol::default()
-                        .with_name(StrBytes::from_static_str("range"))
-                        .with_metadata(Bytes::from_static(b"subscription")),
-                ]),
-            7,
-        )
-    };
+    let join = |conn: &mut Connection, member: &str| classic_join(conn, "ghost", member);
     let first = join(&mut conn, "");
     assert_eq!(first.error_code, 79);
     let joined = join(&mut conn, &first.member_id.to_string());
@@ -966,22 +969,7 @@ fn a_stable_group_survives_a_restart_without_a_rebalance() {
     let dir = tempfile::tempdir().unwrap();
     let (node, kafka) = start(dir.path());
     let group = || GroupId(StrBytes::from_static_str("steady"));
-    let join = |conn: &mut Connection, member: &str| {
-        conn.call(
-            JoinGroupRequest::default()
-                .with_group_id(group())
-                .with_session_timeout_ms(30_000)
-                .with_rebalance_timeout_ms(30_000)
-                .with_member_id(StrBytes::from_string(member.to_string()))
-                .with_protocol_type(StrBytes::from_static_str("consumer"))
-                .with_protocols(vec![
-                    join_group_request::JoinGroupRequestProtocol::default()
-                        .with_name(StrBytes::from_static_str("range"))
-                        .with_metadata(Bytes::from_static(b"subscription")),
-                ]),
-            7,
-        )
-    };
+    let join = |conn: &mut Connection, member: &str| classic_join(conn, "steady", member);
     let mut conn = Connection::open(kafka);
     // The coordinator loads in the background; MEMBER_ID_REQUIRED once it is ready.
     let mut first = join(&mut conn, "");

@@ -119,22 +119,14 @@ impl GroupSubscription {
     /// Commits, as this member, the next offsets to read of partitions of `topic`:
     /// (partition, offset of the last record processed + 1).
     pub async fn commit(&mut self, topic: &str, offsets: &[(i32, i64)]) -> Result<(), Error> {
-        self.client
-            .commit(proto::CommitRequest {
-                group: self.group.clone(),
-                topic: topic.to_string(),
-                offsets: offsets
-                    .iter()
-                    .map(|(partition, offset)| proto::PartitionOffset {
-                        partition: *partition,
-                        offset: *offset,
-                        metadata: String::new(),
-                    })
-                    .collect(),
-                member_id: self.assignment.member_id.clone(),
-                member_epoch: self.assignment.member_epoch,
-            })
-            .await?;
+        let request = crate::commit_request(
+            &self.group,
+            topic,
+            offsets,
+            &self.assignment.member_id,
+            self.assignment.member_epoch,
+        );
+        self.client.commit(request).await?;
         Ok(())
     }
 }

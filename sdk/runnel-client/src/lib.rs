@@ -304,20 +304,7 @@ impl Client {
         offsets: &[(i32, i64)],
     ) -> Result<(), Error> {
         self.consumer_client()
-            .commit(proto::CommitRequest {
-                group: group.to_string(),
-                topic: topic.to_string(),
-                offsets: offsets
-                    .iter()
-                    .map(|(partition, offset)| proto::PartitionOffset {
-                        partition: *partition,
-                        offset: *offset,
-                        metadata: String::new(),
-                    })
-                    .collect(),
-                member_id: String::new(),
-                member_epoch: -1,
-            })
+            .commit(commit_request(group, topic, offsets, "", -1))
             .await?;
         Ok(())
     }
@@ -350,5 +337,30 @@ impl Client {
         reset: Reset,
     ) -> Result<GroupSubscription, Error> {
         GroupSubscription::start(self.channel.clone(), group, topics, reset).await
+    }
+}
+
+/// A commit of (partition, next offset) pairs of `topic`, as `member_id` at `member_epoch`
+/// (empty and -1: no member).
+fn commit_request(
+    group: &str,
+    topic: &str,
+    offsets: &[(i32, i64)],
+    member_id: &str,
+    member_epoch: i32,
+) -> proto::CommitRequest {
+    proto::CommitRequest {
+        group: group.to_string(),
+        topic: topic.to_string(),
+        offsets: offsets
+            .iter()
+            .map(|(partition, offset)| proto::PartitionOffset {
+                partition: *partition,
+                offset: *offset,
+                metadata: String::new(),
+            })
+            .collect(),
+        member_id: member_id.to_string(),
+        member_epoch,
     }
 }
