@@ -55,6 +55,8 @@ pub enum Command {
     Group(crate::client::GroupArgs),
     /// The cluster's nodes
     Cluster(crate::client::ClusterArgs),
+    /// Wasm functions: run one locally over sample records
+    Fn(crate::functions::FnArgs),
 }
 
 #[derive(Debug, Args)]

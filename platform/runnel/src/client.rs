@@ -212,7 +212,7 @@ pub enum ClusterCommand {
     Info,
 }
 
-fn key_value(text: &str) -> Result<(String, String), String> {
+pub(crate) fn key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
         _ => Err(format!("expected KEY=VALUE, got `{text}`")),
@@ -220,9 +220,9 @@ fn key_value(text: &str) -> Result<(String, String), String> {
 }
 
 /// A command's failure: its message and exit code.
-struct Failure {
-    message: String,
-    code: u8,
+pub(crate) struct Failure {
+    pub(crate) message: String,
+    pub(crate) code: u8,
 }
 
 impl From<Error> for Failure {
@@ -248,7 +248,7 @@ impl From<std::io::Error> for Failure {
     }
 }
 
-fn usage(message: impl Into<String>) -> Failure {
+pub(crate) fn usage(message: impl Into<String>) -> Failure {
     Failure {
         message: message.into(),
         code: 2,
@@ -257,6 +257,11 @@ fn usage(message: impl Into<String>) -> Failure {
 
 /// Runs a client command to its end.
 pub fn run(command: crate::cli::Command) -> ExitCode {
+    // Functions run outside any async runtime: wasmtime's synchronous WASI host calls
+    // block on one of their own.
+    if let crate::cli::Command::Fn(args) = command {
+        return exit(crate::functions::run(args));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -276,9 +281,14 @@ pub fn run(command: crate::cli::Command) -> ExitCode {
             Command::Consume(args) => consume(args).await,
             Command::Group(args) => group(args).await,
             Command::Cluster(args) => cluster(args).await,
+            Command::Fn(_) => Err(usage("not an async command")),
             Command::Dev(_) | Command::Start(_) => Err(usage("not a client command")),
         }
     });
+    exit(result)
+}
+
+fn exit(result: Result<(), Failure>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
@@ -488,9 +498,24 @@ async fn topic(args: TopicArgs) -> Result<(), Failure> {
 
 /// A record from one line of input.
 fn parse_line(args: &ProduceArgs, line: &str) -> Result<Record, Failure> {
-    let mut record = match args.format {
-        Format::Text => match &args.key_separator {
-            Some(separator) => match line.split_once(separator.as_str()) {
+    parse_record(
+        args.format,
+        args.key_separator.as_deref(),
+        &args.headers,
+        line,
+    )
+}
+
+/// A record from one line of input, in `format`, with `headers` added.
+pub(crate) fn parse_record(
+    format: Format,
+    key_separator: Option<&str>,
+    headers: &[(String, String)],
+    line: &str,
+) -> Result<Record, Failure> {
+    let mut record = match format {
+        Format::Text => match key_separator {
+            Some(separator) => match line.split_once(separator) {
                 Some((key, value)) => Record::new(value).key(key),
                 None => Record::new(line),
             },
@@ -528,7 +553,7 @@ fn parse_line(args: &ProduceArgs, line: &str) -> Result<Record, Failure> {
             record
         }
     };
-    for (key, value) in &args.headers {
+    for (key, value) in headers {
         record = record.header(key.clone(), value.clone());
     }
     Ok(record)

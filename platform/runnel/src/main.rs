@@ -10,6 +10,7 @@ mod admin;
 mod banner;
 mod cli;
 mod client;
+mod functions;
 mod http;
 mod logging;
 mod metrics;
