@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use common::*;
 
@@ -29,21 +28,9 @@ impl Cli {
 
     /// Runs `runnel <args> --server <node>` with `stdin`.
     fn run_with(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = runnel(self.dir.path())
-            .args(args)
-            .env("RUNNEL_SERVER", &self.server)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        let mut command = runnel(self.dir.path());
+        command.args(args).env("RUNNEL_SERVER", &self.server);
+        run_with_stdin(command, stdin)
     }
 
     fn run(&self, args: &[&str]) -> Output {

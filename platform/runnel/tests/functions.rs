@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::*;
 
@@ -37,22 +36,9 @@ fn build(dir: &str, name: &str) -> PathBuf {
 
 fn run_fn(args: &[&str], wasm: &Path, stdin: &str) -> Output {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = runnel(dir.path())
-        .args(["fn", "run"])
-        .arg(wasm)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    let mut command = runnel(dir.path());
+    command.args(["fn", "run"]).arg(wasm).args(args);
+    run_with_stdin(command, stdin)
 }
 
 fn json_lines(output: &Output) -> Vec<serde_json::Value> {

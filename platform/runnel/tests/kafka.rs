@@ -860,6 +860,27 @@ fn classic_join(conn: &mut Connection, group: &str, member: &str) -> JoinGroupRe
     )
 }
 
+/// The SyncGroup of a group's only member, its leader, assigning itself "all of it".
+fn sync_alone(
+    conn: &mut Connection,
+    group: &str,
+    generation: i32,
+    member: &str,
+) -> SyncGroupResponse {
+    conn.call(
+        SyncGroupRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+            .with_generation_id(generation)
+            .with_member_id(StrBytes::from_string(member.to_string()))
+            .with_assignments(vec![
+                sync_group_request::SyncGroupRequestAssignment::default()
+                    .with_member_id(StrBytes::from_string(member.to_string()))
+                    .with_assignment(Bytes::from_static(b"all of it")),
+            ]),
+        5,
+    )
+}
+
 fn listed_groups(kafka: SocketAddr) -> Vec<String> {
     let listed = Connection::open(kafka).call(ListGroupsRequest::default(), 5);
     assert_eq!(listed.error_code, 0);
@@ -902,18 +923,7 @@ fn empty_groups_are_forgotten_and_their_offsets_expire() {
     let joined = join(&mut conn, &first.member_id.to_string());
     assert_eq!(joined.error_code, 0);
     let member = joined.member_id.to_string();
-    let synced = conn.call(
-        SyncGroupRequest::default()
-            .with_group_id(group())
-            .with_generation_id(joined.generation_id)
-            .with_member_id(StrBytes::from_string(member.clone()))
-            .with_assignments(vec![
-                sync_group_request::SyncGroupRequestAssignment::default()
-                    .with_member_id(StrBytes::from_string(member.clone()))
-                    .with_assignment(Bytes::from_static(b"all of it")),
-            ]),
-        5,
-    );
+    let synced = sync_alone(&mut conn, "ghost", joined.generation_id, &member);
     assert_eq!(synced.error_code, 0);
     assert!(listed_groups(kafka).contains(&"ghost".to_string()));
     let left = conn.call(
@@ -980,18 +990,7 @@ fn a_stable_group_survives_a_restart_without_a_rebalance() {
     let joined = join(&mut conn, &first.member_id.to_string());
     assert_eq!((joined.error_code, joined.generation_id), (0, 1));
     let member = joined.member_id.to_string();
-    let synced = conn.call(
-        SyncGroupRequest::default()
-            .with_group_id(group())
-            .with_generation_id(1)
-            .with_member_id(StrBytes::from_string(member.clone()))
-            .with_assignments(vec![
-                sync_group_request::SyncGroupRequestAssignment::default()
-                    .with_member_id(StrBytes::from_string(member.clone()))
-                    .with_assignment(Bytes::from_static(b"all of it")),
-            ]),
-        5,
-    );
+    let synced = sync_alone(&mut conn, "steady", 1, &member);
     assert_eq!(synced.error_code, 0);
     assert_eq!(&synced.assignment[..], b"all of it");
 

@@ -334,22 +334,11 @@ fn clients_follow_partition_leaders_across_nodes() {
 
 /// Runs the `runnel` CLI against `node`'s gRPC API with `stdin`; its stdout.
 fn runnel_cli(node: &Node, dir: &Path, args: &[&str], stdin: &str) -> String {
-    use std::io::Write as _;
-    let mut child = runnel(dir)
+    let mut command = runnel(dir);
+    command
         .args(args)
-        .env("RUNNEL_SERVER", node.grpc.expect("a grpc line").to_string())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run runnel");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+        .env("RUNNEL_SERVER", node.grpc.expect("a grpc line").to_string());
+    let output = run_with_stdin(command, stdin);
     assert!(
         output.status.success(),
         "runnel {args:?}: {}",

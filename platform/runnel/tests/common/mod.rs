@@ -14,6 +14,20 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a node may take to stop after SIGTERM/SIGINT.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Runs `command` with `stdin` written to its standard input; its output.
+pub fn run_with_stdin(mut command: Command, stdin: &str) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the command");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.as_bytes()).expect("write stdin");
+    }
+    child.wait_with_output().expect("wait for the command")
+}
+
 /// The binary with a predictable environment: no `RUNNEL_*` variables from the caller, log
 /// level `info`, working directory `cwd`.
 pub fn runnel(cwd: &Path) -> Command {
