@@ -1,7 +1,7 @@
 //! The host side of the worlds: generated bindings, the store's state, and the host
 //! interfaces a function imports (`log`, `config`, `kv`, `metrics`, `produce`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use wasmtime::component::{HasSelf, InstancePre, Linker, ResourceTable};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
@@ -13,6 +13,8 @@ mod transform {
     wasmtime::component::bindgen!({
         world: "transform",
         path: "../../schemas/wit",
+        // A set that would take the kv state past its limit traps the guest.
+        imports: { "runnel:functions/kv.set": trappable },
     });
 }
 
@@ -52,8 +54,11 @@ pub struct State {
     config: BTreeMap<String, String>,
     /// The function's state for its partition.
     pub kv: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Bytes of keys and values in `kv`, and their limit.
+    kv_bytes: usize,
+    kv_limit: usize,
     /// Logged since last taken; the oldest lines go first when full.
-    pub logs: Vec<LogLine>,
+    pub logs: VecDeque<LogLine>,
     pub counters: BTreeMap<String, u64>,
     pub gauges: BTreeMap<String, f64>,
     /// Output records a consumer sent, in the output encoding, one buffer per call.
@@ -62,7 +67,7 @@ pub struct State {
 
 impl Default for State {
     fn default() -> Self {
-        State::new(BTreeMap::new(), BTreeMap::new(), 64 << 20)
+        State::new(BTreeMap::new(), BTreeMap::new(), crate::Limits::default())
     }
 }
 
@@ -70,21 +75,24 @@ impl State {
     pub(crate) fn new(
         config: BTreeMap<String, String>,
         kv: BTreeMap<Vec<u8>, Vec<u8>>,
-        memory_bytes: usize,
+        limits: crate::Limits,
     ) -> State {
+        let kv_bytes = kv.iter().map(|(k, v)| k.len() + v.len()).sum();
         State {
             // No files, sockets, environment or arguments: WASI's defaults only.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
-                .memory_size(memory_bytes)
+                .memory_size(limits.memory_bytes)
                 .table_elements(1 << 20)
                 .instances(16)
                 .trap_on_grow_failure(true)
                 .build(),
             config,
             kv,
-            logs: Vec::new(),
+            kv_bytes,
+            kv_limit: limits.kv_bytes,
+            logs: VecDeque::new(),
             counters: BTreeMap::new(),
             gauges: BTreeMap::new(),
             produced: Vec::new(),
@@ -115,7 +123,7 @@ impl log::Host for State {
             message.truncate(end);
         }
         if self.logs.len() == MAX_LOG_LINES {
-            self.logs.remove(0);
+            self.logs.pop_front();
         }
         let level = match level {
             log::Level::Debug => "debug",
@@ -123,7 +131,7 @@ impl log::Host for State {
             log::Level::Warn => "warn",
             log::Level::Error => "error",
         };
-        self.logs.push(LogLine { level, message });
+        self.logs.push_back(LogLine { level, message });
     }
 }
 
@@ -145,12 +153,24 @@ impl kv::Host for State {
         self.kv.get(&key).cloned()
     }
 
-    fn set(&mut self, key: Vec<u8>, value: Vec<u8>) {
+    fn set(&mut self, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<()> {
+        let replaced = self.kv.get(&key).map_or(0, |old| key.len() + old.len());
+        let total = self.kv_bytes - replaced + key.len() + value.len();
+        if total > self.kv_limit {
+            return Err(wasmtime::Error::msg(format!(
+                "the kv state would grow past its limit of {} bytes",
+                self.kv_limit
+            )));
+        }
+        self.kv_bytes = total;
         self.kv.insert(key, value);
+        Ok(())
     }
 
     fn delete(&mut self, key: Vec<u8>) {
-        self.kv.remove(&key);
+        if let Some(old) = self.kv.remove(&key) {
+            self.kv_bytes -= key.len() + old.len();
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //!   ticker thread moves the engine's epoch every [`EPOCH_TICK`]);
 //! - size: a component larger than [`Limits::component_bytes`] is refused before
 //!   compiling;
+//! - state: a kv `set` that would take its keys and values past [`Limits::kv_bytes`] traps;
 //! - capabilities: only the imports of its world and WASI without files, sockets or
 //!   environment; a component that imports anything else fails at deploy.
 //!
@@ -58,6 +59,8 @@ pub struct Limits {
     pub call_timeout: Duration,
     /// The largest component taken.
     pub component_bytes: usize,
+    /// Keys and values of an instance's kv state; a set past it traps.
+    pub kv_bytes: usize,
 }
 
 impl Default for Limits {
@@ -66,6 +69,7 @@ impl Default for Limits {
             memory_bytes: 64 << 20,
             call_timeout: Duration::from_secs(1),
             component_bytes: 16 << 20,
+            kv_bytes: 64 << 20,
         }
     }
 }
@@ -201,7 +205,7 @@ impl Function {
         config: BTreeMap<String, String>,
         kv: BTreeMap<Vec<u8>, Vec<u8>>,
     ) -> Result<Instance<'_>, FunctionError> {
-        let state = State::new(config, kv, self.limits.memory_bytes);
+        let state = State::new(config, kv, self.limits);
         let mut instance = Instance {
             function: self,
             live: None,

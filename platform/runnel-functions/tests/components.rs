@@ -168,6 +168,7 @@ fn hostile_components_are_contained_and_others_keep_running() {
     let limits = Limits {
         memory_bytes: 32 << 20,
         call_timeout: Duration::from_millis(300),
+        kv_bytes: 4 << 20,
         ..Limits::default()
     };
     let function = host.compile(Kind::Transform, &wasm, limits).unwrap();
@@ -191,6 +192,17 @@ fn hostile_components_are_contained_and_others_keep_running() {
         .unwrap();
     let error = bomb.process(&batch(&["a"], 0)).unwrap_err();
     assert!(matches!(error, FunctionError::Trap(_)), "{error}");
+
+    // kv state past its limit traps, with the reason.
+    let mut hoarder = function
+        .instantiate(config("kv-bomb"), BTreeMap::new())
+        .unwrap();
+    let error = hoarder.process(&batch(&["a"], 0)).unwrap_err();
+    assert!(
+        error.to_string().contains("kv state would grow past"),
+        "{error}"
+    );
+    assert!(hoarder.state().unwrap().kv.len() <= 4);
 
     // A trap poisons only that call's instance: the next batch runs on a fresh one, with
     // the function's state kept.

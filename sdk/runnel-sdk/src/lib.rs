@@ -182,13 +182,22 @@ pub mod __private {
 
     use super::{Batch, Error, Output, Record};
 
-    pub fn encode<'a>(outputs: impl Iterator<Item = &'a Output>) -> Result<Vec<u8>, Error> {
-        let mut writer = runnel_abi::OutputWriter::new();
+    /// Adds `outputs` to `writer`.
+    fn push_all<O: std::borrow::Borrow<Output>>(
+        writer: &mut runnel_abi::OutputWriter,
+        outputs: impl IntoIterator<Item = O>,
+    ) -> Result<(), String> {
         for output in outputs {
             writer
-                .push(&output.as_abi())
-                .map_err(|e| Error(e.to_string()))?;
+                .push(&output.borrow().as_abi())
+                .map_err(|e| e.to_string())?;
         }
+        Ok(())
+    }
+
+    pub fn encode<'a>(outputs: impl Iterator<Item = &'a Output>) -> Result<Vec<u8>, Error> {
+        let mut writer = runnel_abi::OutputWriter::new();
+        push_all(&mut writer, outputs).map_err(Error)?;
         Ok(writer.finish())
     }
 
@@ -210,11 +219,7 @@ pub mod __private {
         for record in batch.records() {
             let outputs =
                 function(record).map_err(|e| format!("record at offset {}: {e}", record.offset))?;
-            for output in outputs {
-                writer
-                    .push(&output.borrow().as_abi())
-                    .map_err(|e| e.to_string())?;
-            }
+            push_all(&mut writer, outputs)?;
         }
         Ok(writer.finish())
     }
@@ -230,11 +235,7 @@ pub mod __private {
     {
         let batch = parse(batch)?;
         let mut writer = runnel_abi::OutputWriter::new();
-        for output in function(&batch).map_err(|e| e.0)? {
-            writer
-                .push(&output.borrow().as_abi())
-                .map_err(|e| e.to_string())?;
-        }
+        push_all(&mut writer, function(&batch).map_err(|e| e.0)?)?;
         Ok(writer.finish())
     }
 

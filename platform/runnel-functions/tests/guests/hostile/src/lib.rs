@@ -1,6 +1,6 @@
 //! Misbehaves as its `mode` config says: `echo` (behaves), `loop` (never returns),
 //! `bomb` (allocates without end), `trap-on-9` (panics on offsets ending in 9), `fail`
-//! (returns an error), `count` (counts records in kv and logs).
+//! (returns an error), `kv-bomb` (fills kv without end), `count` (counts records in kv and logs).
 
 use runnel_sdk::{Error, Output, Record, config, kv, log, metrics};
 
@@ -24,6 +24,12 @@ fn hostile(record: Record<'_>) -> Result<Option<Output>, Error> {
             panic!("offset {} ends in 9", record.offset)
         }
         Some("fail") => Err(Error::new("refused on purpose")),
+        Some("kv-bomb") => {
+            for i in 0u64.. {
+                kv::set(&i.to_le_bytes(), &vec![7u8; 1 << 20]);
+            }
+            unreachable!()
+        }
         Some("count") => {
             let seen = kv::get(b"seen")
                 .map(|v| u64::from_le_bytes(v.try_into().unwrap_or_default()))
