@@ -10,7 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cluster = root.join("runnel/cluster/v1/cluster.proto");
     tonic_prost_build::configure().compile_fds(protox::compile([&cluster], [&root])?)?;
 
-    let api: Vec<_> = ["records", "producer", "consumer", "admin"]
+    let api: Vec<_> = ["records", "producer", "consumer", "admin", "functions"]
         .iter()
         .map(|name| root.join(format!("runnel/v1/{name}.proto")))
         .collect();

@@ -7,7 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cargo:rerun-if-changed={}",
         root.join("runnel/v1").display()
     );
-    let files: Vec<_> = ["records", "producer", "consumer", "admin"]
+    let files: Vec<_> = ["records", "producer", "consumer", "admin", "functions"]
         .iter()
         .map(|name| root.join(format!("runnel/v1/{name}.proto")))
         .collect();

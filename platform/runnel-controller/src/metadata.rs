@@ -60,11 +60,69 @@ pub struct TopicMeta {
     pub partitions: Vec<PartitionMeta>,
 }
 
-/// Room for the Wasm functions subsystem (filled by its issue).
+/// A deployed Wasm function (DESIGN §5): what the brokers leading its input partitions
+/// run. The component itself is in the object store under its SHA-256 `digest`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct FunctionSpec {
     pub name: String,
+    /// `transform` or `consumer`.
+    #[serde(default)]
+    pub kind: String,
+    /// 1 at the first deploy, one more at every redeploy (set when applied).
+    #[serde(default)]
+    pub version: u64,
+    /// The component's SHA-256, hex: its key in the object store.
+    #[serde(default)]
+    pub digest: String,
+    #[serde(default)]
+    pub component_bytes: u64,
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    #[serde(default)]
+    pub outputs: Vec<String>,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// The host interfaces the function may import (`log`, `config`, `kv`, `metrics`,
+    /// `produce`); a component importing any other is refused.
+    #[serde(default)]
+    pub grants: Vec<String>,
+    #[serde(default)]
+    pub limits: FunctionLimits,
+    /// What happens to a batch that still fails after its retries: `dlq`, `retry` or
+    /// `stop`.
+    #[serde(default)]
+    pub on_failure: String,
+    /// Paused functions keep their spec and progress but do not run.
+    #[serde(default)]
+    pub paused: bool,
 }
+
+/// The limits of a function's instances and of its failure handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionLimits {
+    pub memory_bytes: u64,
+    pub call_timeout_ms: u64,
+    /// Records per call of the function.
+    pub batch_records: u32,
+    /// Attempts after the first before the failure policy applies.
+    pub retries: u32,
+}
+
+impl Default for FunctionLimits {
+    fn default() -> Self {
+        FunctionLimits {
+            memory_bytes: 64 << 20,
+            call_timeout_ms: 1000,
+            batch_records: 1000,
+            retries: 3,
+        }
+    }
+}
+
+/// The function kinds the metadata takes.
+pub const FUNCTION_KINDS: [&str; 2] = ["transform", "consumer"];
+/// The failure policies of a function.
+pub const FUNCTION_FAILURE_POLICIES: [&str; 3] = ["dlq", "retry", "stop"];
 
 /// Room for connectors (filled by their issue).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -136,6 +194,16 @@ pub enum Command {
     AllocateProducerIds {
         count: u32,
     },
+    /// Deploys a function, or redeploys it (its version goes up by one; a paused function
+    /// stays paused).
+    DeployFunction(FunctionSpec),
+    SetFunctionPaused {
+        name: String,
+        paused: bool,
+    },
+    DeleteFunction {
+        name: String,
+    },
 }
 
 /// What an applied command did.
@@ -159,6 +227,11 @@ pub enum Applied {
         first: i64,
         count: u32,
     },
+    FunctionDeployed {
+        version: u64,
+    },
+    FunctionPausedSet,
+    FunctionDeleted,
 }
 
 /// Why a command was refused. Nothing of a refused command is applied.
@@ -182,6 +255,10 @@ pub enum MetadataError {
     InvalidNode { id: NodeId, reason: String },
     #[error("every producer id has been handed out")]
     ProducerIdsExhausted,
+    #[error("unknown function `{0}`")]
+    UnknownFunction(String),
+    #[error("invalid function: {0}")]
+    InvalidFunction(String),
 }
 
 /// The result of applying a command, as the Raft state machine returns it.
@@ -232,7 +309,79 @@ impl Metadata {
                     count: *count,
                 })
             }
+            Command::DeployFunction(spec) => self.deploy_function(spec),
+            Command::SetFunctionPaused { name, paused } => {
+                let function = self
+                    .functions
+                    .get_mut(name)
+                    .ok_or_else(|| MetadataError::UnknownFunction(name.clone()))?;
+                function.paused = *paused;
+                Ok(Applied::FunctionPausedSet)
+            }
+            Command::DeleteFunction { name } => {
+                self.functions
+                    .remove(name)
+                    .ok_or_else(|| MetadataError::UnknownFunction(name.clone()))?;
+                Ok(Applied::FunctionDeleted)
+            }
         }
+    }
+
+    fn deploy_function(&mut self, spec: &FunctionSpec) -> Response {
+        let invalid = |reason: String| Err(MetadataError::InvalidFunction(reason));
+        validate_topic_name(&spec.name).map_err(|reason| {
+            MetadataError::InvalidFunction(format!("name `{}`: {reason}", spec.name))
+        })?;
+        if !FUNCTION_KINDS.contains(&spec.kind.as_str()) {
+            return invalid(format!(
+                "kind `{}`; one of {}",
+                spec.kind,
+                FUNCTION_KINDS.join(", ")
+            ));
+        }
+        if !FUNCTION_FAILURE_POLICIES.contains(&spec.on_failure.as_str()) {
+            return invalid(format!(
+                "on-failure `{}`; one of {}",
+                spec.on_failure,
+                FUNCTION_FAILURE_POLICIES.join(", ")
+            ));
+        }
+        if spec.digest.len() != 64 || !spec.digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return invalid("the component digest is not a SHA-256".to_string());
+        }
+        if spec.inputs.is_empty() {
+            return invalid("at least one input topic is needed".to_string());
+        }
+        if spec.kind == "transform" && spec.outputs.is_empty() {
+            return invalid("a transform needs at least one output topic".to_string());
+        }
+        for topic in spec.inputs.iter().chain(&spec.outputs) {
+            if !self.topics.contains_key(topic) {
+                return Err(MetadataError::UnknownTopic(topic.clone()));
+            }
+        }
+        if let Some(input) = spec
+            .inputs
+            .iter()
+            .find(|input| spec.outputs.contains(input))
+        {
+            return invalid(format!("`{input}` is both an input and an output"));
+        }
+        let limits = spec.limits;
+        if limits.memory_bytes == 0 || limits.call_timeout_ms == 0 || limits.batch_records == 0 {
+            return invalid("memory, call timeout and batch records must be above 0".to_string());
+        }
+        let mut spec = spec.clone();
+        match self.functions.get(&spec.name) {
+            Some(existing) => {
+                spec.version = existing.version + 1;
+                spec.paused = existing.paused;
+            }
+            None => spec.version = 1,
+        }
+        let version = spec.version;
+        self.functions.insert(spec.name.clone(), spec);
+        Ok(Applied::FunctionDeployed { version })
     }
 
     /// Checks a command against the current state without applying it (Kafka's

@@ -63,6 +63,9 @@ pub struct State {
     pub gauges: BTreeMap<String, f64>,
     /// Output records a consumer sent, in the output encoding, one buffer per call.
     pub produced: Vec<Vec<u8>>,
+    /// The values before the first change since the last [`State::take_kv_changes`] of
+    /// every key changed since (`None`: it did not exist), to roll a failed batch back.
+    kv_before: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl Default for State {
@@ -96,6 +99,42 @@ impl State {
             counters: BTreeMap::new(),
             gauges: BTreeMap::new(),
             produced: Vec::new(),
+            kv_before: BTreeMap::new(),
+        }
+    }
+
+    /// The kv entries changed since the last call, with their values now (`None`:
+    /// deleted), to persist; from here on they count as unchanged.
+    pub fn take_kv_changes(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        std::mem::take(&mut self.kv_before)
+            .into_keys()
+            .map(|key| {
+                let value = self.kv.get(&key).cloned();
+                (key, value)
+            })
+            .collect()
+    }
+
+    /// Undoes every kv change since the last [`State::take_kv_changes`] (a batch that
+    /// failed is retried from the state before it), and drops what it produced.
+    pub fn roll_back(&mut self) {
+        for (key, before) in std::mem::take(&mut self.kv_before) {
+            if let Some(old) = self.kv.remove(&key) {
+                self.kv_bytes -= key.len() + old.len();
+            }
+            if let Some(value) = before {
+                self.kv_bytes += key.len() + value.len();
+                self.kv.insert(key, value);
+            }
+        }
+        self.produced.clear();
+    }
+
+    /// Remembers `key`'s value before its first change since the last take.
+    fn note_change(&mut self, key: &[u8]) {
+        if !self.kv_before.contains_key(key) {
+            let before = self.kv.get(key).cloned();
+            self.kv_before.insert(key.to_vec(), before);
         }
     }
 
@@ -162,12 +201,14 @@ impl kv::Host for State {
                 self.kv_limit
             )));
         }
+        self.note_change(&key);
         self.kv_bytes = total;
         self.kv.insert(key, value);
         Ok(())
     }
 
     fn delete(&mut self, key: Vec<u8>) {
+        self.note_change(&key);
         if let Some(old) = self.kv.remove(&key) {
             self.kv_bytes -= key.len() + old.len();
         }

@@ -16,12 +16,18 @@
 //! A call that traps or times out poisons its instance; the next call starts a fresh one
 //! from the compiled component (tens of microseconds), keeping the function's kv state.
 //!
-//! Not here yet: deploy and placement, executors per partition, kv persisted in a
-//! compacted topic, dead-letter topics (see `docs/functions.md`).
+//! Deployed functions: [`service::Functions`] stores components in the object store
+//! ([`store`]), keeps specs in the metadata log and runs an executor per input partition
+//! this node leads ([`executor`]), with kv state and progress in a compacted topic and
+//! failed batches in a dead-letter topic (see `docs/functions.md`).
 
+pub mod executor;
 mod host;
+pub mod service;
+pub mod store;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -30,6 +36,10 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store};
 
 pub use host::{LogLine, State};
+pub use service::{
+    Deploy, Description, Functions, FunctionsError, FunctionsSettings, LogEntry, PartitionState,
+};
+pub use store::{ComponentStore, ComponentStoreError};
 
 /// How often the engine's epoch moves; call timeouts are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -46,6 +56,22 @@ impl Kind {
         match self {
             Kind::Transform => "transform",
             Kind::Consumer => "consumer",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Kind> {
+        match name {
+            "transform" => Some(Kind::Transform),
+            "consumer" => Some(Kind::Consumer),
+            _ => None,
+        }
+    }
+
+    /// The host interfaces of the kind's world, every one grantable.
+    pub fn interfaces(self) -> &'static [&'static str] {
+        match self {
+            Kind::Transform => &["log", "config", "kv", "metrics"],
+            Kind::Consumer => &["log", "config", "kv", "metrics", "produce"],
         }
     }
 }
@@ -140,12 +166,28 @@ impl FunctionHost {
     }
 
     /// Validates and compiles a component of `kind`: its size, that it is a component,
-    /// and that its imports and exports are those of the kind's world.
+    /// and that its imports and exports are those of the kind's world. Every interface of
+    /// the world is granted.
     pub fn compile(
         &self,
         kind: Kind,
         bytes: &[u8],
         limits: Limits,
+    ) -> Result<Function, FunctionError> {
+        self.compile_granted(kind, bytes, limits, kind.interfaces(), None)
+    }
+
+    /// As [`FunctionHost::compile`], with only the host interfaces in `grants` allowed (a
+    /// component importing another is refused), and with the compiled form cached in
+    /// `cache` (a directory) if given: a component compiled before by this build of the
+    /// engine is loaded from there instead of compiled again.
+    pub fn compile_granted(
+        &self,
+        kind: Kind,
+        bytes: &[u8],
+        limits: Limits,
+        grants: &[&str],
+        cache: Option<&Path>,
     ) -> Result<Function, FunctionError> {
         if bytes.len() > limits.component_bytes {
             return Err(FunctionError::TooLarge {
@@ -157,7 +199,21 @@ impl FunctionHost {
             kind: kind.name(),
             reason: format!("{error:#}"),
         };
-        let component = Component::new(&self.engine, bytes).map_err(invalid)?;
+        if let Some(unknown) = grants.iter().find(|g| !kind.interfaces().contains(g)) {
+            return Err(FunctionError::Invalid {
+                kind: kind.name(),
+                reason: format!(
+                    "`{unknown}` is not an interface of the {} world (those are {})",
+                    kind.name(),
+                    kind.interfaces().join(", ")
+                ),
+            });
+        }
+        let component = match cache {
+            Some(dir) => self.compile_cached(bytes, dir).map_err(invalid)?,
+            None => Component::new(&self.engine, bytes).map_err(invalid)?,
+        };
+        check_grants(&self.engine, &component, kind, grants)?;
         let linker = match kind {
             Kind::Transform => &self.transform,
             Kind::Consumer => &self.consumer,
@@ -165,12 +221,90 @@ impl FunctionHost {
         let pre = linker.instantiate_pre(&component).map_err(invalid)?;
         let pre = host::Pre::new(kind, pre).map_err(invalid)?;
         Ok(Function {
-            engine: self.engine.clone(),
-            kind,
-            pre,
-            limits,
+            compiled: Arc::new(Compiled {
+                engine: self.engine.clone(),
+                kind,
+                pre,
+                limits,
+            }),
         })
     }
+
+    /// The component from the cache in `dir`, or compiled and then stored there. The
+    /// cache key is the component's SHA-256 and the engine's compatibility hash, so a
+    /// file is only ever loaded by an engine that can run what it holds.
+    fn compile_cached(&self, bytes: &[u8], dir: &Path) -> wasmtime::Result<Component> {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut engine_hash);
+        let name = format!("{}-{:016x}.cwasm", digest(bytes), engine_hash.finish());
+        let path = dir.join(name);
+        if path.exists() {
+            // SAFETY: the file was written by `Component::serialize` of an engine with the
+            // same compatibility hash (it is in the name), into the node's own data
+            // directory, and renamed into place only once complete.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(component) => return Ok(component),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), error = %format!("{error:#}"), "a cached compiled component does not load; compiling again");
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        let serialized = component.serialize()?;
+        let stored = std::fs::create_dir_all(dir).and_then(|()| {
+            let partial = path.with_extension("partial");
+            std::fs::write(&partial, &serialized)?;
+            std::fs::rename(&partial, &path)
+        });
+        if let Err(error) = stored {
+            tracing::warn!(path = %path.display(), %error, "cannot cache a compiled component");
+        }
+        Ok(component)
+    }
+}
+
+/// The SHA-256 of `bytes`, in hex: a component's name in the object store and the cache.
+pub fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(bytes);
+    let mut hex = String::with_capacity(64);
+    for byte in hash {
+        hex.push_str(&format!("{byte:02x}"));
+    }
+    hex
+}
+
+/// Refuses a component that imports a host interface of `runnel:functions` not in
+/// `grants`.
+fn check_grants(
+    engine: &Engine,
+    component: &Component,
+    kind: Kind,
+    grants: &[&str],
+) -> Result<(), FunctionError> {
+    for (name, _) in component.component_type().imports(engine) {
+        let Some(interface) = name.strip_prefix("runnel:functions/") else {
+            continue;
+        };
+        let interface = interface.split('@').next().unwrap_or(interface);
+        if !grants.contains(&interface) {
+            return Err(FunctionError::Invalid {
+                kind: kind.name(),
+                reason: format!(
+                    "it imports `{name}`, which was not granted (granted: {})",
+                    if grants.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        grants.join(", ")
+                    }
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Drop for FunctionHost {
@@ -179,23 +313,30 @@ impl Drop for FunctionHost {
     }
 }
 
-/// A compiled component, ready to instantiate.
+/// A compiled component, ready to instantiate; cheap to clone.
+#[derive(Clone)]
 pub struct Function {
+    compiled: Arc<Compiled>,
+}
+
+struct Compiled {
     engine: Engine,
     kind: Kind,
     pre: host::Pre,
     limits: Limits,
 }
 
-impl Function {
+impl Compiled {
     /// The call timeout in epoch ticks (at least one).
     fn timeout_ticks(&self) -> u64 {
         let ticks = self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis();
         u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
     }
+}
 
+impl Function {
     pub fn kind(&self) -> Kind {
-        self.kind
+        self.compiled.kind
     }
 
     /// An instance for one partition, with the function's configuration and (restored)
@@ -204,10 +345,10 @@ impl Function {
         &self,
         config: BTreeMap<String, String>,
         kv: BTreeMap<Vec<u8>, Vec<u8>>,
-    ) -> Result<Instance<'_>, FunctionError> {
-        let state = State::new(config, kv, self.limits);
+    ) -> Result<Instance, FunctionError> {
+        let state = State::new(config, kv, self.compiled.limits);
         let mut instance = Instance {
-            function: self,
+            function: self.compiled.clone(),
             live: None,
             spare: Some(state),
         };
@@ -216,15 +357,27 @@ impl Function {
     }
 }
 
+impl Function {
+    /// An instance that is not started: it holds an executor's place while the real one
+    /// is out on a blocking thread.
+    pub(crate) fn placeholder(&self) -> Instance {
+        Instance {
+            function: self.compiled.clone(),
+            live: None,
+            spare: None,
+        }
+    }
+}
+
 /// An instance of a function; it outlives traps by starting afresh.
-pub struct Instance<'f> {
-    function: &'f Function,
+pub struct Instance {
+    function: Arc<Compiled>,
     live: Option<(Store<State>, host::Bindings)>,
     /// The state of a poisoned instance, carried to the next one.
     spare: Option<State>,
 }
 
-impl Instance<'_> {
+impl Instance {
     fn start(&mut self) -> Result<(), FunctionError> {
         let state = self.spare.take().unwrap_or_default();
         let mut store = Store::new(&self.function.engine, state);

@@ -126,7 +126,9 @@ fn controller_code(error: &ControllerError) -> i16 {
             MetadataError::InvalidConfig(_) => INVALID_CONFIG,
             MetadataError::UnknownNode(_)
             | MetadataError::InvalidNode { .. }
-            | MetadataError::ProducerIdsExhausted => UNKNOWN_SERVER_ERROR,
+            | MetadataError::ProducerIdsExhausted
+            | MetadataError::UnknownFunction(_)
+            | MetadataError::InvalidFunction(_) => UNKNOWN_SERVER_ERROR,
         },
         ControllerError::NotLeader { .. } => NOT_CONTROLLER,
         ControllerError::Unavailable(_) => REQUEST_TIMED_OUT,

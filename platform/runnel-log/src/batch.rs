@@ -631,6 +631,66 @@ pub fn fuzz_produced_batch(bytes: &[u8]) -> usize {
     passed
 }
 
+/// One record of stored batches, as [`visit_records`] hands it out.
+#[derive(Debug, Clone)]
+pub struct StoredRecord<'a> {
+    pub offset: u64,
+    /// The record's timestamp (the batch's, for log-append time).
+    pub timestamp: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: Vec<HeaderEntry<'a>>,
+}
+
+/// Calls `visit` on every record of `batches` (whole batches as the log stores them) at
+/// or after offset `from`, in order, skipping control batches, while it returns `true`
+/// (took the record). Returns the offset to read next: after the last record taken, or
+/// the one `visit` refused. Sections are decompressed up to `max_section` bytes.
+pub fn visit_records(
+    batches: &[u8],
+    from: u64,
+    max_section: usize,
+    mut visit: impl FnMut(StoredRecord<'_>) -> bool,
+) -> Result<u64, BatchError> {
+    let mut next = from;
+    for (position, header) in batch_positions(batches) {
+        let last = header.last_offset().max(0) as u64;
+        if last < from || header.is_control() {
+            next = next.max(last + 1);
+            continue;
+        }
+        let Some(bytes) = batches.get(position..position + header.total_len() as usize) else {
+            break;
+        };
+        let section = records_section(bytes, max_section)?;
+        for record in Records::new(&section, header.records_count) {
+            let record = record?;
+            let offset = (header.base_offset + i64::from(record.offset_delta)) as u64;
+            if offset < from {
+                continue;
+            }
+            let timestamp = if header.is_log_append_time() {
+                header.max_timestamp
+            } else {
+                header.base_timestamp + record.timestamp_delta
+            };
+            let stored = StoredRecord {
+                offset,
+                timestamp,
+                key: record.key,
+                value: record.value,
+                headers: record.header_entries()?,
+            };
+            if !visit(stored) {
+                return Ok(offset);
+            }
+            next = offset + 1;
+        }
+        next = next.max(last + 1);
+    }
+    Ok(next)
+}
+
 /// Walks concatenated batches, yielding `(position, header)` for each batch that lies
 /// wholly inside `bytes`; stops at the first incomplete or unparsable one.
 pub fn batch_positions(bytes: &[u8]) -> impl Iterator<Item = (usize, BatchHeader)> + '_ {

@@ -55,7 +55,8 @@ pub enum Command {
     Group(crate::client::GroupArgs),
     /// The cluster's nodes
     Cluster(crate::client::ClusterArgs),
-    /// Wasm functions: run one locally over sample records
+    /// Wasm functions: deploy, list, describe, logs, pause, resume, delete; run one
+    /// locally over sample records, or start a new one
     Fn(crate::functions::FnArgs),
 }
 

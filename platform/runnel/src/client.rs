@@ -259,7 +259,12 @@ pub(crate) fn usage(message: impl Into<String>) -> Failure {
 pub fn run(command: crate::cli::Command) -> ExitCode {
     // Functions run outside any async runtime: wasmtime's synchronous WASI host calls
     // block on one of their own.
-    if let crate::cli::Command::Fn(args) = command {
+    if let crate::cli::Command::Fn(args) = &command
+        && args.command.is_local()
+    {
+        let crate::cli::Command::Fn(args) = command else {
+            return ExitCode::FAILURE;
+        };
         return exit(crate::functions::run(args));
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -281,7 +286,7 @@ pub fn run(command: crate::cli::Command) -> ExitCode {
             Command::Consume(args) => consume(args).await,
             Command::Group(args) => group(args).await,
             Command::Cluster(args) => cluster(args).await,
-            Command::Fn(_) => Err(usage("not an async command")),
+            Command::Fn(args) => crate::functions::remote(args).await,
             Command::Dev(_) | Command::Start(_) => Err(usage("not a client command")),
         }
     });
@@ -298,12 +303,12 @@ fn exit(result: Result<(), Failure>) -> ExitCode {
     }
 }
 
-async fn connect(connection: &Connection) -> Result<Client, Failure> {
+pub(crate) async fn connect(connection: &Connection) -> Result<Client, Failure> {
     Ok(Client::connect(&connection.server).await?)
 }
 
 /// Prints rows under headers, each column as wide as its widest cell.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -327,7 +332,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-fn print_json(value: &serde_json::Value) {
+pub(crate) fn print_json(value: &serde_json::Value) {
     println!("{value}");
 }
 

@@ -28,10 +28,14 @@ pub fn node_registry(
     started: Instant,
     controller: &crate::admin::ControllerSlot,
     groups: &GroupsSlot,
+    functions: &FunctionsSlot,
 ) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(GroupLag {
         groups: groups.clone(),
+    }));
+    registry.register_collector(Box::new(FunctionMetrics {
+        functions: functions.clone(),
     }));
 
     let build_info = BuildInfo::default();
@@ -131,6 +135,115 @@ impl Collector for GroupLag {
     }
 }
 
+/// The functions service, once the node has started it.
+pub type FunctionsSlot =
+    std::sync::Arc<std::sync::OnceLock<std::sync::Arc<runnel_functions::Functions>>>;
+
+/// The executors of this node, per function and input partition: records processed and
+/// dead-lettered, failed attempts and lag; and the counters and gauges functions set
+/// through their `metrics` import, per function and name.
+struct FunctionMetrics {
+    functions: FunctionsSlot,
+}
+
+impl std::fmt::Debug for FunctionMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FunctionMetrics")
+    }
+}
+
+impl Collector for FunctionMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(functions) = self.functions.get() else {
+            return Ok(());
+        };
+        let statuses = functions.statuses();
+        type Read = fn(&runnel_functions::PartitionState) -> u64;
+        let per_partition: [(&str, &str, MetricType, Read); 4] = [
+            (
+                "runnel_function_records_processed",
+                "Input records a function processed",
+                MetricType::Counter,
+                |s| s.processed,
+            ),
+            (
+                "runnel_function_records_dead_lettered",
+                "Input records sent to a function's dead-letter topic",
+                MetricType::Counter,
+                |s| s.failed,
+            ),
+            (
+                "runnel_function_errors",
+                "Failed calls of a function, retries included",
+                MetricType::Counter,
+                |s| s.errors,
+            ),
+            (
+                "runnel_function_lag",
+                "Records of an input partition a function has not processed yet",
+                MetricType::Gauge,
+                |s| s.high_watermark.saturating_sub(s.position),
+            ),
+        ];
+        for (name, help, kind, read) in per_partition {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for (function, status) in &statuses {
+                let labels = [
+                    ("function", function.clone()),
+                    ("topic", status.topic.clone()),
+                    ("partition", status.partition.to_string()),
+                ];
+                let value = read(status);
+                let mut metric = family.encode_family(&labels)?;
+                match kind {
+                    MetricType::Counter => metric
+                        .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+                            &value, None,
+                        )?,
+                    _ => metric.encode_gauge(&(value as i64))?,
+                }
+            }
+        }
+        // The functions' own metrics, summed (counters) or last set (gauges) over their
+        // partitions here.
+        let mut counters: std::collections::BTreeMap<(String, String), u64> = Default::default();
+        let mut gauges: std::collections::BTreeMap<(String, String), f64> = Default::default();
+        for (function, status) in &statuses {
+            for (name, value) in &status.counters {
+                *counters
+                    .entry((function.clone(), name.clone()))
+                    .or_default() += value;
+            }
+            for (name, value) in &status.gauges {
+                gauges.insert((function.clone(), name.clone()), *value);
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "runnel_function_user",
+            "A counter a function adds to through its metrics import",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((function, name), value) in &counters {
+            let labels = [("function", function.clone()), ("name", name.clone())];
+            family
+                .encode_family(&labels)?
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(value, None)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "runnel_function_user_gauge",
+            "A gauge a function sets through its metrics import",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((function, name), value) in &gauges {
+            let labels = [("function", function.clone()), ("name", name.clone())];
+            family.encode_family(&labels)?.encode_gauge(value)?;
+        }
+        Ok(())
+    }
+}
+
 /// Reads one value out of the controller's status.
 type ReadStatus = fn(&ControllerStatus) -> f64;
 
@@ -194,6 +307,7 @@ mod tests {
         let text = encode(&node_registry(
             &log,
             Instant::now(),
+            &Default::default(),
             &Default::default(),
             &Default::default(),
         ))

@@ -84,11 +84,13 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     let log_metrics = Arc::new(LogMetrics::default());
     let controller_slot: ControllerSlot = Arc::default();
     let groups_slot: metrics::GroupsSlot = Arc::default();
+    let functions_slot: metrics::FunctionsSlot = Arc::default();
     let registry = Arc::new(metrics::node_registry(
         &log_metrics,
         started,
         &controller_slot,
         &groups_slot,
+        &functions_slot,
     ));
     let readiness = Readiness::default();
     let http = HttpServer::start(
@@ -198,11 +200,15 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     );
     // Set once, right here; nothing else sets it.
     let _ = groups_slot.set(groups.clone());
+    let functions = start_functions(&data_dir, &broker, &groups)?;
+    let _ = functions_slot.set(functions.clone());
+    let functions_task = tokio::spawn(functions.clone().run(stop_maintenance.clone()));
     let api = runnel_grpc::api::ApiServer::start(
         grpc_listener,
         runnel_grpc::api::Backends {
             broker: broker.clone(),
             groups: groups.clone(),
+            functions,
         },
     )
     .await
@@ -264,6 +270,10 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     kafka.stop().await;
     api.stop().await;
     stop_maintenance.cancel();
+    // Executors finish the batch in hand (outputs, state, commit) before the log closes.
+    if let Err(error) = functions_task.await {
+        tracing::error!(%error, "the functions task failed");
+    }
     if let Err(error) = maintenance.await {
         tracing::error!(%error, "the log maintenance task failed");
     }
@@ -482,6 +492,32 @@ async fn open_log(config: &NodeConfig, metrics: Arc<LogMetrics>) -> anyhow::Resu
         .await
         .with_context(|| format!("open the log in {} (node.data_dir)", data_dir.display()))?;
     Ok(log)
+}
+
+/// The functions service: components in `<data dir>/objects`, compiled ones cached in
+/// `<data dir>/functions/cache`.
+fn start_functions(
+    data_dir: &std::path::Path,
+    broker: &Arc<Broker>,
+    groups: &Arc<GroupService>,
+) -> anyhow::Result<Arc<runnel_functions::Functions>> {
+    let host = runnel_functions::FunctionHost::new()
+        .map_err(|e| anyhow::anyhow!("start the wasm engine: {e:#}"))?;
+    let objects = data_dir.join("objects");
+    let store = runnel_functions::ComponentStore::local(&objects)
+        .with_context(|| format!("open the object store in {}", objects.display()))?;
+    let limits = runnel_functions::Limits::default();
+    Ok(runnel_functions::Functions::new(
+        broker.clone(),
+        groups.clone(),
+        Arc::new(host),
+        store,
+        runnel_functions::FunctionsSettings {
+            cache_dir: data_dir.join("functions").join("cache"),
+            max_component_bytes: limits.component_bytes,
+            max_kv_bytes: limits.kv_bytes,
+        },
+    ))
 }
 
 /// A schedule interval from a `*_interval_ms` key; validation keeps those at least 1.

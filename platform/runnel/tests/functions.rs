@@ -3,36 +3,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Output};
+use std::time::Duration;
 
 use common::*;
-
-fn repository() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Builds a guest crate of the repository for wasm32-wasip2; the component's path.
-fn build(dir: &str, name: &str) -> PathBuf {
-    let host_target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repository().join("target"));
-    let target = host_target.join("wasm-guests");
-    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
-        .args(["build", "--quiet", "--locked", "--release"])
-        .args(["--target", "wasm32-wasip2", "--manifest-path"])
-        .arg(repository().join(dir).join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target)
-        .output()
-        .expect("run cargo");
-    assert!(
-        output.status.success(),
-        "building {dir}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    target.join(format!("wasm32-wasip2/release/{name}.wasm"))
-}
 
 fn run_fn(args: &[&str], wasm: &Path, stdin: &str) -> Output {
     let dir = tempfile::tempdir().unwrap();
@@ -55,7 +31,7 @@ fn json_lines(output: &Output) -> Vec<serde_json::Value> {
 
 #[test]
 fn a_transform_and_a_consumer_run_over_records_from_stdin() {
-    let uppercase = build("examples/functions/uppercase", "uppercase");
+    let uppercase = build_guest("examples/functions/uppercase", "uppercase");
     let outputs = json_lines(&run_fn(
         &["--key-separator", ":"],
         &uppercase,
@@ -76,7 +52,7 @@ fn a_transform_and_a_consumer_run_over_records_from_stdin() {
     assert_eq!(outputs.len(), 2);
     assert_eq!(outputs[0]["headers"]["h"], "v");
 
-    let word_count = build("examples/functions/word-count", "word_count");
+    let word_count = build_guest("examples/functions/word-count", "word_count");
     let counted = json_lines(&run_fn(
         &["--kind", "consumer"],
         &word_count,
@@ -92,7 +68,7 @@ fn a_transform_and_a_consumer_run_over_records_from_stdin() {
 
 #[test]
 fn failures_are_one_line_errors() {
-    let uppercase = build("examples/functions/uppercase", "uppercase");
+    let uppercase = build_guest("examples/functions/uppercase", "uppercase");
     // A transform is not a consumer.
     let refused = run_fn(&["--kind", "consumer"], &uppercase, "a\n");
     assert_eq!(refused.status.code(), Some(1));
@@ -105,4 +81,553 @@ fn failures_are_one_line_errors() {
 
     let missing = run_fn(&[], Path::new("/nonexistent.wasm"), "");
     assert_eq!(missing.status.code(), Some(2));
+}
+
+/// The JSON plugins and the order-enrichment example, run over sample records.
+#[test]
+fn the_json_plugins_and_order_enrichment_do_what_their_configs_say() {
+    let values = |args: &[&str], wasm: &Path, stdin: &str| -> Vec<(String, String)> {
+        json_lines(&run_fn(args, wasm, stdin))
+            .iter()
+            .map(|o| {
+                (
+                    o["topic"].as_str().unwrap_or("").to_string(),
+                    o["value"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    let orders = "{\"id\":1,\"customer\":{\"country\":\"BR\"},\"total\":30}\n\
+                  {\"id\":2,\"customer\":{\"country\":\"PT\"},\"total\":120}\n\
+                  not json\n\
+                  {\"id\":3,\"customer\":{\"country\":\"BR\"},\"total\":200}\n";
+    let filter = build_guest("plugins/filter", "filter");
+    let kept = values(
+        &["--config", "field=customer.country", "--config", "value=BR"],
+        &filter,
+        orders,
+    );
+    let ids: Vec<&str> = kept.iter().map(|(_, v)| &v[..7]).collect();
+    assert_eq!(ids, ["{\"id\":1", "{\"id\":3"]);
+    let big = values(
+        &[
+            "--config",
+            "field=total",
+            "--config",
+            "op=gt",
+            "--config",
+            "value=100",
+        ],
+        &filter,
+        orders,
+    );
+    assert_eq!(big.len(), 2, "{big:?}");
+    let failed = run_fn(
+        &["--config", "field=total", "--config", "invalid=fail"],
+        &filter,
+        "nope\n",
+    );
+    assert_eq!(
+        failed.status.code(),
+        Some(1),
+        "a value that is not JSON fails the batch"
+    );
+
+    let redact = build_guest("plugins/redact", "redact");
+    let config_file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/redact/redact.config");
+    let redacted = values(
+        &["--config-file", config_file.to_str().unwrap()],
+        &redact,
+        "{\"email\":\"ana@example.com\",\"card\":{\"number\":\"4111\",\"brand\":\"visa\"},\"n\":1}\n",
+    );
+    let value: serde_json::Value = serde_json::from_str(&redacted[0].1).unwrap();
+    assert_eq!(
+        value,
+        serde_json::json!({"email": "***", "card": {"number": "***", "brand": "visa"}, "n": 1})
+    );
+
+    let router = build_guest("plugins/router", "router");
+    let routed = values(
+        &[
+            "--config",
+            "by=field:region",
+            "--config",
+            "routes=eu=orders-eu,us=orders-us",
+            "--config",
+            "default=orders-other",
+        ],
+        &router,
+        "{\"region\":\"us\"}\n{\"region\":\"eu\"}\n{\"region\":\"mars\"}\n",
+    );
+    let topics: Vec<&str> = routed.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(topics, ["orders-us", "orders-eu", "orders-other"]);
+    let by_key = values(
+        &[
+            "--key-separator",
+            ":",
+            "--config",
+            "routes=a=ta",
+            "--config",
+            "by=key",
+        ],
+        &router,
+        "a:1\nb:2\n",
+    );
+    assert_eq!(
+        by_key,
+        [("ta".to_string(), "1".to_string())],
+        "unrouted records drop"
+    );
+
+    let enrichment = build_guest("examples/functions/order-enrichment", "order_enrichment");
+    let enriched = json_lines(&run_fn(
+        &["--config", "tax_rate=0.1", "--config", "vip_customers=c-7"],
+        &enrichment,
+        "{\"id\":\"o-1\",\"customer\":\"c-7\",\"items\":[{\"sku\":\"tea\",\"qty\":2,\"price\":4.5},{\"sku\":\"pot\",\"qty\":1,\"price\":20}]}\n",
+    ));
+    assert_eq!(enriched[0]["key"], "c-7");
+    let order: serde_json::Value =
+        serde_json::from_str(enriched[0]["value"].as_str().unwrap()).unwrap();
+    assert_eq!(order["subtotal"], 29.0);
+    assert_eq!(order["tax"], 2.9);
+    assert_eq!(order["total"], 31.9);
+    assert_eq!(order["item_count"], 3);
+    assert_eq!(order["tier"], "vip");
+    assert_eq!(order["items"][0]["amount"], 9.0);
+    let refused = run_fn(&[], &enrichment, "{\"id\":\"o-2\",\"customer\":\"c\"}\n");
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "an order without items fails"
+    );
+}
+
+/// `runnel fn init` writes a crate that builds into a component `runnel fn run` runs.
+#[test]
+fn fn_init_writes_a_crate_that_builds_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = runnel(dir.path());
+    command.args(["fn", "init", "my-shout", "--kind", "transform"]);
+    let output = run_with_stdin(command, "");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let host_target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repository().join("target"));
+    let built = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
+        .args(["build", "--quiet", "--release", "--manifest-path"])
+        .arg(dir.path().join("my-shout/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(host_target.join("wasm-guests"))
+        .output()
+        .expect("run cargo");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let wasm = host_target.join("wasm-guests/wasm32-wasip2/release/my_shout.wasm");
+    let outputs = json_lines(&run_fn(&[], &wasm, "hi\n"));
+    assert_eq!(outputs[0]["value"], "HI");
+    let again = run_with_stdin(
+        {
+            let mut command = runnel(dir.path());
+            command.args(["fn", "init", "my-shout"]);
+            command
+        },
+        "",
+    );
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "an existing directory is not overwritten"
+    );
+}
+
+// Deployed functions: a real node, components built from source, real Kafka clients.
+
+/// How long a deployed function may take to catch up (debug node, busy machine).
+const CATCH_UP: Duration = Duration::from_secs(90);
+
+fn start_dev(dir: &Path) -> Node {
+    Node::start(dir, &as_strs(&dev_args(&dir.join("data"))))
+}
+
+fn cli(node: &Node, dir: &Path, args: &[&str]) -> String {
+    runnel_cli(node, dir, args, "")
+}
+
+fn describe(node: &Node, dir: &Path, name: &str) -> serde_json::Value {
+    let text = cli(node, dir, &["fn", "describe", name, "-o", "json"]);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn produce_keyed(kafka: SocketAddr, topic: &str, first: usize, last: usize) -> Child {
+    Command::new(&clients().python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/produce_keyed.py"))
+        .args([first.to_string(), last.to_string()])
+        .env("RUNNEL_BOOTSTRAP", kafka.to_string())
+        .env("RUNNEL_TOPIC", topic)
+        .env_remove("LD_LIBRARY_PATH")
+        .spawn()
+        .expect("run produce_keyed.py")
+}
+
+fn finish(child: Child) {
+    let output = child.wait_with_output().expect("wait for the producer");
+    assert!(output.status.success(), "the producer failed");
+}
+
+/// kcat's records of `topic` once there are at least `count`.
+fn read_at_least(
+    kafka: SocketAddr,
+    topic: &str,
+    count: usize,
+) -> Vec<(i32, i64, String, String, String)> {
+    wait_for(CATCH_UP, &format!("{count} records in {topic}"), || {
+        kcat_read(kafka, topic).len() >= count
+    });
+    kcat_read(kafka, topic)
+}
+
+#[test]
+fn a_transform_deployed_while_a_kafka_client_produces_writes_exactly_the_expected_output() {
+    let uppercase = build_guest("examples/functions/uppercase", "uppercase");
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_dev(dir.path());
+    let kafka = node.kafka.unwrap();
+    cli(&node, dir.path(), &["topic", "create", "words", "-p", "3"]);
+    cli(
+        &node,
+        dir.path(),
+        &["topic", "create", "shouted", "-p", "2"],
+    );
+
+    // Some records before the function exists, the rest while it runs.
+    finish(produce_keyed(kafka, "words", 0, 300));
+    let wasm = uppercase.display().to_string();
+    let deployed = cli(
+        &node,
+        dir.path(),
+        &[
+            "fn", "deploy", &wasm, "--name", "shout", "--input", "words", "--output", "shouted",
+        ],
+    );
+    assert!(deployed.contains("deployed shout version 1"), "{deployed}");
+    let producer = produce_keyed(kafka, "words", 300, 700);
+    finish(producer);
+
+    let output = read_at_least(kafka, "shouted", 700);
+    let mut got: Vec<(String, String)> = output
+        .iter()
+        .map(|(partition, _, key, value, headers)| {
+            // Keyed outputs are partitioned as Kafka's default partitioner does.
+            assert_eq!(
+                *partition,
+                runnel_broker::partitioner::partition_for_key(key.as_bytes(), 2),
+                "{key}"
+            );
+            assert_eq!(headers, "source=python", "headers carry over");
+            (key.clone(), value.clone())
+        })
+        .collect();
+    got.sort();
+    let mut expected: Vec<(String, String)> = (0..700)
+        .map(|i| (format!("k{i}"), format!("RECORD-{i}")))
+        .collect();
+    expected.sort();
+    assert_eq!(got, expected, "every record once, upper-cased");
+
+    // Progress is the group runnel-fn-shout: lag 0 in every partition.
+    wait_for(CATCH_UP, "the function's lag to reach 0", || {
+        let group: serde_json::Value = serde_json::from_str(&cli(
+            &node,
+            dir.path(),
+            &["group", "describe", "runnel-fn-shout", "-o", "json"],
+        ))
+        .unwrap();
+        let offsets = group["offsets"].as_array().cloned().unwrap_or_default();
+        offsets.len() == 3 && offsets.iter().all(|o| o["lag"] == 0)
+    });
+    let described = describe(&node, dir.path(), "shout");
+    assert_eq!(described["state"], "running", "{described}");
+    assert_eq!(described["processed"], 700, "{described}");
+    assert_eq!(described["lag"], 0, "{described}");
+    let listed = cli(&node, dir.path(), &["fn", "list"]);
+    assert!(
+        listed.contains("shout") && listed.contains("words"),
+        "{listed}"
+    );
+}
+
+#[test]
+fn word_counts_kept_in_kv_survive_a_restart_exactly() {
+    let word_count = build_guest("examples/functions/word-count", "word_count");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut node = start_dev(dir.path());
+    // One partition: kv state is per partition, and the counts are checked whole.
+    cli(&node, dir.path(), &["topic", "create", "lines"]);
+    cli(&node, dir.path(), &["topic", "create", "counts"]);
+    let wasm = word_count.display().to_string();
+    cli(
+        &node,
+        dir.path(),
+        &[
+            "fn", "deploy", &wasm, "--name", "wc", "--kind", "consumer", "--input", "lines",
+            "--output", "counts",
+        ],
+    );
+    runnel_cli(
+        &node,
+        dir.path(),
+        &["produce", "lines", "--key-separator", ":"],
+        "a:to be\nb:or not to be\n",
+    );
+    let kafka = node.kafka.unwrap();
+    read_at_least(kafka, "counts", 6);
+
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_for_exit().success());
+    drop(node);
+    let node = Node::start(dir.path(), &as_strs(&dev_args(&data)));
+    let kafka = node.kafka.unwrap();
+    runnel_cli(
+        &node,
+        dir.path(),
+        &["produce", "lines", "--key-separator", ":"],
+        "a:to be or\n",
+    );
+    let counts = read_at_least(kafka, "counts", 9);
+    assert_eq!(counts.len(), 9, "no batch counted twice: {counts:?}");
+    let mut last: std::collections::BTreeMap<String, u64> = Default::default();
+    for (_, _, word, count, _) in &counts {
+        let count: u64 = count.parse().unwrap();
+        let entry = last.entry(word.clone()).or_default();
+        *entry = (*entry).max(count);
+    }
+    let expected: std::collections::BTreeMap<String, u64> =
+        [("to", 3), ("be", 3), ("or", 2), ("not", 1)]
+            .into_iter()
+            .map(|(w, c)| (w.to_string(), c))
+            .collect();
+    assert_eq!(last, expected);
+}
+
+#[test]
+fn a_redeploy_continues_without_loss_and_pause_resume_and_delete_work() {
+    let uppercase = build_guest("examples/functions/uppercase", "uppercase");
+    let echo = build_guest("platform/runnel-functions/tests/guests/hostile", "hostile");
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_dev(dir.path());
+    let kafka = node.kafka.unwrap();
+    cli(&node, dir.path(), &["topic", "create", "in", "-p", "2"]);
+    cli(&node, dir.path(), &["topic", "create", "out"]);
+    let deploy = |wasm: &Path, extra: &[&str]| {
+        let wasm = wasm.display().to_string();
+        let mut args = vec![
+            "fn",
+            "deploy",
+            &wasm,
+            "--name",
+            "f",
+            "--input",
+            "in",
+            "--output",
+            "out",
+            "--batch-records",
+            "20",
+        ];
+        args.extend_from_slice(extra);
+        cli(&node, dir.path(), &args)
+    };
+    deploy(&uppercase, &[]);
+    let producer = produce_keyed(kafka, "in", 0, 1000);
+    std::thread::sleep(Duration::from_millis(300));
+    // Version 2 passes values through unchanged; it takes over mid-stream.
+    let redeployed = deploy(&echo, &["--config", "mode=echo"]);
+    assert!(redeployed.contains("version 2"), "{redeployed}");
+    finish(producer);
+    let output = read_at_least(kafka, "out", 1000);
+    let mut seen = std::collections::BTreeMap::<usize, usize>::new();
+    for (_, _, _, value, _) in &output {
+        let index: usize = value
+            .to_ascii_lowercase()
+            .strip_prefix("record-")
+            .and_then(|i| i.parse().ok())
+            .unwrap_or_else(|| panic!("{value}"));
+        *seen.entry(index).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 1000, "no record lost");
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "a clean redeploy repeats nothing"
+    );
+    assert_eq!(describe(&node, dir.path(), "f")["version"], 2);
+
+    // Paused: new input waits; resumed: it is processed.
+    cli(&node, dir.path(), &["fn", "pause", "f"]);
+    assert_eq!(describe(&node, dir.path(), "f")["state"], "paused");
+    finish(produce_keyed(kafka, "in", 1000, 1010));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        kcat_read(kafka, "out").len(),
+        1000,
+        "nothing runs while paused"
+    );
+    cli(&node, dir.path(), &["fn", "resume", "f"]);
+    read_at_least(kafka, "out", 1010);
+
+    cli(&node, dir.path(), &["fn", "delete", "f"]);
+    assert_eq!(
+        cli(&node, dir.path(), &["fn", "list", "-o", "json"]).trim(),
+        "[]"
+    );
+    let gone = runnel_cli_output(&node, dir.path(), &["fn", "describe", "f"]);
+    assert_eq!(gone.status.code(), Some(3), "not found");
+    let groups = cli(&node, dir.path(), &["group", "list"]);
+    assert!(!groups.contains("runnel-fn-f"), "{groups}");
+}
+
+#[test]
+fn hostile_components_are_contained_and_reported() {
+    let hostile = build_guest("platform/runnel-functions/tests/guests/hostile", "hostile");
+    let uppercase = build_guest("examples/functions/uppercase", "uppercase");
+    let word_count = build_guest("examples/functions/word-count", "word_count");
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_dev(dir.path());
+    let kafka = node.kafka.unwrap();
+    for topic in ["loop-in", "bomb-in", "trap-in", "good-in", "out", "plain"] {
+        cli(&node, dir.path(), &["topic", "create", topic]);
+    }
+    let wasm = hostile.display().to_string();
+    let deploy_hostile = |name: &str, input: &str, mode: &str, extra: &[&str]| {
+        let config = format!("mode={mode}");
+        let mut args = vec![
+            "fn", "deploy", &wasm, "--name", name, "--input", input, "--output", "out", "--config",
+            &config,
+        ];
+        args.extend_from_slice(extra);
+        cli(&node, dir.path(), &args);
+    };
+    deploy_hostile(
+        "looper",
+        "loop-in",
+        "loop",
+        &["--timeout-ms", "200", "--retries", "1"],
+    );
+    deploy_hostile(
+        "bomber",
+        "bomb-in",
+        "bomb",
+        &["--memory-mib", "16", "--retries", "0"],
+    );
+    deploy_hostile(
+        "trapper",
+        "trap-in",
+        "trap-on-9",
+        &["--batch-records", "1", "--retries", "0"],
+    );
+    let good = uppercase.display().to_string();
+    cli(
+        &node,
+        dir.path(),
+        &[
+            "fn", "deploy", &good, "--name", "good", "--input", "good-in", "--output", "out",
+        ],
+    );
+    for topic in ["loop-in", "bomb-in", "good-in"] {
+        finish(produce_keyed(kafka, topic, 0, 5));
+    }
+    finish(produce_keyed(kafka, "trap-in", 0, 30));
+
+    // An infinite loop times out, is retried, then dead-lettered.
+    let dead = read_at_least(kafka, "looper.dlq", 5);
+    assert!(
+        dead[0].4.contains("runnel.error=the call took longer than"),
+        "{dead:?}"
+    );
+    let looper = describe(&node, dir.path(), "looper");
+    assert!(looper["failed"].as_u64().unwrap() >= 5, "{looper}");
+    assert!(
+        looper["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("took longer than 200ms"),
+        "{looper}"
+    );
+    // A memory bomb traps at its limit.
+    let dead = read_at_least(kafka, "bomber.dlq", 5);
+    assert!(
+        dead[0].4.contains("runnel.error=the function trapped"),
+        "{dead:?}"
+    );
+    // A trap on every tenth record sends exactly those records to the dead letters.
+    let dead = read_at_least(kafka, "trapper.dlq", 3);
+    let offsets: Vec<String> = dead
+        .iter()
+        .map(|(_, _, _, _, headers)| {
+            headers
+                .split(',')
+                .find_map(|h| h.strip_prefix("runnel.source.offset="))
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(offsets, ["9", "19", "29"]);
+    // Meanwhile another function and plain topics are served as ever.
+    let out = read_at_least(kafka, "out", 5 + 27);
+    assert_eq!(
+        out.iter().filter(|r| r.3.starts_with("RECORD-")).count(),
+        5,
+        "the good function ran"
+    );
+    finish(produce_keyed(kafka, "plain", 0, 3));
+    assert_eq!(kcat_read(kafka, "plain").len(), 3);
+
+    // Refused at deploy, with the reason: too large, and an import not granted.
+    let huge = dir.path().join("huge.wasm");
+    std::fs::write(&huge, vec![0u8; 100 << 20]).unwrap();
+    let refused = runnel_cli_output(
+        &node,
+        dir.path(),
+        &[
+            "fn",
+            "deploy",
+            huge.to_str().unwrap(),
+            "--name",
+            "huge",
+            "--input",
+            "plain",
+            "--output",
+            "out",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("more than the limit of 16777216"),
+        "{stderr}"
+    );
+    let counts = word_count.display().to_string();
+    let refused = runnel_cli_output(
+        &node,
+        dir.path(),
+        &[
+            "fn", "deploy", &counts, "--name", "sneaky", "--kind", "consumer", "--input", "plain",
+            "--output", "out", "--grant", "log", "--grant", "config",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("which was not granted"), "{stderr}");
+    let listed = cli(&node, dir.path(), &["fn", "list"]);
+    assert!(
+        !listed.contains("huge") && !listed.contains("sneaky"),
+        "{listed}"
+    );
 }

@@ -10,48 +10,8 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use common::*;
-
-/// Where the installer put the clients.
-struct Clients {
-    python: PathBuf,
-    node_modules: PathBuf,
-    kcat: PathBuf,
-}
-
-fn repository() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Installs the clients once per test binary (quick when they are already there).
-fn clients() -> &'static Clients {
-    static CLIENTS: OnceLock<Clients> = OnceLock::new();
-    CLIENTS.get_or_init(|| {
-        let output = Command::new(repository().join("scripts/install-test-clients"))
-            .output()
-            .expect("run scripts/install-test-clients");
-        assert!(
-            output.status.success(),
-            "scripts/install-test-clients failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let path = |name: &str| {
-            stdout
-                .lines()
-                .find_map(|line| line.strip_prefix(&format!("{name}=")))
-                .map(PathBuf::from)
-                .unwrap_or_else(|| panic!("the installer printed no {name}= line:\n{stdout}"))
-        };
-        Clients {
-            python: path("python"),
-            node_modules: path("node_modules"),
-            kcat: path("kcat"),
-        }
-    })
-}
 
 fn start_node(dir: &Path) -> (Node, SocketAddr) {
     let node = Node::start(dir, &as_strs(&dev_args(&dir.join("data"))));
@@ -330,62 +290,6 @@ fn clients_follow_partition_leaders_across_nodes() {
         String::from_utf8_lossy(&consumed.stderr)
     );
     cluster.stop_all();
-}
-
-/// Runs the `runnel` CLI against `node`'s gRPC API with `stdin`; its stdout.
-fn runnel_cli(node: &Node, dir: &Path, args: &[&str], stdin: &str) -> String {
-    let mut command = runnel(dir);
-    command
-        .args(args)
-        .env("RUNNEL_SERVER", node.grpc.expect("a grpc line").to_string());
-    let output = run_with_stdin(command, stdin);
-    assert!(
-        output.status.success(),
-        "runnel {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-/// kcat's view of a topic: (partition, offset, key, value, headers as k=v,…) per record.
-fn kcat_read(kafka: SocketAddr, topic: &str) -> Vec<(i32, i64, String, String, String)> {
-    let output = Command::new(&clients().kcat)
-        .env_remove("LD_LIBRARY_PATH")
-        .args([
-            "-b",
-            &kafka.to_string(),
-            "-C",
-            "-t",
-            topic,
-            "-o",
-            "beginning",
-            "-e",
-        ])
-        .args(["-f", "%p|%o|%k|%s|%h\\n"])
-        .output()
-        .expect("run kcat");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let mut records: Vec<_> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let fields: Vec<&str> = line.split('|').collect();
-            assert_eq!(fields.len(), 5, "{line}");
-            (
-                fields[0].parse().unwrap(),
-                fields[1].parse().unwrap(),
-                fields[2].to_string(),
-                fields[3].to_string(),
-                fields[4].to_string(),
-            )
-        })
-        .collect();
-    records.sort();
-    records
 }
 
 /// Records produced with the `runnel` CLI (over gRPC) are what kcat reads over the Kafka

@@ -27,6 +27,7 @@
 
 pub mod admin;
 mod error;
+pub mod functions;
 mod group;
 mod producer;
 
@@ -37,6 +38,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use admin::Admin;
 pub use error::Error;
+pub use functions::Functions;
 pub use group::{Assignment, GroupEvent, GroupSubscription, Reset};
 pub use producer::{Delivery, Producer, ProducerConfig};
 
@@ -186,6 +188,11 @@ impl Client {
     /// Topic, group and cluster administration.
     pub fn admin(&self) -> Admin {
         Admin::new(self.channel.clone())
+    }
+
+    /// Deploying and running Wasm functions.
+    pub fn functions(&self) -> Functions {
+        Functions::new(self.channel.clone())
     }
 
     /// A batching producer with the default settings (5 ms linger, acks=all).

@@ -21,7 +21,8 @@
 //! dead-letter topic.
 //!
 //! The host's services: [`log`], [`config`], [`kv`] (state per partition), [`metrics`]
-//! and, for consumers, [`produce`].
+//! and, for consumers, [`produce`]. With the `json` feature, [`json`] reads and writes
+//! JSON values.
 
 // The generated bindings name this crate by its path, also from inside it.
 extern crate self as runnel_sdk;
@@ -34,6 +35,9 @@ pub use runnel_sdk_macros::{consumer, transform};
 
 mod output;
 pub use output::Output;
+
+#[cfg(feature = "json")]
+pub mod json;
 
 /// Why a function failed a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,5 @@
-//! The public gRPC API (`runnel.v1`): Producer, Consumer and Admin, thin adapters over the
-//! [`Broker`] and the [`GroupService`], with `grpc.health.v1` and server reflection so
+//! The public gRPC API (`runnel.v1`): Producer, Consumer, Admin and Functions, thin
+//! adapters over the [`Broker`], the [`GroupService`] and [`runnel_functions::Functions`], with `grpc.health.v1` and server reflection so
 //! grpcurl-style tools work. Served on `grpc.listen` (9093).
 //!
 //! Errors are gRPC statuses with a readable message: NOT_FOUND (unknown topic, partition
@@ -10,6 +10,7 @@
 
 mod admin;
 mod consumer;
+mod functions;
 mod group_stream;
 mod producer;
 mod records;
@@ -38,11 +39,16 @@ const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/runnel_v1_d
 /// batches).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// The largest deploy taken: above any component limit, so an oversized component gets
+/// the function host's own error naming the limit rather than a transport error.
+const MAX_DEPLOY_BYTES: usize = 128 << 20;
+
 /// What the services answer through.
 #[derive(Clone)]
 pub struct Backends {
     pub broker: Arc<Broker>,
     pub groups: Arc<GroupService>,
+    pub functions: Arc<runnel_functions::Functions>,
 }
 
 /// The running API server.
@@ -65,6 +71,9 @@ impl ApiServer {
             .await;
         health
             .set_serving::<pb::admin_server::AdminServer<admin::AdminService>>()
+            .await;
+        health
+            .set_serving::<pb::functions_server::FunctionsServer<functions::FunctionsService>>()
             .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(DESCRIPTORS)
@@ -91,6 +100,12 @@ impl ApiServer {
                 ))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                pb::functions_server::FunctionsServer::new(functions::FunctionsService::new(
+                    backends.clone(),
+                ))
+                .max_decoding_message_size(MAX_DEPLOY_BYTES),
             )
             .add_service(pb::admin_server::AdminServer::new(
                 admin::AdminService::new(backends),
@@ -159,7 +174,9 @@ pub fn broker_status(broker: &Broker, error: BrokerError) -> Status {
         BrokerError::Controller(controller) => match controller {
             ControllerError::Rejected(rejected) => match rejected {
                 MetadataError::TopicAlreadyExists(_) => Code::AlreadyExists,
-                MetadataError::UnknownTopic(_) | MetadataError::UnknownNode(_) => Code::NotFound,
+                MetadataError::UnknownTopic(_)
+                | MetadataError::UnknownNode(_)
+                | MetadataError::UnknownFunction(_) => Code::NotFound,
                 MetadataError::ProducerIdsExhausted => Code::ResourceExhausted,
                 _ => Code::InvalidArgument,
             },

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 /// How long a node may take to print its banner (debug build, busy machine).
@@ -43,6 +43,145 @@ pub fn runnel(cwd: &Path) -> Command {
     }
     command.env("RUST_LOG", "info").current_dir(cwd);
     command
+}
+
+/// Where the installer put the clients.
+pub struct Clients {
+    pub python: PathBuf,
+    pub node_modules: PathBuf,
+    pub kcat: PathBuf,
+}
+
+pub fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Installs the clients once per test binary (quick when they are already there).
+pub fn clients() -> &'static Clients {
+    static CLIENTS: OnceLock<Clients> = OnceLock::new();
+    CLIENTS.get_or_init(|| {
+        let output = Command::new(repository().join("scripts/install-test-clients"))
+            .output()
+            .expect("run scripts/install-test-clients");
+        assert!(
+            output.status.success(),
+            "scripts/install-test-clients failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let path = |name: &str| {
+            stdout
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("{name}=")))
+                .map(PathBuf::from)
+                .unwrap_or_else(|| panic!("the installer printed no {name}= line:\n{stdout}"))
+        };
+        Clients {
+            python: path("python"),
+            node_modules: path("node_modules"),
+            kcat: path("kcat"),
+        }
+    })
+}
+
+/// kcat's view of a topic: (partition, offset, key, value, headers as k=v,…) per record.
+pub fn kcat_read(kafka: SocketAddr, topic: &str) -> Vec<(i32, i64, String, String, String)> {
+    let output = Command::new(&clients().kcat)
+        .env_remove("LD_LIBRARY_PATH")
+        .args([
+            "-b",
+            &kafka.to_string(),
+            "-C",
+            "-t",
+            topic,
+            "-o",
+            "beginning",
+            "-e",
+        ])
+        .args(["-f", "%p|%o|%k|%s|%h\\n"])
+        .output()
+        .expect("run kcat");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut records: Vec<_> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split('|').collect();
+            assert_eq!(fields.len(), 5, "{line}");
+            (
+                fields[0].parse().unwrap(),
+                fields[1].parse().unwrap(),
+                fields[2].to_string(),
+                fields[3].to_string(),
+                fields[4].to_string(),
+            )
+        })
+        .collect();
+    records.sort();
+    records
+}
+
+/// Runs the `runnel` CLI against `node`'s gRPC API with `stdin`; its stdout.
+pub fn runnel_cli(node: &Node, dir: &Path, args: &[&str], stdin: &str) -> String {
+    let mut command = runnel(dir);
+    command
+        .args(args)
+        .env("RUNNEL_SERVER", node.grpc.expect("a grpc line").to_string());
+    let output = run_with_stdin(command, stdin);
+    assert!(
+        output.status.success(),
+        "runnel {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Runs the `runnel` CLI against `node` and returns its output, whatever its exit code.
+pub fn runnel_cli_output(node: &Node, dir: &Path, args: &[&str]) -> Output {
+    let mut command = runnel(dir);
+    command
+        .args(args)
+        .env("RUNNEL_SERVER", node.grpc.expect("a grpc line").to_string());
+    run_with_stdin(command, "")
+}
+
+/// Waits up to `timeout` for `condition`.
+pub fn wait_for(timeout: Duration, what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Builds a guest crate of the repository (`dir`, relative to it) for wasm32-wasip2 in
+/// release; the component's path.
+pub fn build_guest(dir: &str, name: &str) -> PathBuf {
+    let host_target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repository().join("target"));
+    let target = host_target.join("wasm-guests");
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
+        .args(["build", "--quiet", "--locked", "--release"])
+        .args(["--target", "wasm32-wasip2", "--manifest-path"])
+        .arg(repository().join(dir).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .expect("run cargo");
+    assert!(
+        output.status.success(),
+        "building {dir}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    target.join(format!("wasm32-wasip2/release/{name}.wasm"))
 }
 
 /// A running node. Dropping it kills the process, so a failing test leaves nothing behind;

@@ -1,0 +1,733 @@
+//! One executor: a deployed function over one input partition, on the node leading it.
+//!
+//! # The loop
+//! 1. Restore: the function's kv state for the partition and its position are read from
+//!    the function's state topic (`__runnel-fn-<name>-state`, compacted); the position is
+//!    the later of that and the group `runnel-fn-<name>`'s committed offset, else the log
+//!    start.
+//! 2. Read committed records (below the high watermark) from the local log, at most
+//!    `limits.batch_records` of them, into one batch buffer; wait on the partition's
+//!    notifier when there is nothing new.
+//! 3. Call the component (on a blocking thread: a call may run for its whole timeout).
+//! 4. On success, write the outputs (a transform's results, a consumer's `produce`
+//!    calls) through the local produce path, durably; then write the batch's kv changes
+//!    and the new position to the state topic as one record batch; then commit the
+//!    position as the group's offset, so lag shows in every Kafka tool.
+//! 5. On a failure (the function's error, a trap, a timeout, bad outputs) the batch's kv
+//!    changes and produced records are rolled back and the call retried with backoff,
+//!    `limits.retries` times; then the policy applies: `dlq` writes the batch's records to
+//!    `<name>.dlq` with the error and source in headers and moves on, `retry` keeps
+//!    retrying, `stop` parks the executor with the error until the function is redeployed,
+//!    paused or deleted.
+//!
+//! # Guarantees
+//! At least once: a record's outputs are written before its position is. A crash between
+//! the two writes the batch's outputs again on restart. kv state and the position are one
+//! atomic write, so the state never counts a batch twice or misses one.
+//!
+//! # Cancellation
+//! The executor checks its token between batches and while it waits or backs off; a
+//! batch in flight finishes (outputs, state, commit) before the executor ends, so a pause
+//! or redeploy neither loses nor repeats records.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use runnel_abi::{BatchWriter, Outputs};
+use runnel_broker::groups::CommittedOffset;
+use runnel_controller::FunctionSpec;
+use runnel_log::batch::visit_records;
+use runnel_log::{BatchBuilder, NewRecord, PartitionLog};
+use tokio_util::sync::CancellationToken;
+
+use crate::service::{Functions, LogEntry, PartitionStatus};
+use crate::{Function, FunctionError, Instance};
+
+/// The most bytes read from the log for one batch.
+const READ_BYTES: usize = 1 << 20;
+/// The largest records section decompressed from a stored batch.
+const MAX_SECTION: usize = 64 << 20;
+/// How long an idle executor waits for new records before looking again.
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+/// Backoff between attempts of a failed batch: doubling from the first, up to the last.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Output records per produced batch, and their bytes.
+const OUTPUT_BATCH_RECORDS: usize = 5000;
+const OUTPUT_BATCH_BYTES: usize = 512 << 10;
+
+/// Headers of a dead-lettered record.
+pub const DLQ_ERROR_HEADER: &str = "runnel.error";
+pub const DLQ_TOPIC_HEADER: &str = "runnel.source.topic";
+pub const DLQ_PARTITION_HEADER: &str = "runnel.source.partition";
+pub const DLQ_OFFSET_HEADER: &str = "runnel.source.offset";
+pub const DLQ_VERSION_HEADER: &str = "runnel.function.version";
+
+/// The consumer group a function commits its progress as.
+pub fn group_of(function: &str) -> String {
+    format!("runnel-fn-{function}")
+}
+
+/// The compacted topic of a function's kv state and positions.
+pub fn state_topic_of(function: &str) -> String {
+    format!("__runnel-fn-{function}-state")
+}
+
+/// The dead-letter topic of a function.
+pub fn dlq_topic_of(function: &str) -> String {
+    format!("{function}.dlq")
+}
+
+/// Keys in the state topic: a kind byte, then the input partition, then (kv) the key.
+const STATE_KV: u8 = b'k';
+const STATE_POSITION: u8 = b'p';
+
+fn state_prefix(kind: u8, topic: &str, partition: i32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(topic.len() + 6);
+    key.push(kind);
+    key.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    key.extend_from_slice(topic.as_bytes());
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+/// Why an executor ended early.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ExecutorEnd {
+    /// This node no longer leads the partition, or it is gone.
+    #[error("the partition is not served here: {0}")]
+    NotServed(String),
+}
+
+pub(crate) struct Executor {
+    pub functions: Arc<Functions>,
+    pub spec: FunctionSpec,
+    pub function: Function,
+    pub topic: String,
+    pub partition: i32,
+    pub status: Arc<PartitionStatus>,
+    pub stop: CancellationToken,
+}
+
+/// A batch read from the log: its buffer for the function, and the position after it.
+struct ReadBatch {
+    buffer: Vec<u8>,
+    records: usize,
+    next: u64,
+}
+
+impl Executor {
+    pub(crate) async fn run(self) -> Result<(), ExecutorEnd> {
+        // The group's committed offsets are part of the position: wait for them.
+        self.functions
+            .groups()
+            .wait_loaded(Duration::from_secs(10))
+            .await;
+        let (kv, mut position) = loop {
+            match self.restore().await {
+                Ok(restored) => break restored,
+                Err(error) => {
+                    self.status.set_error(&error);
+                    if self.sleep(Duration::from_secs(1)).await {
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let mut instance = match self.start_instance(kv).await {
+            Ok(instance) => instance,
+            Err(error) => {
+                self.status
+                    .set_state("failed", Some(format!("cannot start: {error}")));
+                self.stop.cancelled().await;
+                return Ok(());
+            }
+        };
+        self.status.set_state("running", None);
+        let mut round_robin: u32 = 0;
+        while !self.stop.is_cancelled() {
+            let log = self.log()?;
+            if position < log.log_start() {
+                // Retention removed records the function had not read yet.
+                position = log.log_start();
+            }
+            if position >= log.high_watermark() {
+                self.status.set_position(position, log.high_watermark());
+                tokio::select! {
+                    _ = log.wait_for_data(position, IDLE_WAIT) => {}
+                    _ = self.stop.cancelled() => {}
+                }
+                continue;
+            }
+            let batch = match self.read_batch(&log, position).await {
+                Ok(batch) => batch,
+                Err(error) => {
+                    self.status.set_error(&error);
+                    if self.sleep(Duration::from_secs(1)).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if batch.records == 0 {
+                position = batch.next;
+                continue;
+            }
+            let buffer = Arc::new(batch.buffer);
+            let outcome = self.process(&mut instance, &buffer, &mut round_robin).await;
+            let state_changes = match outcome {
+                Processed::Done(outputs, kv) => {
+                    if !self.write_all(&outputs).await {
+                        break;
+                    }
+                    self.status.add_processed(batch.records as u64);
+                    self.status.set_state("running", None);
+                    kv
+                }
+                Processed::Failed(error) => match self.spec.on_failure.as_str() {
+                    "stop" => {
+                        self.status.set_state("stopped", Some(error.to_string()));
+                        self.stop.cancelled().await;
+                        break;
+                    }
+                    _ => {
+                        if !self.dead_letter(&buffer, &error).await {
+                            break;
+                        }
+                        self.status.add_failed(batch.records as u64);
+                        self.status.set_state("running", Some(error.to_string()));
+                        Vec::new()
+                    }
+                },
+                Processed::Cancelled => break,
+                Processed::Broken(reason) => {
+                    // The instance (and its kv state) is gone: stop rather than go on
+                    // without it. A redeploy, pause or restart starts again from the
+                    // stored state.
+                    self.status.set_state("failed", Some(reason));
+                    self.stop.cancelled().await;
+                    break;
+                }
+            };
+            if !self.write_state(state_changes, batch.next).await {
+                break;
+            }
+            self.commit(batch.next).await;
+            position = batch.next;
+            self.status.set_position(position, log.high_watermark());
+        }
+        Ok(())
+    }
+
+    /// Sleeps `duration`, or less if stopped; whether it was stopped.
+    async fn sleep(&self, duration: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => self.stop.is_cancelled(),
+            _ = self.stop.cancelled() => true,
+        }
+    }
+
+    fn log(&self) -> Result<Arc<PartitionLog>, ExecutorEnd> {
+        self.functions
+            .broker()
+            .leader_log(&self.topic, self.partition)
+            .map_err(|e| ExecutorEnd::NotServed(e.to_string()))
+    }
+
+    /// The kv state of this partition and the position to start from.
+    async fn restore(&self) -> Result<(BTreeMap<Vec<u8>, Vec<u8>>, u64), String> {
+        let state_topic = state_topic_of(&self.spec.name);
+        let log = self
+            .functions
+            .broker()
+            .leader_log(&state_topic, 0)
+            .map_err(|e| format!("the state topic {state_topic}: {e}"))?;
+        let kv_prefix = state_prefix(STATE_KV, &self.topic, self.partition);
+        let position_key = state_prefix(STATE_POSITION, &self.topic, self.partition);
+        let mut kv = BTreeMap::new();
+        let mut stored_position: Option<u64> = None;
+        let mut offset = log.log_start();
+        while offset < log.high_watermark() {
+            let read = log
+                .read(offset, 4 << 20)
+                .await
+                .map_err(|e| format!("read {state_topic}: {e}"))?;
+            if read.records.is_empty() {
+                break;
+            }
+            offset = visit_records(&read.records, offset, MAX_SECTION, |record| {
+                let Some(key) = record.key else {
+                    return true;
+                };
+                if key == position_key.as_slice() {
+                    if let Some(value) = record.value.and_then(|v| <[u8; 8]>::try_from(v).ok()) {
+                        stored_position = Some(u64::from_le_bytes(value));
+                    }
+                } else if let Some(user_key) = key.strip_prefix(kv_prefix.as_slice()) {
+                    match record.value {
+                        Some(value) => kv.insert(user_key.to_vec(), value.to_vec()),
+                        None => kv.remove(user_key),
+                    };
+                }
+                true
+            })
+            .map_err(|e| format!("a record of {state_topic} does not decode: {e}"))?;
+        }
+        let group = group_of(&self.spec.name);
+        let committed = self
+            .functions
+            .groups()
+            .committed(&group)
+            .map_err(|e| format!("the committed offsets of {group}: {e}"))?
+            .get(&(self.topic.clone(), self.partition))
+            .map(|c| c.offset.max(0) as u64);
+        let position = match (stored_position, committed) {
+            (Some(a), Some(b)) => a.max(b),
+            (a, b) => a.or(b).unwrap_or(0),
+        };
+        Ok((kv, position))
+    }
+
+    async fn start_instance(
+        &self,
+        kv: BTreeMap<Vec<u8>, Vec<u8>>,
+    ) -> Result<Instance, FunctionError> {
+        let function = self.function.clone();
+        let config = self.spec.config.clone();
+        tokio::task::spawn_blocking(move || function.instantiate(config, kv))
+            .await
+            .map_err(|e| FunctionError::Trap(format!("the instance's thread failed: {e}")))?
+    }
+
+    /// Up to `batch_records` committed records from `position`, in the batch encoding.
+    async fn read_batch(&self, log: &PartitionLog, position: u64) -> Result<ReadBatch, String> {
+        let read = log
+            .read(position, READ_BYTES)
+            .await
+            .map_err(|e| format!("read {}-{}: {e}", self.topic, self.partition))?;
+        let limit = self.spec.limits.batch_records as usize;
+        let mut writer = BatchWriter::new(&self.topic, self.partition, read.records.len() + 64)
+            .map_err(|e| e.to_string())?;
+        let mut encode_error = None;
+        let next = visit_records(&read.records, position, MAX_SECTION, |record| {
+            if writer.len() >= limit || record.offset >= read.high_watermark {
+                return false;
+            }
+            let pushed = writer.push(
+                record.offset as i64,
+                record.timestamp,
+                record.key,
+                record.value,
+                record.headers.iter().copied(),
+            );
+            if let Err(error) = pushed {
+                encode_error = Some(error.to_string());
+                return false;
+            }
+            true
+        })
+        .map_err(|e| {
+            format!(
+                "a batch of {}-{} does not decode: {e}",
+                self.topic, self.partition
+            )
+        })?;
+        if let Some(error) = encode_error {
+            return Err(error);
+        }
+        let records = writer.len();
+        Ok(ReadBatch {
+            buffer: writer.finish(),
+            records,
+            next: next.min(read.high_watermark),
+        })
+    }
+
+    /// Calls the function on `buffer`, retrying failures as the spec says.
+    async fn process(
+        &self,
+        instance: &mut Instance,
+        buffer: &Arc<Vec<u8>>,
+        round_robin: &mut u32,
+    ) -> Processed {
+        let mut attempt: u32 = 0;
+        loop {
+            let result = match self.call(instance, buffer).await {
+                Ok(result) => result,
+                Err(broken) => return Processed::Broken(broken),
+            };
+            let result = result.and_then(|(outputs, produced)| {
+                let mut routed = Vec::new();
+                for buffer in std::iter::once(&outputs).chain(produced.iter()) {
+                    if buffer.is_empty() {
+                        continue;
+                    }
+                    self.route(buffer, round_robin, &mut routed)?;
+                }
+                Ok(routed)
+            });
+            let state = instance.state();
+            if let Some(state) = state {
+                self.functions.take_logs(
+                    &self.spec.name,
+                    &self.topic,
+                    self.partition,
+                    &mut state.logs,
+                );
+                self.status.set_metrics(&state.counters, &state.gauges);
+            }
+            match result {
+                Ok(routed) => {
+                    let changes = instance
+                        .state()
+                        .map(|state| state.take_kv_changes())
+                        .unwrap_or_default();
+                    return Processed::Done(routed, changes);
+                }
+                Err(error) => {
+                    if let Some(state) = instance.state() {
+                        state.roll_back();
+                    }
+                    self.status.add_error(&error);
+                    let retry =
+                        self.spec.on_failure == "retry" || attempt < self.spec.limits.retries;
+                    if !retry {
+                        return Processed::Failed(error);
+                    }
+                    self.status.set_state("retrying", Some(error.to_string()));
+                    let backoff = FIRST_BACKOFF
+                        .saturating_mul(1u32 << attempt.min(10))
+                        .min(MAX_BACKOFF);
+                    attempt = attempt.saturating_add(1);
+                    if self.sleep(backoff).await {
+                        return Processed::Cancelled;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One call on a blocking thread: the outputs, and what a consumer produced. The
+    /// outer error: the thread itself failed and the instance is lost.
+    async fn call(
+        &self,
+        instance: &mut Instance,
+        buffer: &Arc<Vec<u8>>,
+    ) -> Result<Result<(Vec<u8>, Vec<Vec<u8>>), FunctionError>, String> {
+        // The instance moves to the blocking thread and back; a placeholder of the same
+        // function holds its place (never called).
+        let taken = std::mem::replace(instance, self.function.placeholder());
+        let buffer = buffer.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut instance = taken;
+            let result = instance.process(&buffer).map(|outputs| {
+                let produced = instance
+                    .state()
+                    .map(|state| std::mem::take(&mut state.produced))
+                    .unwrap_or_default();
+                (outputs, produced)
+            });
+            (instance, result)
+        })
+        .await;
+        match joined {
+            Ok((back, result)) => {
+                *instance = back;
+                Ok(result)
+            }
+            Err(error) => Err(format!("the call's thread failed: {error}")),
+        }
+    }
+
+    /// Resolves each output's topic and partition, refusing an undeclared topic or a
+    /// partition it does not have.
+    fn route(
+        &self,
+        buffer: &[u8],
+        round_robin: &mut u32,
+        routed: &mut Vec<Routed>,
+    ) -> Result<(), FunctionError> {
+        let outputs = Outputs::parse(buffer).map_err(FunctionError::BadOutput)?;
+        let metadata = self.functions.broker().metadata();
+        let now = now_ms();
+        // Records without a key or partition of one batch go to one partition, the next
+        // batch's to the next (as Kafka's sticky partitioner spreads them).
+        *round_robin = round_robin.wrapping_add(1);
+        for output in outputs.iter() {
+            let topic = match output.topic {
+                Some(topic) => topic,
+                None => self.spec.outputs.first().map(String::as_str).unwrap_or(""),
+            };
+            if !self.spec.outputs.iter().any(|t| t == topic) {
+                return Err(FunctionError::Failed(format!(
+                    "an output names topic `{topic}`, which is not one of the function's outputs ({})",
+                    self.spec.outputs.join(", ")
+                )));
+            }
+            let partitions = metadata
+                .topics
+                .get(topic)
+                .map_or(0, |t| t.partitions.len() as u32);
+            if partitions == 0 {
+                return Err(FunctionError::Failed(format!(
+                    "the output topic `{topic}` does not exist"
+                )));
+            }
+            let partition = match (output.partition, output.key) {
+                (Some(partition), _) if (partition as u32) < partitions => partition,
+                (Some(partition), _) => {
+                    return Err(FunctionError::Failed(format!(
+                        "an output names partition {partition} of `{topic}`, which has {partitions}"
+                    )));
+                }
+                (None, Some(key)) => runnel_broker::partitioner::partition_for_key(key, partitions),
+                (None, None) => (*round_robin % partitions) as i32,
+            };
+            routed.push(Routed {
+                topic: topic.to_string(),
+                partition,
+                record: NewRecord {
+                    timestamp: output.timestamp.unwrap_or(now),
+                    key: output.key.map(<[u8]>::to_vec),
+                    value: output.value.map(<[u8]>::to_vec),
+                    headers: output
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
+                        .collect(),
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes routed records, in order per partition, durably. A write that fails (a
+    /// partition moving, a full disk) is retried until it succeeds or the executor is
+    /// stopped: the batch's position is only stored after its outputs.
+    async fn write_all(&self, routed: &[Routed]) -> bool {
+        let mut groups: BTreeMap<(&str, i32), Vec<&NewRecord>> = BTreeMap::new();
+        for output in routed {
+            groups
+                .entry((output.topic.as_str(), output.partition))
+                .or_default()
+                .push(&output.record);
+        }
+        for ((topic, partition), records) in groups {
+            for chunk in chunks(&records) {
+                if !self.write_until_done(topic, partition, chunk).await {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Writes `records` to one partition, retrying; false if stopped first.
+    async fn write_until_done(&self, topic: &str, partition: i32, records: &[&NewRecord]) -> bool {
+        let records: Vec<NewRecord> = records.iter().map(|r| (*r).clone()).collect();
+        let batch = match BatchBuilder::default().build(&records) {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::error!(%topic, partition, %error, "cannot encode a function's outputs");
+                return true;
+            }
+        };
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match self.produce(topic, partition, batch.clone()).await {
+                Ok(()) => return true,
+                Err(error) => {
+                    tracing::warn!(function = %self.spec.name, %topic, partition, %error, "writing a function's outputs; retrying");
+                    self.status
+                        .set_error(&format!("writing to {topic}-{partition}: {error}"));
+                    // Stopping here would lose the batch's outputs; only a redeploy,
+                    // pause or delete ends the wait, and the batch is then read again.
+                    if self.sleep(backoff).await {
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    async fn produce(&self, topic: &str, partition: i32, batch: BytesMut) -> Result<(), String> {
+        let pending = self
+            .functions
+            .broker()
+            .submit_produce(topic, partition, batch.freeze(), true)
+            .await
+            .map_err(|e| e.to_string())?;
+        pending.wait().await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Writes a failed batch's records to the dead-letter topic, with why and where from.
+    async fn dead_letter(&self, buffer: &[u8], error: &FunctionError) -> bool {
+        let Ok(batch) = runnel_abi::Batch::parse(buffer) else {
+            return true;
+        };
+        // One line: a trap's message carries a multi-line backtrace.
+        let message = error
+            .to_string()
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let version = self.spec.version.to_string();
+        let partition = self.partition.to_string();
+        let records: Vec<NewRecord> = batch
+            .records()
+            .map(|record| {
+                let mut headers: Vec<(String, Option<Vec<u8>>)> = record
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
+                    .collect();
+                for (key, value) in [
+                    (DLQ_ERROR_HEADER, message.as_str()),
+                    (DLQ_TOPIC_HEADER, self.topic.as_str()),
+                    (DLQ_PARTITION_HEADER, partition.as_str()),
+                    (DLQ_OFFSET_HEADER, &record.offset.to_string()),
+                    (DLQ_VERSION_HEADER, version.as_str()),
+                ] {
+                    headers.push((key.to_string(), Some(value.as_bytes().to_vec())));
+                }
+                NewRecord {
+                    timestamp: record.timestamp,
+                    key: record.key.map(<[u8]>::to_vec),
+                    value: record.value.map(<[u8]>::to_vec),
+                    headers,
+                }
+            })
+            .collect();
+        let dlq = dlq_topic_of(&self.spec.name);
+        let refs: Vec<&NewRecord> = records.iter().collect();
+        for chunk in chunks(&refs) {
+            if !self.write_until_done(&dlq, 0, chunk).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Writes the batch's kv changes and the new position as one batch of the state
+    /// topic, so they are stored together or not at all.
+    async fn write_state(&self, changes: Vec<(Vec<u8>, Option<Vec<u8>>)>, next: u64) -> bool {
+        let prefix = state_prefix(STATE_KV, &self.topic, self.partition);
+        let now = now_ms();
+        let mut records: Vec<NewRecord> = changes
+            .into_iter()
+            .map(|(key, value)| {
+                let mut full = prefix.clone();
+                full.extend_from_slice(&key);
+                NewRecord {
+                    timestamp: now,
+                    key: Some(full),
+                    value,
+                    headers: Vec::new(),
+                }
+            })
+            .collect();
+        records.push(NewRecord {
+            timestamp: now,
+            key: Some(state_prefix(STATE_POSITION, &self.topic, self.partition)),
+            value: Some(next.to_le_bytes().to_vec()),
+            headers: Vec::new(),
+        });
+        let topic = state_topic_of(&self.spec.name);
+        let refs: Vec<&NewRecord> = records.iter().collect();
+        self.write_until_done(&topic, 0, &refs).await
+    }
+
+    /// Commits `next` as the group's offset; a failure is only logged (the state topic
+    /// holds the position too, and the next batch commits again).
+    async fn commit(&self, next: u64) {
+        let group = group_of(&self.spec.name);
+        let commit = CommittedOffset {
+            offset: next as i64,
+            leader_epoch: -1,
+            metadata: format!("{} v{}", self.spec.name, self.spec.version),
+            commit_ms: now_ms(),
+        };
+        let committed = self
+            .functions
+            .groups()
+            .commit(
+                &group,
+                "",
+                None,
+                -1,
+                vec![(self.topic.clone(), self.partition, commit)],
+            )
+            .await;
+        if let Err(error) = committed {
+            tracing::warn!(%group, %error, "committing a function's progress");
+        }
+    }
+}
+
+enum Processed {
+    Done(Vec<Routed>, Vec<(Vec<u8>, Option<Vec<u8>>)>),
+    Failed(FunctionError),
+    Cancelled,
+    Broken(String),
+}
+
+/// An output record with its partition.
+struct Routed {
+    topic: String,
+    partition: i32,
+    record: NewRecord,
+}
+
+/// Splits records into produce batches of bounded count and size.
+fn chunks<'a>(records: &'a [&'a NewRecord]) -> Vec<&'a [&'a NewRecord]> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (index, record) in records.iter().enumerate() {
+        let size = record.key.as_ref().map_or(0, Vec::len)
+            + record.value.as_ref().map_or(0, Vec::len)
+            + record
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                .sum::<usize>()
+            + 32;
+        if index > start
+            && (index - start >= OUTPUT_BATCH_RECORDS || bytes + size > OUTPUT_BATCH_BYTES)
+        {
+            chunks.push(&records[start..index]);
+            start = index;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < records.len() {
+        chunks.push(&records[start..]);
+    }
+    chunks
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl LogEntry {
+    pub(crate) fn new(topic: &str, partition: i32, line: crate::LogLine) -> LogEntry {
+        LogEntry {
+            sequence: 0,
+            timestamp_ms: now_ms(),
+            topic: topic.to_string(),
+            partition,
+            level: line.level,
+            message: line.message,
+        }
+    }
+}

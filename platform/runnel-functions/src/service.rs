@@ -1,0 +1,721 @@
+//! [`Functions`]: a node's functions service. It deploys, pauses, resumes and deletes
+//! functions through the metadata log, and runs an executor ([`crate::executor`]) for each
+//! input partition of a running function that this node leads.
+//!
+//! # Deploy
+//! The component is validated and compiled first (size, world, grants; on a blocking
+//! thread), then stored in the object store under its SHA-256, then the output topics'
+//! existence is checked, the dead-letter topic (`<name>.dlq`) and the state topic are
+//! created if missing, and finally the spec is proposed to the controller. A deploy that
+//! fails at any step leaves at most an unused object and empty topics behind, never a
+//! spec pointing at nothing.
+//!
+//! # Reconciling
+//! [`Functions::run`] follows the metadata: on every change (and every second, for
+//! leadership and partitions that open late) it works out which executors should run
+//! here, stops the ones that should not (a pause, a delete, a redeploy, a lost
+//! leadership) and starts the missing ones, compiling each version once (from the disk
+//! cache when it is there). A redeploy stops the old version's executors between batches,
+//! so the new version resumes at the committed position.
+//!
+//! # What it keeps in memory
+//! Per executor: state, position, counts and the last error ([`PartitionStatus`]). Per
+//! function: its last [`LOG_LINES`] log lines. Both are lost on restart (the counts start
+//! again; the position and kv state are in the state topic).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use runnel_broker::groups::GroupService;
+use runnel_broker::{Broker, BrokerError};
+use runnel_controller::{Command, ControllerError, FunctionLimits, FunctionSpec, MetadataError};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::{Executor, dlq_topic_of, group_of, state_topic_of};
+use crate::store::{ComponentStore, ComponentStoreError};
+use crate::{Function, FunctionError, FunctionHost, Kind, Limits, LogLine};
+
+/// Log lines kept per function.
+pub const LOG_LINES: usize = 10_000;
+/// How often the executors are checked against the metadata without a change.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FunctionsError {
+    #[error("unknown function `{0}`")]
+    UnknownFunction(String),
+    #[error("invalid function: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Component(#[from] FunctionError),
+    #[error(transparent)]
+    Store(#[from] ComponentStoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl From<ControllerError> for FunctionsError {
+    fn from(error: ControllerError) -> FunctionsError {
+        match error {
+            ControllerError::Rejected(MetadataError::UnknownFunction(name)) => {
+                FunctionsError::UnknownFunction(name)
+            }
+            ControllerError::Rejected(MetadataError::InvalidFunction(reason)) => {
+                FunctionsError::Invalid(reason)
+            }
+            other => FunctionsError::Broker(BrokerError::Controller(other)),
+        }
+    }
+}
+
+/// Node-wide settings of the functions service.
+#[derive(Debug, Clone)]
+pub struct FunctionsSettings {
+    /// Where compiled components are cached.
+    pub cache_dir: PathBuf,
+    /// The largest component taken.
+    pub max_component_bytes: usize,
+    /// kv state per instance.
+    pub max_kv_bytes: usize,
+}
+
+/// What a deploy asks for.
+#[derive(Debug, Clone)]
+pub struct Deploy {
+    pub name: String,
+    pub kind: Kind,
+    pub component: Bytes,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    pub config: BTreeMap<String, String>,
+    /// `None`: every interface of the kind's world.
+    pub grants: Option<Vec<String>>,
+    pub limits: FunctionLimits,
+    pub on_failure: String,
+}
+
+/// One executor's state as `describe` shows it.
+#[derive(Debug, Default)]
+pub struct PartitionStatus {
+    inner: Mutex<PartitionState>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PartitionState {
+    pub topic: String,
+    pub partition: i32,
+    pub version: u64,
+    /// `starting`, `running`, `retrying`, `stopped` (policy `stop`), `failed` (cannot
+    /// start), `idle` (not running here now).
+    pub state: String,
+    /// The next offset to process, and the partition's high watermark.
+    pub position: u64,
+    pub high_watermark: u64,
+    /// Records processed, and records sent to the dead-letter topic.
+    pub processed: u64,
+    pub failed: u64,
+    /// Failed attempts (each retry counts).
+    pub errors: u64,
+    pub last_error: Option<String>,
+    pub counters: BTreeMap<String, u64>,
+    pub gauges: BTreeMap<String, f64>,
+}
+
+impl PartitionStatus {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PartitionState> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn snapshot(&self) -> PartitionState {
+        self.lock().clone()
+    }
+
+    pub(crate) fn set_state(&self, state: &str, error: Option<String>) {
+        let mut inner = self.lock();
+        inner.state = state.to_string();
+        if error.is_some() {
+            inner.last_error = error;
+        }
+    }
+
+    pub(crate) fn set_error(&self, error: &dyn std::fmt::Display) {
+        self.lock().last_error = Some(error.to_string());
+    }
+
+    pub(crate) fn add_error(&self, error: &dyn std::fmt::Display) {
+        let mut inner = self.lock();
+        inner.errors += 1;
+        inner.last_error = Some(error.to_string());
+    }
+
+    pub(crate) fn set_position(&self, position: u64, high_watermark: u64) {
+        let mut inner = self.lock();
+        inner.position = position;
+        inner.high_watermark = high_watermark.max(position);
+    }
+
+    pub(crate) fn add_processed(&self, records: u64) {
+        self.lock().processed += records;
+    }
+
+    pub(crate) fn add_failed(&self, records: u64) {
+        self.lock().failed += records;
+    }
+
+    pub(crate) fn set_metrics(
+        &self,
+        counters: &BTreeMap<String, u64>,
+        gauges: &BTreeMap<String, f64>,
+    ) {
+        let mut inner = self.lock();
+        inner.counters.clone_from(counters);
+        inner.gauges.clone_from(gauges);
+    }
+}
+
+/// One line of a function's log stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    /// Counts up from 1 per function, for following the stream.
+    pub sequence: u64,
+    pub timestamp_ms: i64,
+    pub topic: String,
+    pub partition: i32,
+    pub level: &'static str,
+    pub message: String,
+}
+
+#[derive(Default)]
+struct LogRing {
+    next: u64,
+    lines: VecDeque<LogEntry>,
+}
+
+/// A function as `describe` shows it.
+#[derive(Debug, Clone)]
+pub struct Description {
+    pub spec: FunctionSpec,
+    /// `running`, `paused`, or the worst executor state (`stopped`, `failed`, `retrying`).
+    pub state: String,
+    pub partitions: Vec<PartitionState>,
+}
+
+impl Description {
+    pub fn processed(&self) -> u64 {
+        self.partitions.iter().map(|p| p.processed).sum()
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.partitions.iter().map(|p| p.failed).sum()
+    }
+
+    pub fn lag(&self) -> u64 {
+        self.partitions
+            .iter()
+            .map(|p| p.high_watermark.saturating_sub(p.position))
+            .sum()
+    }
+
+    pub fn last_error(&self) -> Option<&str> {
+        self.partitions.iter().find_map(|p| p.last_error.as_deref())
+    }
+}
+
+type ExecutorKey = (String, String, i32);
+
+struct Running {
+    version: u64,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub struct Functions {
+    broker: Arc<Broker>,
+    groups: Arc<GroupService>,
+    host: Arc<FunctionHost>,
+    store: ComponentStore,
+    settings: FunctionsSettings,
+    status: Mutex<BTreeMap<ExecutorKey, Arc<PartitionStatus>>>,
+    logs: Mutex<HashMap<String, LogRing>>,
+    logged: Notify,
+}
+
+impl Functions {
+    pub fn new(
+        broker: Arc<Broker>,
+        groups: Arc<GroupService>,
+        host: Arc<FunctionHost>,
+        store: ComponentStore,
+        settings: FunctionsSettings,
+    ) -> Arc<Functions> {
+        Arc::new(Functions {
+            broker,
+            groups,
+            host,
+            store,
+            settings,
+            status: Mutex::new(BTreeMap::new()),
+            logs: Mutex::new(HashMap::new()),
+            logged: Notify::new(),
+        })
+    }
+
+    pub(crate) fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    pub(crate) fn groups(&self) -> &GroupService {
+        &self.groups
+    }
+
+    fn limits(&self, limits: &FunctionLimits) -> Limits {
+        Limits {
+            memory_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+            call_timeout: Duration::from_millis(limits.call_timeout_ms),
+            component_bytes: self.settings.max_component_bytes,
+            kv_bytes: self.settings.max_kv_bytes,
+        }
+    }
+
+    /// Compiles `component` for `spec`-like settings on a blocking thread.
+    async fn compile(
+        &self,
+        kind: Kind,
+        component: Bytes,
+        limits: Limits,
+        grants: Vec<String>,
+    ) -> Result<Function, FunctionsError> {
+        let host = self.host.clone();
+        let cache = self.settings.cache_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let grants: Vec<&str> = grants.iter().map(String::as_str).collect();
+            host.compile_granted(kind, &component, limits, &grants, Some(&cache))
+        })
+        .await
+        .map_err(|e| FunctionsError::Invalid(format!("the compile thread failed: {e}")))?
+        .map_err(FunctionsError::from)
+    }
+
+    /// Deploys or redeploys a function; its version.
+    pub async fn deploy(&self, deploy: Deploy) -> Result<u64, FunctionsError> {
+        runnel_config::validate_topic_name(&deploy.name).map_err(|reason| {
+            FunctionsError::Invalid(format!("name `{}`: {reason}", deploy.name))
+        })?;
+        if deploy.name.len() > 200 {
+            return Err(FunctionsError::Invalid(
+                "a function's name is at most 200 characters".to_string(),
+            ));
+        }
+        let grants = deploy.grants.clone().unwrap_or_else(|| {
+            deploy
+                .kind
+                .interfaces()
+                .iter()
+                .map(|g| g.to_string())
+                .collect()
+        });
+        let limits = self.limits(&deploy.limits);
+        self.compile(
+            deploy.kind,
+            deploy.component.clone(),
+            limits,
+            grants.clone(),
+        )
+        .await?;
+        let component_bytes = deploy.component.len() as u64;
+        let digest = self.store.put(deploy.component).await?;
+        let metadata = self.broker.metadata();
+        for topic in deploy.inputs.iter().chain(&deploy.outputs) {
+            if !metadata.topics.contains_key(topic) {
+                return Err(BrokerError::UnknownTopic(topic.clone()).into());
+            }
+        }
+        self.ensure_topic(&dlq_topic_of(&deploy.name), BTreeMap::new())
+            .await?;
+        self.ensure_topic(
+            &state_topic_of(&deploy.name),
+            BTreeMap::from([
+                ("cleanup.policy".to_string(), "compact".to_string()),
+                // One batch holds a batch's kv changes: let it be as large as the state.
+                (
+                    "max.message.bytes".to_string(),
+                    (self.settings.max_kv_bytes.saturating_mul(2) + (1 << 20)).to_string(),
+                ),
+            ]),
+        )
+        .await?;
+        let spec = FunctionSpec {
+            name: deploy.name,
+            kind: deploy.kind.name().to_string(),
+            version: 0,
+            digest,
+            component_bytes,
+            inputs: deploy.inputs,
+            outputs: deploy.outputs,
+            config: deploy.config,
+            grants,
+            limits: deploy.limits,
+            on_failure: deploy.on_failure,
+            paused: false,
+        };
+        let applied = self
+            .broker
+            .controller()
+            .propose(Command::DeployFunction(spec))
+            .await?;
+        match applied {
+            runnel_controller::Applied::FunctionDeployed { version } => Ok(version),
+            _ => Err(FunctionsError::Invalid(
+                "unexpected answer to a deploy".to_string(),
+            )),
+        }
+    }
+
+    /// Creates a one-partition topic if it does not exist.
+    async fn ensure_topic(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+    ) -> Result<(), FunctionsError> {
+        if self.broker.metadata().topics.contains_key(name) {
+            return Ok(());
+        }
+        let command = Command::CreateTopic {
+            name: name.to_string(),
+            id: uuid::Uuid::new_v4(),
+            partitions: 1,
+            replication_factor: self.broker.settings().default_replication_factor,
+            configs,
+        };
+        match self.broker.admin(command, false).await {
+            Ok(_)
+            | Err(BrokerError::Controller(ControllerError::Rejected(
+                MetadataError::TopicAlreadyExists(_),
+            ))) => {}
+            Err(error) => return Err(error.into()),
+        }
+        self.broker
+            .wait_until_served(name, runnel_broker::broker::ADMIN_WAIT)
+            .await;
+        Ok(())
+    }
+
+    pub fn list(&self) -> Vec<FunctionSpec> {
+        self.broker.metadata().functions.values().cloned().collect()
+    }
+
+    pub fn describe(&self, name: &str) -> Result<Description, FunctionsError> {
+        let spec = self
+            .broker
+            .metadata()
+            .functions
+            .get(name)
+            .cloned()
+            .ok_or_else(|| FunctionsError::UnknownFunction(name.to_string()))?;
+        let partitions: Vec<PartitionState> = self
+            .lock_status()
+            .iter()
+            .filter(|((function, _, _), _)| function == name)
+            .map(|(_, status)| status.snapshot())
+            .collect();
+        let state = if spec.paused {
+            "paused".to_string()
+        } else {
+            ["failed", "stopped", "retrying"]
+                .iter()
+                .find(|worst| partitions.iter().any(|p| p.state == **worst))
+                .map_or_else(|| "running".to_string(), |s| s.to_string())
+        };
+        Ok(Description {
+            spec,
+            state,
+            partitions,
+        })
+    }
+
+    pub async fn set_paused(&self, name: &str, paused: bool) -> Result<(), FunctionsError> {
+        self.broker
+            .controller()
+            .propose(Command::SetFunctionPaused {
+                name: name.to_string(),
+                paused,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the function and its progress (its group and state topic). The
+    /// dead-letter topic stays: it holds records the function never processed.
+    pub async fn delete(&self, name: &str) -> Result<(), FunctionsError> {
+        self.broker
+            .controller()
+            .propose(Command::DeleteFunction {
+                name: name.to_string(),
+            })
+            .await?;
+        // The executors stop on the metadata change; wait for that before removing the
+        // progress they write.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self
+            .lock_status()
+            .iter()
+            .any(|((function, _, _), s)| function == name && s.snapshot().state != "idle")
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let state_topic = state_topic_of(name);
+        if self.broker.metadata().topics.contains_key(&state_topic) {
+            self.broker
+                .admin(Command::DeleteTopic { name: state_topic }, false)
+                .await?;
+        }
+        if let Err(error) = self.groups.delete(&group_of(name)).await {
+            tracing::info!(function = %name, %error, "deleting the function's group");
+        }
+        self.lock_status()
+            .retain(|(function, _, _), _| function != name);
+        self.lock_logs().remove(name);
+        Ok(())
+    }
+
+    fn lock_status(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<ExecutorKey, Arc<PartitionStatus>>> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_logs(&self) -> std::sync::MutexGuard<'_, HashMap<String, LogRing>> {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves an instance's log lines into the function's stream.
+    pub(crate) fn take_logs(
+        &self,
+        function: &str,
+        topic: &str,
+        partition: i32,
+        lines: &mut VecDeque<LogLine>,
+    ) {
+        if lines.is_empty() {
+            return;
+        }
+        {
+            let mut logs = self.lock_logs();
+            let ring = logs.entry(function.to_string()).or_default();
+            for line in lines.drain(..) {
+                ring.next += 1;
+                let mut entry = LogEntry::new(topic, partition, line);
+                entry.sequence = ring.next;
+                if ring.lines.len() == LOG_LINES {
+                    ring.lines.pop_front();
+                }
+                ring.lines.push_back(entry);
+            }
+        }
+        self.logged.notify_waiters();
+    }
+
+    /// The function's log lines after `after` (a sequence number; 0: all kept), waiting
+    /// up to `wait` for one if there is none yet.
+    pub async fn logs(
+        &self,
+        name: &str,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Vec<LogEntry>, FunctionsError> {
+        if !self.broker.metadata().functions.contains_key(name) {
+            return Err(FunctionsError::UnknownFunction(name.to_string()));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.logged.notified();
+            let lines: Vec<LogEntry> = self
+                .lock_logs()
+                .get(name)
+                .map(|ring| {
+                    ring.lines
+                        .iter()
+                        .filter(|l| l.sequence > after)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !lines.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(lines);
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// Every executor's status (for `/metrics`), with its function's name.
+    pub fn statuses(&self) -> Vec<(String, PartitionState)> {
+        self.lock_status()
+            .iter()
+            .map(|((function, _, _), status)| (function.clone(), status.snapshot()))
+            .collect()
+    }
+
+    /// Runs the executors of this node until `stop`, following the metadata.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut metadata = self.broker.controller().subscribe();
+        let mut running: HashMap<ExecutorKey, Running> = HashMap::new();
+        let mut compiled: HashMap<(String, u64), Function> = HashMap::new();
+        loop {
+            self.reconcile(&mut running, &mut compiled, &stop).await;
+            tokio::select! {
+                changed = metadata.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+                _ = stop.cancelled() => break,
+            }
+        }
+        for (_, executor) in running.drain() {
+            executor.stop.cancel();
+            if let Err(error) = executor.task.await {
+                tracing::warn!(%error, "a function executor failed");
+            }
+        }
+    }
+
+    async fn reconcile(
+        self: &Arc<Self>,
+        running: &mut HashMap<ExecutorKey, Running>,
+        compiled: &mut HashMap<(String, u64), Function>,
+        stop: &CancellationToken,
+    ) {
+        let metadata = self.broker.metadata();
+        let node = self.broker.node_id();
+        let mut wanted: BTreeMap<ExecutorKey, FunctionSpec> = BTreeMap::new();
+        for spec in metadata.functions.values().filter(|s| !s.paused) {
+            for topic in &spec.inputs {
+                let Some(meta) = metadata.topics.get(topic) else {
+                    continue;
+                };
+                for (index, partition) in meta.partitions.iter().enumerate() {
+                    if partition.leader == Some(node) {
+                        wanted.insert(
+                            (spec.name.clone(), topic.clone(), index as i32),
+                            spec.clone(),
+                        );
+                    }
+                }
+            }
+        }
+        // Stop what should not run (or runs an old version), and what ended by itself.
+        let stale: Vec<ExecutorKey> = running
+            .iter()
+            .filter(|(key, executor)| {
+                executor.task.is_finished()
+                    || wanted
+                        .get(*key)
+                        .is_none_or(|spec| spec.version != executor.version)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            if let Some(executor) = running.remove(&key) {
+                executor.stop.cancel();
+                if let Err(error) = executor.task.await {
+                    tracing::warn!(%error, "a function executor failed");
+                }
+                if let Some(status) = self.lock_status().get(&key) {
+                    status.set_state("idle", None);
+                }
+            }
+        }
+        for (key, status) in self.lock_status().iter() {
+            if !running.contains_key(key) {
+                status.set_state("idle", None);
+            }
+        }
+        compiled.retain(|(name, version), _| {
+            metadata
+                .functions
+                .get(name)
+                .is_some_and(|s| s.version == *version)
+        });
+        for (key, spec) in wanted {
+            if running.contains_key(&key) || stop.is_cancelled() {
+                continue;
+            }
+            // Only once the partition is open here (it may be being created).
+            if self.broker.leader_log(&key.1, key.2).is_err() {
+                continue;
+            }
+            let status = self
+                .lock_status()
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(PartitionStatus::default()))
+                .clone();
+            let function = match compiled.get(&(spec.name.clone(), spec.version)) {
+                Some(function) => function.clone(),
+                None => match self.load(&spec).await {
+                    Ok(function) => {
+                        compiled.insert((spec.name.clone(), spec.version), function.clone());
+                        function
+                    }
+                    Err(error) => {
+                        tracing::warn!(function = %spec.name, %error, "cannot load a function");
+                        status.set_state("failed", Some(format!("cannot load: {error}")));
+                        continue;
+                    }
+                },
+            };
+            {
+                let mut state = status.lock();
+                state.topic = key.1.clone();
+                state.partition = key.2;
+                state.version = spec.version;
+                state.state = "starting".to_string();
+            }
+            let executor_stop = stop.child_token();
+            let executor = Executor {
+                functions: self.clone(),
+                spec: spec.clone(),
+                function,
+                topic: key.1.clone(),
+                partition: key.2,
+                status,
+                stop: executor_stop.clone(),
+            };
+            let span = tracing::info_span!("function", function = %spec.name, topic = %key.1, partition = key.2);
+            let task = tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    if let Err(end) = executor.run().await {
+                        tracing::info!(%end, "function executor ended");
+                    }
+                },
+                span,
+            ));
+            running.insert(
+                key,
+                Running {
+                    version: spec.version,
+                    stop: executor_stop,
+                    task,
+                },
+            );
+        }
+    }
+
+    /// The compiled component of a spec, from the object store (and the compile cache).
+    async fn load(&self, spec: &FunctionSpec) -> Result<Function, FunctionsError> {
+        let kind = Kind::parse(&spec.kind)
+            .ok_or_else(|| FunctionsError::Invalid(format!("unknown kind `{}`", spec.kind)))?;
+        let component = self.store.get(&spec.digest).await?;
+        self.compile(
+            kind,
+            component,
+            self.limits(&spec.limits),
+            spec.grants.clone(),
+        )
+        .await
+    }
+}
