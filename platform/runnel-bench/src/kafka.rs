@@ -94,7 +94,7 @@ fn run_in(options: &KafkaOptions, protocols: &[Protocol], work: &Path) -> Result
     // This VM's disk favours whoever writes first, so the raw figure is the mean of one
     // measurement before the produce cases and one after.
     let raw_before = raw_disk(work, total)?;
-    let node = NodeProcess::start(options, work)?;
+    let node = NodeProcess::start(options.runnel.as_deref(), work)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -372,17 +372,18 @@ fn raw_sync_latency(
 }
 
 /// A `runnel dev` child process on free ports, killed on drop.
-struct NodeProcess {
+pub(crate) struct NodeProcess {
     child: Child,
-    kafka: String,
-    grpc: String,
+    pub kafka: String,
+    pub grpc: String,
 }
 
 impl NodeProcess {
-    fn start(options: &KafkaOptions, work: &Path) -> Result<NodeProcess> {
+    /// Starts `runnel` (by default the one beside this program) with its data in `work`.
+    pub(crate) fn start(runnel: Option<&Path>, work: &Path) -> Result<NodeProcess> {
         use std::io::BufRead;
-        let binary = match &options.runnel {
-            Some(path) => path.clone(),
+        let binary = match runnel {
+            Some(path) => path.to_path_buf(),
             None => std::env::current_exe()?
                 .parent()
                 .context("the benchmark's directory")?
@@ -443,7 +444,7 @@ impl Drop for NodeProcess {
     }
 }
 
-async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
+pub(crate) async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
@@ -499,7 +500,7 @@ impl ProducerContext for LatencyContext {
 }
 
 /// Hands `record` to librdkafka, waiting `pause` and trying again while its queue is full.
-fn send<'a, C, K>(
+pub(crate) fn send<'a, C, K>(
     producer: &ThreadedProducer<C>,
     mut record: BaseRecord<'a, K, [u8], C::DeliveryOpaque>,
     pause: Duration,
@@ -526,7 +527,7 @@ pub(crate) struct Produced {
     pub latency: Histogram<u64>,
 }
 
-fn producer_config(bootstrap: &str) -> ClientConfig {
+pub(crate) fn producer_config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap)
@@ -597,7 +598,12 @@ pub(crate) struct Consumed {
     pub mb_per_s: f64,
 }
 
-fn consumer(bootstrap: &str, topic: &str, partitions: i32, from: Offset) -> Result<BaseConsumer> {
+pub(crate) fn consumer(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    from: Offset,
+) -> Result<BaseConsumer> {
     // Manual assignment: a group id is required by librdkafka but no group is joined.
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)

@@ -195,7 +195,7 @@ pub enum Command {
         count: u32,
     },
     /// Deploys a function, or redeploys it (its version goes up by one; a paused function
-    /// stays paused).
+    /// stays paused, and a spec with `paused` set deploys paused).
     DeployFunction(FunctionSpec),
     SetFunctionPaused {
         name: String,
@@ -375,7 +375,7 @@ impl Metadata {
         match self.functions.get(&spec.name) {
             Some(existing) => {
                 spec.version = existing.version + 1;
-                spec.paused = existing.paused;
+                spec.paused = spec.paused || existing.paused;
             }
             None => spec.version = 1,
         }

@@ -12,7 +12,8 @@
 //! 4. On success, write the outputs (a transform's results, a consumer's `produce`
 //!    calls) through the local produce path, durably; then write the batch's kv changes
 //!    and the new position to the state topic as one record batch; then commit the
-//!    position as the group's offset, so lag shows in every Kafka tool.
+//!    position as the group's offset, so lag shows in every Kafka tool (while busy at
+//!    most every [`COMMIT_INTERVAL`], at once when caught up or stopping).
 //! 5. On a failure (the function's error, a trap, a timeout, bad outputs) the batch's kv
 //!    changes and produced records are rolled back and the call retried with backoff,
 //!    `limits.retries` times; then the policy applies: `dlq` writes the batch's records to
@@ -32,9 +33,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use runnel_abi::{BatchWriter, Outputs};
 use runnel_broker::groups::CommittedOffset;
 use runnel_controller::FunctionSpec;
@@ -57,6 +58,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Output records per produced batch, and their bytes.
 const OUTPUT_BATCH_RECORDS: usize = 5000;
 const OUTPUT_BATCH_BYTES: usize = 512 << 10;
+/// How far the group's committed offset may trail the stored position while busy.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Headers of a dead-lettered record.
 pub const DLQ_ERROR_HEADER: &str = "runnel.error";
@@ -147,21 +150,45 @@ impl Executor {
         };
         self.status.set_state("running", None);
         let mut round_robin: u32 = 0;
+        let mut commits = Commits::default();
+        let ended = self
+            .process_batches(&mut instance, &mut position, &mut round_robin, &mut commits)
+            .await;
+        // The position reached, for Kafka tools, before the executor goes.
+        if let Some(next) = commits.pending.take() {
+            self.commit(next).await;
+        }
+        ended
+    }
+
+    async fn process_batches(
+        &self,
+        instance: &mut Instance,
+        position: &mut u64,
+        round_robin: &mut u32,
+        commits: &mut Commits,
+    ) -> Result<(), ExecutorEnd> {
         while !self.stop.is_cancelled() {
             let log = self.log()?;
-            if position < log.log_start() {
+            if *position < log.log_start() {
                 // Retention removed records the function had not read yet.
-                position = log.log_start();
+                *position = log.log_start();
             }
-            if position >= log.high_watermark() {
-                self.status.set_position(position, log.high_watermark());
+            if *position >= log.high_watermark() {
+                self.status.set_position(*position, log.high_watermark());
+                // Caught up: commit what is pending now rather than at the next interval.
+                if let Some(next) = commits.pending.take() {
+                    self.commit(next).await;
+                    commits.at = Instant::now();
+                }
+                let position = *position;
                 tokio::select! {
                     _ = log.wait_for_data(position, IDLE_WAIT) => {}
                     _ = self.stop.cancelled() => {}
                 }
                 continue;
             }
-            let batch = match self.read_batch(&log, position).await {
+            let batch = match self.read_batch(&log, *position).await {
                 Ok(batch) => batch,
                 Err(error) => {
                     self.status.set_error(&error);
@@ -172,14 +199,14 @@ impl Executor {
                 }
             };
             if batch.records == 0 {
-                position = batch.next;
+                *position = batch.next;
                 continue;
             }
             let buffer = Arc::new(batch.buffer);
-            let outcome = self.process(&mut instance, &buffer, &mut round_robin).await;
+            let outcome = self.process(instance, &buffer, round_robin).await;
             let state_changes = match outcome {
                 Processed::Done(outputs, kv) => {
-                    if !self.write_all(&outputs).await {
+                    if !self.write_all(outputs).await {
                         break;
                     }
                     self.status.add_processed(batch.records as u64);
@@ -214,9 +241,17 @@ impl Executor {
             if !self.write_state(state_changes, batch.next).await {
                 break;
             }
-            self.commit(batch.next).await;
-            position = batch.next;
-            self.status.set_position(position, log.high_watermark());
+            *position = batch.next;
+            self.status.set_position(*position, log.high_watermark());
+            // The state topic holds the position already; the group's offset, which
+            // Kafka tools show, follows at most a COMMIT_INTERVAL behind.
+            commits.pending = Some(batch.next);
+            if commits.at.elapsed() >= COMMIT_INTERVAL {
+                if let Some(next) = commits.pending.take() {
+                    self.commit(next).await;
+                }
+                commits.at = Instant::now();
+            }
         }
         Ok(())
     }
@@ -359,7 +394,7 @@ impl Executor {
                 Err(broken) => return Processed::Broken(broken),
             };
             let result = result.and_then(|(outputs, produced)| {
-                let mut routed = Vec::new();
+                let mut routed = Grouped::new();
                 for buffer in std::iter::once(&outputs).chain(produced.iter()) {
                     if buffer.is_empty() {
                         continue;
@@ -447,7 +482,7 @@ impl Executor {
         &self,
         buffer: &[u8],
         round_robin: &mut u32,
-        routed: &mut Vec<Routed>,
+        routed: &mut Grouped,
     ) -> Result<(), FunctionError> {
         let outputs = Outputs::parse(buffer).map_err(FunctionError::BadOutput)?;
         let metadata = self.functions.broker().metadata();
@@ -485,64 +520,57 @@ impl Executor {
                 (None, Some(key)) => runnel_broker::partitioner::partition_for_key(key, partitions),
                 (None, None) => (*round_robin % partitions) as i32,
             };
-            routed.push(Routed {
-                topic: topic.to_string(),
-                partition,
-                record: NewRecord {
-                    timestamp: output.timestamp.unwrap_or(now),
-                    key: output.key.map(<[u8]>::to_vec),
-                    value: output.value.map(<[u8]>::to_vec),
-                    headers: output
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
-                        .collect(),
-                },
-            });
+            let record = NewRecord {
+                timestamp: output.timestamp.unwrap_or(now),
+                key: output.key.map(<[u8]>::to_vec),
+                value: output.value.map(<[u8]>::to_vec),
+                headers: output
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
+                    .collect(),
+            };
+            match routed.get_mut(topic) {
+                Some(partitions) => partitions.entry(partition).or_default().push(record),
+                None => {
+                    routed.insert(
+                        topic.to_string(),
+                        BTreeMap::from([(partition, vec![record])]),
+                    );
+                }
+            }
         }
         Ok(())
     }
 
-    /// Writes routed records, in order per partition, durably. A write that fails (a
-    /// partition moving, a full disk) is retried until it succeeds or the executor is
-    /// stopped: the batch's position is only stored after its outputs.
-    async fn write_all(&self, routed: &[Routed]) -> bool {
-        let mut groups: BTreeMap<(&str, i32), Vec<&NewRecord>> = BTreeMap::new();
-        for output in routed {
-            groups
-                .entry((output.topic.as_str(), output.partition))
-                .or_default()
-                .push(&output.record);
-        }
-        for ((topic, partition), records) in groups {
-            for chunk in chunks(&records) {
-                if !self.write_until_done(topic, partition, chunk).await {
-                    return false;
+    /// Writes grouped records, in order per partition, durably: every produce batch is
+    /// submitted, then all are waited for, so their fsyncs overlap. A write that fails (a
+    /// partition moving, a full disk) is retried, all of it, until it succeeds or the
+    /// executor is stopped (false): the batch's position is only stored after its
+    /// outputs. A retry after a partial failure may write some outputs twice.
+    async fn write_all(&self, grouped: Grouped) -> bool {
+        let mut batches: Vec<(String, i32, Bytes)> = Vec::new();
+        for (topic, partitions) in grouped {
+            for (partition, records) in partitions {
+                for chunk in chunks(&records) {
+                    match BatchBuilder::default().build(chunk) {
+                        Ok(batch) => batches.push((topic.clone(), partition, batch.freeze())),
+                        Err(error) => {
+                            // Only an empty chunk fails to encode, and chunks are never empty.
+                            tracing::error!(%topic, partition, %error, "cannot encode a function's outputs");
+                        }
+                    }
                 }
             }
         }
-        true
-    }
-
-    /// Writes `records` to one partition, retrying; false if stopped first.
-    async fn write_until_done(&self, topic: &str, partition: i32, records: &[&NewRecord]) -> bool {
-        let records: Vec<NewRecord> = records.iter().map(|r| (*r).clone()).collect();
-        let batch = match BatchBuilder::default().build(&records) {
-            Ok(batch) => batch,
-            Err(error) => {
-                tracing::error!(%topic, partition, %error, "cannot encode a function's outputs");
-                return true;
-            }
-        };
         let mut backoff = FIRST_BACKOFF;
         loop {
-            match self.produce(topic, partition, batch.clone()).await {
+            match self.produce_all(&batches).await {
                 Ok(()) => return true,
                 Err(error) => {
-                    tracing::warn!(function = %self.spec.name, %topic, partition, %error, "writing a function's outputs; retrying");
-                    self.status
-                        .set_error(&format!("writing to {topic}-{partition}: {error}"));
-                    // Stopping here would lose the batch's outputs; only a redeploy,
+                    tracing::warn!(function = %self.spec.name, %error, "writing a function's outputs; retrying");
+                    self.status.set_error(&format!("writing outputs: {error}"));
+                    // Giving up here would lose the batch's outputs; only a redeploy,
                     // pause or delete ends the wait, and the batch is then read again.
                     if self.sleep(backoff).await {
                         return false;
@@ -553,14 +581,19 @@ impl Executor {
         }
     }
 
-    async fn produce(&self, topic: &str, partition: i32, batch: BytesMut) -> Result<(), String> {
-        let pending = self
-            .functions
-            .broker()
-            .submit_produce(topic, partition, batch.freeze(), true)
-            .await
-            .map_err(|e| e.to_string())?;
-        pending.wait().await.map_err(|e| e.to_string())?;
+    async fn produce_all(&self, batches: &[(String, i32, Bytes)]) -> Result<(), String> {
+        let broker = self.functions.broker();
+        let mut pending = Vec::with_capacity(batches.len());
+        for (topic, partition, batch) in batches {
+            let submitted = broker
+                .submit_produce(topic, *partition, batch.clone(), true)
+                .await
+                .map_err(|e| format!("{topic}-{partition}: {e}"))?;
+            pending.push(submitted);
+        }
+        for submitted in pending {
+            submitted.wait().await.map_err(|e| e.to_string())?;
+        }
         Ok(())
     }
 
@@ -604,14 +637,11 @@ impl Executor {
                 }
             })
             .collect();
-        let dlq = dlq_topic_of(&self.spec.name);
-        let refs: Vec<&NewRecord> = records.iter().collect();
-        for chunk in chunks(&refs) {
-            if !self.write_until_done(&dlq, 0, chunk).await {
-                return false;
-            }
-        }
-        true
+        let grouped = Grouped::from([(
+            dlq_topic_of(&self.spec.name),
+            BTreeMap::from([(0, records)]),
+        )]);
+        self.write_all(grouped).await
     }
 
     /// Writes the batch's kv changes and the new position as one batch of the state
@@ -638,9 +668,29 @@ impl Executor {
             value: Some(next.to_le_bytes().to_vec()),
             headers: Vec::new(),
         });
-        let topic = state_topic_of(&self.spec.name);
-        let refs: Vec<&NewRecord> = records.iter().collect();
-        self.write_until_done(&topic, 0, &refs).await
+        // One batch, not chunked: the changes and the position are stored together.
+        let batch = match BatchBuilder::default().build(&records) {
+            Ok(batch) => batch.freeze(),
+            Err(error) => {
+                tracing::error!(%error, "cannot encode a function's state");
+                return false;
+            }
+        };
+        let batches = [(state_topic_of(&self.spec.name), 0, batch)];
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match self.produce_all(&batches).await {
+                Ok(()) => return true,
+                Err(error) => {
+                    tracing::warn!(function = %self.spec.name, %error, "writing a function's state; retrying");
+                    self.status.set_error(&format!("writing state: {error}"));
+                    if self.sleep(backoff).await {
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
     }
 
     /// Commits `next` as the group's offset; a failure is only logged (the state topic
@@ -670,22 +720,33 @@ impl Executor {
     }
 }
 
+/// When the group's offset was last committed, and the position not committed yet.
+struct Commits {
+    at: Instant,
+    pending: Option<u64>,
+}
+
+impl Default for Commits {
+    fn default() -> Self {
+        Commits {
+            at: Instant::now(),
+            pending: None,
+        }
+    }
+}
+
+/// Output records by topic and partition, each partition's in order.
+type Grouped = BTreeMap<String, BTreeMap<i32, Vec<NewRecord>>>;
+
 enum Processed {
-    Done(Vec<Routed>, Vec<(Vec<u8>, Option<Vec<u8>>)>),
+    Done(Grouped, Vec<(Vec<u8>, Option<Vec<u8>>)>),
     Failed(FunctionError),
     Cancelled,
     Broken(String),
 }
 
-/// An output record with its partition.
-struct Routed {
-    topic: String,
-    partition: i32,
-    record: NewRecord,
-}
-
 /// Splits records into produce batches of bounded count and size.
-fn chunks<'a>(records: &'a [&'a NewRecord]) -> Vec<&'a [&'a NewRecord]> {
+fn chunks(records: &[NewRecord]) -> Vec<&[NewRecord]> {
     let mut chunks = Vec::new();
     let mut start = 0;
     let mut bytes = 0;

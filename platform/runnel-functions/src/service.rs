@@ -96,6 +96,8 @@ pub struct Deploy {
     pub grants: Option<Vec<String>>,
     pub limits: FunctionLimits,
     pub on_failure: String,
+    /// Deploy without running (until resumed).
+    pub paused: bool,
 }
 
 /// One executor's state as `describe` shows it.
@@ -360,7 +362,7 @@ impl Functions {
             grants,
             limits: deploy.limits,
             on_failure: deploy.on_failure,
-            paused: false,
+            paused: deploy.paused,
         };
         let applied = self
             .broker

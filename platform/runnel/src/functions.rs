@@ -126,8 +126,12 @@ pub struct DeployArgs {
     pub retries: u32,
     #[arg(long, value_enum, default_value_t = FailurePolicy::Dlq)]
     pub on_failure: FailurePolicy,
-    #[command(flatten)]
-    pub connection: Connection,
+    /// Deploy it paused: it runs once resumed
+    #[arg(long)]
+    pub paused: bool,
+    /// The node's gRPC address (`--output` names topics here, so no `-o json`)
+    #[arg(long, env = "RUNNEL_SERVER", default_value = "127.0.0.1:9093")]
+    pub server: String,
 }
 
 #[derive(Debug, Args)]
@@ -341,17 +345,18 @@ async fn deploy(args: DeployArgs) -> Result<(), Failure> {
             retries: Some(args.retries),
         }),
         on_failure: on_failure.to_string(),
+        paused: args.paused,
     };
-    let version = connect(&args.connection)
+    let connection = Connection {
+        server: args.server,
+        output: Output::Table,
+    };
+    let version = connect(&connection)
         .await?
         .functions()
         .deploy(request)
         .await?;
-    if args.connection.output == Output::Json {
-        print_json(&json!({"name": args.name, "version": version}));
-    } else {
-        println!("deployed {} version {version}", args.name);
-    }
+    println!("deployed {} version {version}", args.name);
     Ok(())
 }
 
@@ -490,9 +495,9 @@ strip = true
     std::fs::write(dir.join(".gitignore"), "/target\n")?;
     let underscored = args.name.replace('-', "_");
     println!(
-        "wrote {dir}\nbuild it:   cargo build --release --manifest-path {dir}/Cargo.toml\n\
-         try it:     echo hello | runnel fn run {dir}/target/wasm32-wasip2/release/{underscored}.wasm --kind {feature}\n\
-         deploy it:  runnel fn deploy {dir}/target/wasm32-wasip2/release/{underscored}.wasm --name {name} --kind {feature} --input IN{output}",
+        "wrote {dir}\nbuild it:   cd {dir} && cargo build --release\n\
+         try it:     echo hello | runnel fn run target/wasm32-wasip2/release/{underscored}.wasm --kind {feature}\n\
+         deploy it:  runnel fn deploy target/wasm32-wasip2/release/{underscored}.wasm --name {name} --kind {feature} --input IN{output}",
         dir = dir.display(),
         name = args.name,
         output = if feature == "transform" {

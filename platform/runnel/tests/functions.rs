@@ -218,9 +218,10 @@ fn fn_init_writes_a_crate_that_builds_and_runs() {
     let host_target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| repository().join("target"));
+    // As its author would: in the crate, whose .cargo/config.toml names the target.
     let built = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
-        .args(["build", "--quiet", "--release", "--manifest-path"])
-        .arg(dir.path().join("my-shout/Cargo.toml"))
+        .args(["build", "--quiet", "--release"])
+        .current_dir(dir.path().join("my-shout"))
         .arg("--target-dir")
         .arg(host_target.join("wasm-guests"))
         .output()

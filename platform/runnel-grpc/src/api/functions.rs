@@ -103,6 +103,7 @@ impl pb::functions_server::Functions for FunctionsService {
             grants: (!request.grant_all).then_some(request.grants),
             limits: limits_of(request.limits),
             on_failure,
+            paused: request.paused,
         };
         let version = self
             .functions()
