@@ -81,6 +81,8 @@ pub struct FunctionsSettings {
     pub max_component_bytes: usize,
     /// kv state per instance.
     pub max_kv_bytes: usize,
+    /// How long a component may take to compile.
+    pub compile_timeout: Duration,
 }
 
 /// What a deploy asks for.
@@ -293,13 +295,21 @@ impl Functions {
     ) -> Result<Function, FunctionsError> {
         let host = self.host.clone();
         let cache = self.settings.cache_dir.clone();
-        tokio::task::spawn_blocking(move || {
+        let compiling = tokio::task::spawn_blocking(move || {
             let grants: Vec<&str> = grants.iter().map(String::as_str).collect();
             host.compile_granted(kind, &component, limits, &grants, Some(&cache))
-        })
-        .await
-        .map_err(|e| FunctionsError::Invalid(format!("the compile thread failed: {e}")))?
-        .map_err(FunctionsError::from)
+        });
+        // Cranelift cannot be interrupted: past the limit the caller is answered and the
+        // thread finishes on its own (its work bounded by the component size limit).
+        match tokio::time::timeout(self.settings.compile_timeout, compiling).await {
+            Err(_) => Err(FunctionsError::Invalid(format!(
+                "compiling the component took longer than {:?}",
+                self.settings.compile_timeout
+            ))),
+            Ok(joined) => joined
+                .map_err(|e| FunctionsError::Invalid(format!("the compile thread failed: {e}")))?
+                .map_err(FunctionsError::from),
+        }
     }
 
     /// Deploys or redeploys a function; its version.

@@ -516,6 +516,8 @@ fn start_functions(
             cache_dir: data_dir.join("functions").join("cache"),
             max_component_bytes: limits.component_bytes,
             max_kv_bytes: limits.kv_bytes,
+            // A 16 MiB component compiles in seconds; 18 MB from componentize-py took ~21 s.
+            compile_timeout: Duration::from_secs(60),
         },
     ))
 }

@@ -363,6 +363,13 @@ fn a_transform_deployed_while_a_kafka_client_produces_writes_exactly_the_expecte
         listed.contains("shout") && listed.contains("words"),
         "{listed}"
     );
+    let metrics = node.get("/metrics").body;
+    let processed: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("runnel_function_records_processed_total{function=\"shout\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(processed, 700, "{metrics}");
 }
 
 #[test]
@@ -506,6 +513,17 @@ fn hostile_components_are_contained_and_reported() {
         cli(&node, dir.path(), &["topic", "create", topic]);
     }
     let wasm = hostile.display().to_string();
+    let deploy_hostile_to = |name: &str, input: &str, output: &str, mode: &str| {
+        let config = format!("mode={mode}");
+        cli(
+            &node,
+            dir.path(),
+            &[
+                "fn", "deploy", &wasm, "--name", name, "--input", input, "--output", output,
+                "--config", &config,
+            ],
+        );
+    };
     let deploy_hostile = |name: &str, input: &str, mode: &str, extra: &[&str]| {
         let config = format!("mode={mode}");
         let mut args = vec![
@@ -589,6 +607,17 @@ fn hostile_components_are_contained_and_reported() {
     );
     finish(produce_keyed(kafka, "plain", 0, 3));
     assert_eq!(kcat_read(kafka, "plain").len(), 3);
+    // A well-behaved function's log lines and metrics reach the CLI and /metrics.
+    cli(&node, dir.path(), &["topic", "create", "counted"]);
+    deploy_hostile_to("counter", "plain", "counted", "count");
+    read_at_least(kafka, "counted", 3);
+    let logs = cli(&node, dir.path(), &["fn", "logs", "counter"]);
+    assert!(logs.contains("[info] record 2 is number 3"), "{logs}");
+    let metrics = node.get("/metrics").body;
+    assert!(
+        metrics.contains("runnel_function_user_total{function=\"counter\",name=\"records\"} 3"),
+        "{metrics}"
+    );
 
     // Refused at deploy, with the reason: too large, and an import not granted.
     let huge = dir.path().join("huge.wasm");

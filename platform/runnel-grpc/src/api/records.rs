@@ -3,7 +3,7 @@
 //! stored batches (any codec) on the way out.
 
 use bytes::BytesMut;
-use runnel_log::batch::{Records, batch_positions, records_section};
+use runnel_log::batch::visit_records;
 use runnel_log::{BatchBuilder, NewRecord};
 use tonic::Status;
 
@@ -48,53 +48,29 @@ pub fn records_of(
         ))
     };
     let mut out = Vec::new();
-    let mut next = from;
-    for (position, header) in batch_positions(batches) {
-        let last = header.last_offset().max(0) as u64;
-        if last < from || header.is_control() {
-            next = next.max(last + 1);
-            continue;
+    let next = visit_records(batches, from, MAX_SECTION, |record| {
+        if max_records > 0 && out.len() >= max_records {
+            return false;
         }
-        let bytes = batches
-            .get(position..position + header.total_len() as usize)
-            .ok_or_else(|| Status::internal("a stored batch runs past the read"))?;
-        let section = records_section(bytes, MAX_SECTION).map_err(corrupt)?;
-        for record in Records::new(&section, header.records_count) {
-            let record = record.map_err(corrupt)?;
-            let offset = (header.base_offset + i64::from(record.offset_delta)) as u64;
-            if offset < from {
-                continue;
-            }
-            if max_records > 0 && out.len() >= max_records {
-                return Ok((out, offset));
-            }
-            let timestamp_ms = if header.is_log_append_time() {
-                header.max_timestamp
-            } else {
-                header.base_timestamp + record.timestamp_delta
-            };
-            let headers = record
-                .header_entries()
-                .map_err(corrupt)?
-                .into_iter()
+        out.push(pb::ConsumedRecord {
+            topic: topic.to_string(),
+            partition,
+            offset: record.offset as i64,
+            timestamp_ms: record.timestamp,
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.map(<[u8]>::to_vec),
+            headers: record
+                .headers
+                .iter()
                 .map(|(key, value)| pb::Header {
                     key: key.to_string(),
                     value: value.map(<[u8]>::to_vec).unwrap_or_default(),
                 })
-                .collect();
-            out.push(pb::ConsumedRecord {
-                topic: topic.to_string(),
-                partition,
-                offset: offset as i64,
-                timestamp_ms,
-                key: record.key.map(<[u8]>::to_vec),
-                value: record.value.map(<[u8]>::to_vec),
-                headers,
-            });
-            next = offset + 1;
-        }
-        next = next.max(last + 1);
-    }
+                .collect(),
+        });
+        true
+    })
+    .map_err(corrupt)?;
     Ok((out, next))
 }
 
