@@ -563,15 +563,20 @@ impl Executor {
                 }
             }
         }
+        self.produce_until_done(&batches, "outputs").await
+    }
+
+    /// Writes `batches` (see [`Executor::produce_all`]), retrying with backoff until they
+    /// are written (true) or the executor is stopped (false). Giving up would lose them;
+    /// only a redeploy, pause or delete ends the wait, and the batch is then read again.
+    async fn produce_until_done(&self, batches: &[(String, i32, Bytes)], what: &str) -> bool {
         let mut backoff = FIRST_BACKOFF;
         loop {
-            match self.produce_all(&batches).await {
+            match self.produce_all(batches).await {
                 Ok(()) => return true,
                 Err(error) => {
-                    tracing::warn!(function = %self.spec.name, %error, "writing a function's outputs; retrying");
-                    self.status.set_error(&format!("writing outputs: {error}"));
-                    // Giving up here would lose the batch's outputs; only a redeploy,
-                    // pause or delete ends the wait, and the batch is then read again.
+                    tracing::warn!(function = %self.spec.name, %error, what, "writing a function's batch; retrying");
+                    self.status.set_error(&format!("writing {what}: {error}"));
                     if self.sleep(backoff).await {
                         return false;
                     }
@@ -677,20 +682,7 @@ impl Executor {
             }
         };
         let batches = [(state_topic_of(&self.spec.name), 0, batch)];
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            match self.produce_all(&batches).await {
-                Ok(()) => return true,
-                Err(error) => {
-                    tracing::warn!(function = %self.spec.name, %error, "writing a function's state; retrying");
-                    self.status.set_error(&format!("writing state: {error}"));
-                    if self.sleep(backoff).await {
-                        return false;
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
+        self.produce_until_done(&batches, "state").await
     }
 
     /// Commits `next` as the group's offset; a failure is only logged (the state topic

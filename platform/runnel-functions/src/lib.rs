@@ -269,10 +269,11 @@ impl FunctionHost {
 /// The SHA-256 of `bytes`, in hex: a component's name in the object store and the cache.
 pub fn digest(bytes: &[u8]) -> String {
     use sha2::Digest as _;
+    use std::fmt::Write as _;
     let hash = sha2::Sha256::digest(bytes);
     let mut hex = String::with_capacity(64);
     for byte in hash {
-        hex.push_str(&format!("{byte:02x}"));
+        let _ = write!(hex, "{byte:02x}");
     }
     hex
 }
