@@ -13,7 +13,9 @@
 //!    calls) through the local produce path, durably; then write the batch's kv changes
 //!    and the new position to the state topic as one record batch; then commit the
 //!    position as the group's offset, so lag shows in every Kafka tool (while busy at
-//!    most every [`COMMIT_INTERVAL`], at once when caught up or stopping).
+//!    most every [`COMMIT_INTERVAL`], at once when caught up or stopping). These writes
+//!    of one batch run while the next batch is read and processed; the writes of one
+//!    batch start only when the previous batch's are done, so they stay in order.
 //! 5. On a failure (the function's error, a trap, a timeout, bad outputs) the batch's kv
 //!    changes and produced records are rolled back and the call retried with backoff,
 //!    `limits.retries` times; then the policy applies: `dlq` writes the batch's records to
@@ -40,7 +42,7 @@ use runnel_abi::{BatchWriter, Outputs};
 use runnel_broker::groups::CommittedOffset;
 use runnel_controller::FunctionSpec;
 use runnel_log::batch::visit_records;
-use runnel_log::{BatchBuilder, NewRecord, PartitionLog};
+use runnel_log::{BatchBuilder, BatchEncoder, NewRecord, PartitionLog};
 use tokio_util::sync::CancellationToken;
 
 use crate::service::{Functions, LogEntry, PartitionStatus};
@@ -161,6 +163,8 @@ impl Executor {
         ended
     }
 
+    /// Reads, processes and writes batches until stopped. The writes of one batch overlap
+    /// the reading and processing of the next; writes stay in batch order.
     async fn process_batches(
         &self,
         instance: &mut Instance,
@@ -168,15 +172,28 @@ impl Executor {
         round_robin: &mut u32,
         commits: &mut Commits,
     ) -> Result<(), ExecutorEnd> {
-        while !self.stop.is_cancelled() {
-            let log = self.log()?;
+        let mut pending: Option<Writes> = None;
+        let ended = loop {
+            if self.stop.is_cancelled() {
+                break Ok(());
+            }
+            let log = match self.log() {
+                Ok(log) => log,
+                Err(end) => break Err(end),
+            };
             if *position < log.log_start() {
                 // Retention removed records the function had not read yet.
                 *position = log.log_start();
             }
             if *position >= log.high_watermark() {
+                // Caught up: store what is in flight and commit it now rather than at the
+                // next interval.
+                if let Some(writes) = pending.take()
+                    && !self.write(writes, &log, commits).await
+                {
+                    break Ok(());
+                }
                 self.status.set_position(*position, log.high_watermark());
-                // Caught up: commit what is pending now rather than at the next interval.
                 if let Some(next) = commits.pending.take() {
                     self.commit(next).await;
                     commits.at = Instant::now();
@@ -188,72 +205,131 @@ impl Executor {
                 }
                 continue;
             }
-            let batch = match self.read_batch(&log, *position).await {
-                Ok(batch) => batch,
-                Err(error) => {
-                    self.status.set_error(&error);
-                    if self.sleep(Duration::from_secs(1)).await {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            if batch.records == 0 {
-                *position = batch.next;
-                continue;
-            }
-            let buffer = Arc::new(batch.buffer);
-            let outcome = self.process(instance, &buffer, round_robin).await;
-            let state_changes = match outcome {
-                Processed::Done(outputs, kv) => {
-                    if !self.write_all(outputs).await {
-                        break;
-                    }
-                    self.status.add_processed(batch.records as u64);
-                    self.status.set_state("running", None);
-                    kv
-                }
-                Processed::Failed(error) => match self.spec.on_failure.as_str() {
-                    "stop" => {
-                        self.status.set_state("stopped", Some(error.to_string()));
-                        self.stop.cancelled().await;
-                        break;
-                    }
-                    _ => {
-                        if !self.dead_letter(&buffer, &error).await {
-                            break;
-                        }
-                        self.status.add_failed(batch.records as u64);
-                        self.status.set_state("running", Some(error.to_string()));
-                        Vec::new()
+            let previous = pending.take();
+            let (written, step) = tokio::join!(
+                async {
+                    match previous {
+                        Some(writes) => self.write(writes, &log, commits).await,
+                        None => true,
                     }
                 },
-                Processed::Cancelled => break,
-                Processed::Broken(reason) => {
-                    // The instance (and its kv state) is gone: stop rather than go on
-                    // without it. A redeploy, pause or restart starts again from the
+                self.step(&log, instance, *position, round_robin),
+            );
+            if !written {
+                break Ok(());
+            }
+            match step {
+                Step::Unreadable(error) => {
+                    self.status.set_error(&error);
+                    if self.sleep(Duration::from_secs(1)).await {
+                        break Ok(());
+                    }
+                }
+                Step::Skipped(next) => *position = next,
+                Step::Ready(writes) => {
+                    *position = writes.next;
+                    pending = Some(writes);
+                }
+                Step::Park { state, reason } => {
+                    // `stop`, or the instance (and its kv state) is gone: park rather than
+                    // go on without it. A redeploy, pause or restart starts again from the
                     // stored state.
-                    self.status.set_state("failed", Some(reason));
+                    self.status.set_state(state, Some(reason));
                     self.stop.cancelled().await;
-                    break;
+                    break Ok(());
                 }
-            };
-            if !self.write_state(state_changes, batch.next).await {
-                break;
+                Step::Cancelled => break Ok(()),
             }
-            *position = batch.next;
-            self.status.set_position(*position, log.high_watermark());
-            // The state topic holds the position already; the group's offset, which
-            // Kafka tools show, follows at most a COMMIT_INTERVAL behind.
-            commits.pending = Some(batch.next);
-            if commits.at.elapsed() >= COMMIT_INTERVAL {
-                if let Some(next) = commits.pending.take() {
-                    self.commit(next).await;
-                }
-                commits.at = Instant::now();
-            }
+        };
+        // A batch processed is written before the executor goes, so a pause or redeploy
+        // does not process it again.
+        if let Some(writes) = pending.take()
+            && let Ok(log) = self.log()
+        {
+            self.write(writes, &log, commits).await;
         }
-        Ok(())
+        ended
+    }
+
+    /// Reads the batch at `position` and processes it: what to write, or why not.
+    async fn step(
+        &self,
+        log: &PartitionLog,
+        instance: &mut Instance,
+        position: u64,
+        round_robin: &mut u32,
+    ) -> Step {
+        let batch = match self.read_batch(log, position).await {
+            Ok(batch) => batch,
+            Err(error) => return Step::Unreadable(error),
+        };
+        if batch.records == 0 {
+            return Step::Skipped(batch.next);
+        }
+        let buffer = Arc::new(batch.buffer);
+        let records = batch.records as u64;
+        match self.process(instance, &buffer, round_robin).await {
+            Processed::Done(outputs, kv) => Step::Ready(Writes {
+                outputs,
+                kv,
+                next: batch.next,
+                processed: records,
+                failed: 0,
+                error: None,
+            }),
+            Processed::Failed(error) => {
+                if self.spec.on_failure == "stop" {
+                    return Step::Park {
+                        state: "stopped",
+                        reason: error.to_string(),
+                    };
+                }
+                Step::Ready(Writes {
+                    outputs: self.dead_letters(&buffer, &error),
+                    kv: Vec::new(),
+                    next: batch.next,
+                    processed: 0,
+                    failed: records,
+                    error: Some(error.to_string()),
+                })
+            }
+            Processed::Cancelled => Step::Cancelled,
+            Processed::Broken(reason) => Step::Park {
+                state: "failed",
+                reason,
+            },
+        }
+    }
+
+    /// Writes a processed batch: its outputs, then its kv changes and position; then
+    /// commits the position as the group's offset, at most a [`COMMIT_INTERVAL`] behind
+    /// (the state topic holds it already). False: stopped before it was written.
+    async fn write(&self, writes: Writes, log: &PartitionLog, commits: &mut Commits) -> bool {
+        if !self
+            .produce_until_done(&writes.outputs.finish(), "outputs")
+            .await
+        {
+            return false;
+        }
+        if !self.write_state(writes.kv, writes.next).await {
+            return false;
+        }
+        if writes.processed > 0 {
+            self.status.add_processed(writes.processed);
+        }
+        if writes.failed > 0 {
+            self.status.add_failed(writes.failed);
+        }
+        self.status.set_state("running", writes.error);
+        self.status.set_position(writes.next, log.high_watermark());
+        commits.pending = Some(writes.next);
+        if commits.at.elapsed() >= COMMIT_INTERVAL {
+            if let Some(next) = commits.pending.take() {
+                self.commit(next).await;
+            }
+            commits.at = Instant::now();
+        }
+        true
     }
 
     /// Sleeps `duration`, or less if stopped; whether it was stopped.
@@ -394,7 +470,7 @@ impl Executor {
                 Err(broken) => return Processed::Broken(broken),
             };
             let result = result.and_then(|(outputs, produced)| {
-                let mut routed = Grouped::new();
+                let mut routed = Outbox::new(self.spec.outputs.clone());
                 for buffer in std::iter::once(&outputs).chain(produced.iter()) {
                     if buffer.is_empty() {
                         continue;
@@ -477,93 +553,87 @@ impl Executor {
     }
 
     /// Resolves each output's topic and partition, refusing an undeclared topic or a
-    /// partition it does not have.
+    /// partition it does not have, and encodes it into `routed`.
     fn route(
         &self,
         buffer: &[u8],
         round_robin: &mut u32,
-        routed: &mut Grouped,
+        routed: &mut Outbox,
     ) -> Result<(), FunctionError> {
         let outputs = Outputs::parse(buffer).map_err(FunctionError::BadOutput)?;
         let metadata = self.functions.broker().metadata();
+        let partitions_of = |index: usize| {
+            let topic = &self.spec.outputs[index];
+            match metadata
+                .topics
+                .get(topic)
+                .map_or(0, |t| t.partitions.len() as u32)
+            {
+                0 => Err(FunctionError::Failed(format!(
+                    "the output topic `{topic}` does not exist"
+                ))),
+                partitions => Ok(partitions),
+            }
+        };
+        if self.spec.outputs.is_empty() {
+            return match outputs.iter().next() {
+                None => Ok(()),
+                Some(_) => Err(FunctionError::Failed(
+                    "the function has outputs but declares no output topic".to_string(),
+                )),
+            };
+        }
         let now = now_ms();
         // Records without a key or partition of one batch go to one partition, the next
         // batch's to the next (as Kafka's sticky partitioner spreads them).
         *round_robin = round_robin.wrapping_add(1);
+        // The topic of the last output, resolved: outputs mostly go to one topic.
+        let mut last: Option<(usize, u32)> = None;
         for output in outputs.iter() {
-            let topic = match output.topic {
-                Some(topic) => topic,
-                None => self.spec.outputs.first().map(String::as_str).unwrap_or(""),
+            let index = match (output.topic, last) {
+                (None, _) => 0,
+                (Some(topic), Some((index, _))) if topic == self.spec.outputs[index] => index,
+                (Some(topic), _) => self
+                    .spec
+                    .outputs
+                    .iter()
+                    .position(|t| t == topic)
+                    .ok_or_else(|| {
+                        FunctionError::Failed(format!(
+                            "an output names topic `{topic}`, which is not one of the function's outputs ({})",
+                            self.spec.outputs.join(", ")
+                        ))
+                    })?,
             };
-            if !self.spec.outputs.iter().any(|t| t == topic) {
-                return Err(FunctionError::Failed(format!(
-                    "an output names topic `{topic}`, which is not one of the function's outputs ({})",
-                    self.spec.outputs.join(", ")
-                )));
-            }
-            let partitions = metadata
-                .topics
-                .get(topic)
-                .map_or(0, |t| t.partitions.len() as u32);
-            if partitions == 0 {
-                return Err(FunctionError::Failed(format!(
-                    "the output topic `{topic}` does not exist"
-                )));
-            }
+            let partitions = match last {
+                Some((resolved, partitions)) if resolved == index => partitions,
+                _ => {
+                    let partitions = partitions_of(index)?;
+                    last = Some((index, partitions));
+                    partitions
+                }
+            };
             let partition = match (output.partition, output.key) {
                 (Some(partition), _) if (partition as u32) < partitions => partition,
                 (Some(partition), _) => {
                     return Err(FunctionError::Failed(format!(
-                        "an output names partition {partition} of `{topic}`, which has {partitions}"
+                        "an output names partition {partition} of `{}`, which has {partitions}",
+                        self.spec.outputs[index]
                     )));
                 }
                 (None, Some(key)) => runnel_broker::partitioner::partition_for_key(key, partitions),
                 (None, None) => (*round_robin % partitions) as i32,
             };
-            let record = NewRecord {
-                timestamp: output.timestamp.unwrap_or(now),
-                key: output.key.map(<[u8]>::to_vec),
-                value: output.value.map(<[u8]>::to_vec),
-                headers: output
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
-                    .collect(),
-            };
-            match routed.get_mut(topic) {
-                Some(partitions) => partitions.entry(partition).or_default().push(record),
-                None => {
-                    routed.insert(
-                        topic.to_string(),
-                        BTreeMap::from([(partition, vec![record])]),
-                    );
-                }
-            }
+            routed.push(
+                index,
+                partition,
+                output.timestamp.unwrap_or(now),
+                output.key,
+                output.value,
+                &output.headers,
+            );
         }
         Ok(())
-    }
-
-    /// Writes grouped records, in order per partition, durably: every produce batch is
-    /// submitted, then all are waited for, so their fsyncs overlap. A write that fails (a
-    /// partition moving, a full disk) is retried, all of it, until it succeeds or the
-    /// executor is stopped (false): the batch's position is only stored after its
-    /// outputs. A retry after a partial failure may write some outputs twice.
-    async fn write_all(&self, grouped: Grouped) -> bool {
-        let mut batches: Vec<(String, i32, Bytes)> = Vec::new();
-        for (topic, partitions) in grouped {
-            for (partition, records) in partitions {
-                for chunk in chunks(&records) {
-                    match BatchBuilder::default().build(chunk) {
-                        Ok(batch) => batches.push((topic.clone(), partition, batch.freeze())),
-                        Err(error) => {
-                            // Only an empty chunk fails to encode, and chunks are never empty.
-                            tracing::error!(%topic, partition, %error, "cannot encode a function's outputs");
-                        }
-                    }
-                }
-            }
-        }
-        self.produce_until_done(&batches, "outputs").await
     }
 
     /// Writes `batches` (see [`Executor::produce_all`]), retrying with backoff until they
@@ -602,10 +672,11 @@ impl Executor {
         Ok(())
     }
 
-    /// Writes a failed batch's records to the dead-letter topic, with why and where from.
-    async fn dead_letter(&self, buffer: &[u8], error: &FunctionError) -> bool {
+    /// A failed batch's records for the dead-letter topic, with why and where from.
+    fn dead_letters(&self, buffer: &[u8], error: &FunctionError) -> Outbox {
+        let mut outbox = Outbox::new(vec![dlq_topic_of(&self.spec.name)]);
         let Ok(batch) = runnel_abi::Batch::parse(buffer) else {
-            return true;
+            return outbox;
         };
         // One line: a trap's message carries a multi-line backtrace.
         let message = error
@@ -617,36 +688,21 @@ impl Executor {
             .join("; ");
         let version = self.spec.version.to_string();
         let partition = self.partition.to_string();
-        let records: Vec<NewRecord> = batch
-            .records()
-            .map(|record| {
-                let mut headers: Vec<(String, Option<Vec<u8>>)> = record
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
-                    .collect();
-                for (key, value) in [
-                    (DLQ_ERROR_HEADER, message.as_str()),
-                    (DLQ_TOPIC_HEADER, self.topic.as_str()),
-                    (DLQ_PARTITION_HEADER, partition.as_str()),
-                    (DLQ_OFFSET_HEADER, &record.offset.to_string()),
-                    (DLQ_VERSION_HEADER, version.as_str()),
-                ] {
-                    headers.push((key.to_string(), Some(value.as_bytes().to_vec())));
-                }
-                NewRecord {
-                    timestamp: record.timestamp,
-                    key: record.key.map(<[u8]>::to_vec),
-                    value: record.value.map(<[u8]>::to_vec),
-                    headers,
-                }
-            })
-            .collect();
-        let grouped = Grouped::from([(
-            dlq_topic_of(&self.spec.name),
-            BTreeMap::from([(0, records)]),
-        )]);
-        self.write_all(grouped).await
+        for record in batch.records() {
+            let offset = record.offset.to_string();
+            let mut headers: Vec<(&str, Option<&[u8]>)> = record.headers.iter().collect();
+            for (key, value) in [
+                (DLQ_ERROR_HEADER, message.as_str()),
+                (DLQ_TOPIC_HEADER, self.topic.as_str()),
+                (DLQ_PARTITION_HEADER, partition.as_str()),
+                (DLQ_OFFSET_HEADER, offset.as_str()),
+                (DLQ_VERSION_HEADER, version.as_str()),
+            ] {
+                headers.push((key, Some(value.as_bytes())));
+            }
+            outbox.push(0, 0, record.timestamp, record.key, record.value, &headers);
+        }
+        outbox
     }
 
     /// Writes the batch's kv changes and the new position as one batch of the state
@@ -727,43 +783,117 @@ impl Default for Commits {
     }
 }
 
-/// Output records by topic and partition, each partition's in order.
-type Grouped = BTreeMap<String, BTreeMap<i32, Vec<NewRecord>>>;
+/// A processed batch, to write: its outputs (or dead letters), then its kv changes and
+/// the position after it.
+struct Writes {
+    outputs: Outbox,
+    kv: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    next: u64,
+    processed: u64,
+    failed: u64,
+    /// Why the batch was dead-lettered.
+    error: Option<String>,
+}
+
+/// What reading and processing one batch came to.
+enum Step {
+    Ready(Writes),
+    /// Nothing to process before this position (a gap, or control records).
+    Skipped(u64),
+    Unreadable(String),
+    Park {
+        state: &'static str,
+        reason: String,
+    },
+    Cancelled,
+}
 
 enum Processed {
-    Done(Grouped, Vec<(Vec<u8>, Option<Vec<u8>>)>),
+    Done(Outbox, Vec<(Vec<u8>, Option<Vec<u8>>)>),
     Failed(FunctionError),
     Cancelled,
     Broken(String),
 }
 
-/// Splits records into produce batches of bounded count and size.
-fn chunks(records: &[NewRecord]) -> Vec<&[NewRecord]> {
-    let mut chunks = Vec::new();
-    let mut start = 0;
-    let mut bytes = 0;
-    for (index, record) in records.iter().enumerate() {
-        let size = record.key.as_ref().map_or(0, Vec::len)
-            + record.value.as_ref().map_or(0, Vec::len)
-            + record
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
-                .sum::<usize>()
-            + 32;
-        if index > start
-            && (index - start >= OUTPUT_BATCH_RECORDS || bytes + size > OUTPUT_BATCH_BYTES)
-        {
-            chunks.push(&records[start..index]);
-            start = index;
-            bytes = 0;
+/// Output records encoded as produce batches, by topic (an index into `topics`) and
+/// partition, each partition's in order; a batch holds at most [`OUTPUT_BATCH_RECORDS`]
+/// records and about [`OUTPUT_BATCH_BYTES`].
+struct Outbox {
+    topics: Vec<String>,
+    partitions: BTreeMap<(usize, i32), PartitionOutbox>,
+}
+
+struct PartitionOutbox {
+    sealed: Vec<Bytes>,
+    open: BatchEncoder,
+}
+
+impl Outbox {
+    fn new(topics: Vec<String>) -> Outbox {
+        Outbox {
+            topics,
+            partitions: BTreeMap::new(),
         }
-        bytes += size;
     }
-    if start < records.len() {
-        chunks.push(&records[start..]);
+
+    fn push(
+        &mut self,
+        topic: usize,
+        partition: i32,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+    ) {
+        let outbox = self
+            .partitions
+            .entry((topic, partition))
+            .or_insert_with(|| PartitionOutbox {
+                sealed: Vec::new(),
+                open: BatchEncoder::new(BatchBuilder::default()),
+            });
+        let size = key.map_or(0, <[u8]>::len)
+            + value.map_or(0, <[u8]>::len)
+            + headers
+                .iter()
+                .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len))
+                .sum::<usize>();
+        if !outbox.open.is_empty()
+            && (outbox.open.len() >= OUTPUT_BATCH_RECORDS
+                || outbox.open.section_len() + size > OUTPUT_BATCH_BYTES)
+        {
+            outbox.seal();
+        }
+        outbox
+            .open
+            .push(timestamp, key, value, headers.iter().copied());
     }
-    chunks
+
+    /// The produce batches, each partition's in order.
+    fn finish(self) -> Vec<(String, i32, Bytes)> {
+        let mut batches = Vec::new();
+        for ((topic, partition), mut outbox) in self.partitions {
+            outbox.seal();
+            for batch in outbox.sealed {
+                batches.push((self.topics[topic].clone(), partition, batch));
+            }
+        }
+        batches
+    }
+}
+
+impl PartitionOutbox {
+    fn seal(&mut self) {
+        if self.open.is_empty() {
+            return;
+        }
+        match self.open.finish() {
+            Ok(batch) => self.sealed.push(batch.freeze()),
+            // Only an empty batch fails to encode, and this one is not.
+            Err(error) => tracing::error!(%error, "cannot encode a function's outputs"),
+        }
+        self.open.clear();
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {

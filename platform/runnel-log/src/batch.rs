@@ -527,28 +527,92 @@ impl BatchBuilder {
     /// Encodes `records` with consecutive offset deltas from 0. Base offset is 0 (the log
     /// stamps the real one). `records` must not be empty.
     pub fn build(&self, records: &[NewRecord]) -> Result<BytesMut, BatchError> {
-        let base_timestamp = records.first().map_or(0, |r| r.timestamp);
-        let max_timestamp = records
-            .iter()
-            .map(|r| r.timestamp)
-            .max()
-            .unwrap_or(base_timestamp);
-        let mut section = Vec::new();
-        let mut record = Vec::new();
-        for (delta, new) in records.iter().enumerate() {
-            record.clear();
-            record.push(0); // attributes
-            put_varlong(&mut record, new.timestamp - base_timestamp);
-            put_varlong(&mut record, delta as i64);
-            put_nullable(&mut record, new.key.as_deref());
-            put_nullable(&mut record, new.value.as_deref());
-            put_varlong(&mut record, new.headers.len() as i64);
-            for (key, value) in &new.headers {
-                put_nullable(&mut record, Some(key.as_bytes()));
-                put_nullable(&mut record, value.as_deref());
-            }
-            put_varlong(&mut section, record.len() as i64);
-            section.extend_from_slice(&record);
+        let mut encoder = BatchEncoder::new(self.clone());
+        for new in records {
+            encoder.push(
+                new.timestamp,
+                new.key.as_deref(),
+                new.value.as_deref(),
+                new.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
+            );
+        }
+        encoder.finish()
+    }
+}
+
+/// Builds one v2 record batch a record at a time from borrowed fields, for writers that
+/// hold records in buffers of their own (no [`NewRecord`] per record).
+#[derive(Debug, Clone)]
+pub struct BatchEncoder {
+    builder: BatchBuilder,
+    section: Vec<u8>,
+    record: Vec<u8>,
+    count: usize,
+    base_timestamp: i64,
+    max_timestamp: i64,
+}
+
+impl BatchEncoder {
+    pub fn new(builder: BatchBuilder) -> BatchEncoder {
+        BatchEncoder {
+            builder,
+            section: Vec::new(),
+            record: Vec::new(),
+            count: 0,
+            base_timestamp: 0,
+            max_timestamp: i64::MIN,
+        }
+    }
+
+    /// Appends a record; its offset delta is the number of records before it.
+    pub fn push<'a>(
+        &mut self,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: impl ExactSizeIterator<Item = (&'a str, Option<&'a [u8]>)>,
+    ) {
+        if self.count == 0 {
+            self.base_timestamp = timestamp;
+        }
+        self.max_timestamp = self.max_timestamp.max(timestamp);
+        let record = &mut self.record;
+        record.clear();
+        record.push(0); // attributes
+        put_varlong(record, timestamp.wrapping_sub(self.base_timestamp));
+        put_varlong(record, self.count as i64);
+        put_nullable(record, key);
+        put_nullable(record, value);
+        put_varlong(record, headers.len() as i64);
+        for (key, value) in headers {
+            put_nullable(record, Some(key.as_bytes()));
+            put_nullable(record, value);
+        }
+        put_varlong(&mut self.section, record.len() as i64);
+        self.section.extend_from_slice(record);
+        self.count += 1;
+    }
+
+    /// Records pushed so far.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The uncompressed size of the records pushed so far.
+    pub fn section_len(&self) -> usize {
+        self.section.len()
+    }
+
+    /// The batch. At least one record must have been pushed.
+    pub fn finish(&self) -> Result<BytesMut, BatchError> {
+        if self.count == 0 {
+            return Err(BatchError::Inconsistent(
+                "a batch needs at least one record".to_string(),
+            ));
         }
         let fields = BatchHeader {
             base_offset: 0,
@@ -556,16 +620,23 @@ impl BatchBuilder {
             partition_leader_epoch: -1,
             magic: 2,
             crc: 0,
-            attributes: self.compression.attribute(),
-            last_offset_delta: records.len().saturating_sub(1) as i32,
-            base_timestamp,
-            max_timestamp,
-            producer_id: self.producer_id,
-            producer_epoch: self.producer_epoch,
-            base_sequence: self.base_sequence,
-            records_count: records.len() as i32,
+            attributes: self.builder.compression.attribute(),
+            last_offset_delta: self.count.saturating_sub(1) as i32,
+            base_timestamp: self.base_timestamp,
+            max_timestamp: self.max_timestamp,
+            producer_id: self.builder.producer_id,
+            producer_epoch: self.builder.producer_epoch,
+            base_sequence: self.builder.base_sequence,
+            records_count: self.count as i32,
         };
-        assemble(&fields, &section)
+        assemble(&fields, &self.section)
+    }
+
+    /// Starts a new batch, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.section.clear();
+        self.count = 0;
+        self.max_timestamp = i64::MIN;
     }
 }
 
@@ -755,6 +826,28 @@ mod tests {
                 assert_eq!(record.value, records[i].value.as_deref());
             }
         }
+    }
+
+    #[test]
+    fn an_encoder_reused_after_clear_builds_what_the_builder_builds() {
+        let records = sample(7);
+        let mut encoder = BatchEncoder::new(BatchBuilder::default());
+        assert!(encoder.finish().is_err(), "an empty batch is refused");
+        encoder.push(5, Some(b"old"), None, std::iter::empty());
+        encoder.clear();
+        for new in &records {
+            encoder.push(
+                new.timestamp,
+                new.key.as_deref(),
+                new.value.as_deref(),
+                new.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
+            );
+        }
+        assert_eq!(encoder.len(), 7);
+        assert_eq!(
+            encoder.finish().unwrap(),
+            BatchBuilder::default().build(&records).unwrap()
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ mod partition;
 pub mod producers;
 mod segment;
 
-pub use batch::{BatchBuilder, BatchError, BatchHeader, NewRecord};
+pub use batch::{BatchBuilder, BatchEncoder, BatchError, BatchHeader, NewRecord};
 pub use cleaner::CompactionOutcome;
 pub use compression::Compression;
 pub use error::LogError;
