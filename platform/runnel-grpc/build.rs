@@ -5,7 +5,10 @@
 use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/proto");
+    // Read when the script runs, not when it was compiled: a build script compiled for a
+    // checkout elsewhere may be reused from a shared target directory.
+    let root =
+        std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../schemas/proto");
     println!("cargo:rerun-if-changed={}", root.display());
     let cluster = root.join("runnel/cluster/v1/cluster.proto");
     tonic_prost_build::configure().compile_fds(protox::compile([&cluster], [&root])?)?;

@@ -2,7 +2,10 @@
 //! system `protoc` is needed).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/proto");
+    // Read when the script runs, not when it was compiled: a build script compiled for a
+    // checkout elsewhere may be reused from a shared target directory.
+    let root =
+        std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../schemas/proto");
     println!(
         "cargo:rerun-if-changed={}",
         root.join("runnel/v1").display()

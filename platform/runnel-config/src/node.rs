@@ -75,6 +75,7 @@ pub const NODE_CONFIG_KEYS: &[&str] = &[
     "log.retention_check_interval_ms",
     "log.cleaner_interval_ms",
     "log.producer_id_expiration_ms",
+    "log.remote_storage_enable",
 ];
 
 /// The prefix of the environment variables that set node configuration keys.
@@ -379,10 +380,14 @@ pub struct LogSection {
     /// producer that wrote nothing to a partition for this long is forgotten there, in
     /// milliseconds, at least 1. Checked with retention. Default `86400000` (1 day).
     pub producer_id_expiration_ms: u64,
+    /// `log.remote_storage_enable` (Kafka's `remote.storage.enable` for every topic): tier
+    /// sealed segments to the object store as Parquet. Default `true`: `runnel dev` tiers
+    /// to `<data dir>/objects`. Internal (`__…`) and compacted topics are never tiered.
+    pub remote_storage_enable: bool,
 }
 
 impl Default for LogSection {
-    /// Kafka's defaults, the same as [`TopicConfig::default`].
+    /// Kafka's defaults, the same as [`TopicConfig::default`], except that tiering is on.
     fn default() -> Self {
         LogSection {
             segment_bytes: 1024 * 1024 * 1024,
@@ -398,6 +403,7 @@ impl Default for LogSection {
             retention_check_interval_ms: 300_000,
             cleaner_interval_ms: 15_000,
             producer_id_expiration_ms: DAY_MS,
+            remote_storage_enable: true,
         }
     }
 }
@@ -434,6 +440,10 @@ impl LogSection {
             ),
             ("max.message.bytes", self.max_message_bytes.to_string()),
             ("cleanup.policy", self.cleanup_policy.clone()),
+            (
+                "remote.storage.enable",
+                self.remote_storage_enable.to_string(),
+            ),
         ]
     }
 
@@ -983,9 +993,13 @@ mod tests {
     fn defaults_are_valid_and_are_kafkas_topic_defaults() {
         let defaults = NodeConfig::default();
         defaults.validate().unwrap();
+        // Kafka's, but with tiering on (`runnel dev` tiers to its local object store).
         assert_eq!(
             defaults.log.topic_defaults().unwrap(),
-            TopicConfig::default()
+            TopicConfig {
+                remote_storage_enable: true,
+                ..TopicConfig::default()
+            }
         );
         let loaded = NodeConfig::load(None, Vec::new(), &[]).unwrap();
         assert_eq!(loaded.config, defaults);

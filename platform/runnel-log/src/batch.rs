@@ -576,11 +576,25 @@ impl BatchEncoder {
             self.base_timestamp = timestamp;
         }
         self.max_timestamp = self.max_timestamp.max(timestamp);
+        let timestamp_delta = timestamp.wrapping_sub(self.base_timestamp);
+        self.push_encoded(self.count as i32, timestamp_delta, key, value, headers);
+    }
+
+    /// Appends a record with the given deltas, for rebuilding a stored batch (offset
+    /// deltas may have gaps after compaction); finish it with [`BatchEncoder::finish_as`].
+    pub fn push_encoded<'a>(
+        &mut self,
+        offset_delta: i32,
+        timestamp_delta: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: impl ExactSizeIterator<Item = (&'a str, Option<&'a [u8]>)>,
+    ) {
         let record = &mut self.record;
         record.clear();
         record.push(0); // attributes
-        put_varlong(record, timestamp.wrapping_sub(self.base_timestamp));
-        put_varlong(record, self.count as i64);
+        put_varlong(record, timestamp_delta);
+        put_varlong(record, i64::from(offset_delta));
         put_nullable(record, key);
         put_nullable(record, value);
         put_varlong(record, headers.len() as i64);
@@ -629,6 +643,16 @@ impl BatchEncoder {
             base_sequence: self.builder.base_sequence,
             records_count: self.count as i32,
         };
+        assemble(&fields, &self.section)
+    }
+
+    /// The batch with the header fields of `fields` (offsets, timestamps, producer,
+    /// attributes and record count as given; length and CRC computed), uncompressed
+    /// whatever its attributes said.
+    pub fn finish_as(&self, fields: &BatchHeader) -> Result<BytesMut, BatchError> {
+        let mut fields = *fields;
+        fields.attributes &= !ATTR_COMPRESSION_MASK;
+        fields.records_count = self.count as i32;
         assemble(&fields, &self.section)
     }
 

@@ -15,6 +15,9 @@ use prometheus_client::registry::{Registry, Unit};
 use runnel_broker::groups::GroupService;
 use runnel_controller::ControllerStatus;
 use runnel_log::LogMetrics;
+use runnel_tier::TierMetrics;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// The content type of the OpenMetrics text format that `/metrics` serves.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -29,8 +32,10 @@ pub fn node_registry(
     controller: &crate::admin::ControllerSlot,
     groups: &GroupsSlot,
     functions: &FunctionsSlot,
+    tier: &Arc<TierMetrics>,
 ) -> Registry {
     let mut registry = Registry::default();
+    registry.register_collector(Box::new(TierCollector(tier.clone())));
     registry.register_collector(Box::new(GroupLag {
         groups: groups.clone(),
     }));
@@ -142,6 +147,72 @@ pub type FunctionsSlot =
 /// The executors of this node, per function and input partition: records processed and
 /// dead-lettered, failed attempts and lag; and the counters and gauges functions set
 /// through their `metrics` import, per function and name.
+/// Tiered storage's counters, as `runnel_tier_*`.
+#[derive(Debug)]
+struct TierCollector(Arc<TierMetrics>);
+
+impl Collector for TierCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let tier = &self.0;
+        let counters = [
+            (
+                "runnel_tier_uploads",
+                "Segments uploaded to the object store",
+                &tier.uploads,
+            ),
+            (
+                "runnel_tier_uploaded_bytes",
+                "Bytes of Parquet files uploaded",
+                &tier.uploaded_bytes,
+            ),
+            (
+                "runnel_tier_uploaded_segment_bytes",
+                "Bytes of the local segments those files were made from",
+                &tier.uploaded_segment_bytes,
+            ),
+            (
+                "runnel_tier_upload_errors",
+                "Failed upload attempts (each is retried)",
+                &tier.upload_errors,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            metric.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+                &value.load(Ordering::Relaxed),
+                None,
+            )?;
+        }
+        let seconds = tier.upload_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        encoder
+            .encode_descriptor(
+                "runnel_tier_upload",
+                "Time spent in successful uploads (read, encode, put, manifest)",
+                Some(&Unit::Seconds),
+                MetricType::Counter,
+            )?
+            .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&seconds, None)?;
+        let gauges = [
+            (
+                "runnel_tier_upload_lag_segments",
+                "Sealed, committed segments not uploaded yet",
+                &tier.lag_segments,
+            ),
+            (
+                "runnel_tier_upload_lag_bytes",
+                "Bytes of sealed, committed segments not uploaded yet",
+                &tier.lag_bytes,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Gauge)?
+                .encode_gauge(&(value.load(Ordering::Relaxed) as i64))?;
+        }
+        Ok(())
+    }
+}
+
 struct FunctionMetrics {
     functions: FunctionsSlot,
 }
@@ -310,8 +381,13 @@ mod tests {
             &Default::default(),
             &Default::default(),
             &Default::default(),
+            &Default::default(),
         ))
         .unwrap();
+        assert!(
+            text.contains("# TYPE runnel_tier_uploads counter\nrunnel_tier_uploads_total 0\n"),
+            "{text}"
+        );
         let version = env!("CARGO_PKG_VERSION");
         assert!(
             text.contains(&format!("runnel_build_info{{version=\"{version}\"}} 1\n")),

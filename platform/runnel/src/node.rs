@@ -85,12 +85,14 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     let controller_slot: ControllerSlot = Arc::default();
     let groups_slot: metrics::GroupsSlot = Arc::default();
     let functions_slot: metrics::FunctionsSlot = Arc::default();
+    let tier_metrics = Arc::new(runnel_tier::TierMetrics::default());
     let registry = Arc::new(metrics::node_registry(
         &log_metrics,
         started,
         &controller_slot,
         &groups_slot,
         &functions_slot,
+        &tier_metrics,
     ));
     let readiness = Readiness::default();
     let http = HttpServer::start(
@@ -200,7 +202,9 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     );
     // Set once, right here; nothing else sets it.
     let _ = groups_slot.set(groups.clone());
-    let functions = start_functions(&data_dir, &broker, &groups)?;
+    let objects = open_objects(&data_dir)?;
+    let uploads = start_uploads(&objects, &broker, tier_metrics, stop_maintenance.clone());
+    let functions = start_functions(&data_dir, &objects, &broker, &groups)?;
     let _ = functions_slot.set(functions.clone());
     let functions_task = tokio::spawn(functions.clone().run(stop_maintenance.clone()));
     let api = runnel_grpc::api::ApiServer::start(
@@ -273,6 +277,9 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     // Executors finish the batch in hand (outputs, state, commit) before the log closes.
     if let Err(error) = functions_task.await {
         tracing::error!(%error, "the functions task failed");
+    }
+    if let Err(error) = uploads.await {
+        tracing::error!(%error, "the tiered storage upload task failed");
     }
     if let Err(error) = maintenance.await {
         tracing::error!(%error, "the log maintenance task failed");
@@ -494,18 +501,59 @@ async fn open_log(config: &NodeConfig, metrics: Arc<LogMetrics>) -> anyhow::Resu
     Ok(log)
 }
 
-/// The functions service: components in `<data dir>/objects`, compiled ones cached in
+/// The node's object store: the directory `<data dir>/objects`.
+fn open_objects(data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn object_store::ObjectStore>> {
+    let dir = data_dir.join("objects");
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("create the object store directory {}", dir.display()))?;
+    let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+        .with_context(|| format!("open the object store in {}", dir.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// Tiered storage's uploads of the sealed segments of partitions this node leads.
+fn start_uploads(
+    objects: &Arc<dyn object_store::ObjectStore>,
+    broker: &Arc<Broker>,
+    metrics: Arc<runnel_tier::TierMetrics>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let uploader = Arc::new(runnel_tier::Uploader::new(objects.clone(), "", metrics));
+    let broker = broker.clone();
+    let targets = move || {
+        let metadata = broker.metadata();
+        let mut targets = Vec::new();
+        for (name, topic) in &metadata.topics {
+            for (index, partition) in topic.partitions.iter().enumerate() {
+                if partition.leader != Some(broker.node_id()) {
+                    continue;
+                }
+                if let Ok(log) = broker.leader_log(name, index as i32) {
+                    targets.push(runnel_tier::UploadTarget {
+                        topic: name.clone(),
+                        partition: index as i32,
+                        log,
+                        leader_epoch: partition.leader_epoch,
+                    });
+                }
+            }
+        }
+        targets
+    };
+    tokio::spawn(uploader.run(targets, stop))
+}
+
+/// The functions service: components in the node's object store, compiled ones cached in
 /// `<data dir>/functions/cache`.
 fn start_functions(
     data_dir: &std::path::Path,
+    objects: &Arc<dyn object_store::ObjectStore>,
     broker: &Arc<Broker>,
     groups: &Arc<GroupService>,
 ) -> anyhow::Result<Arc<runnel_functions::Functions>> {
     let host = runnel_functions::FunctionHost::new()
         .map_err(|e| anyhow::anyhow!("start the wasm engine: {e:#}"))?;
-    let objects = data_dir.join("objects");
-    let store = runnel_functions::ComponentStore::local(&objects)
-        .with_context(|| format!("open the object store in {}", objects.display()))?;
+    let store = runnel_functions::ComponentStore::new(objects.clone());
     let limits = runnel_functions::Limits::default();
     Ok(runnel_functions::Functions::new(
         broker.clone(),

@@ -5,7 +5,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
@@ -265,22 +265,6 @@ fn cli(node: &Node, dir: &Path, args: &[&str]) -> String {
 fn describe(node: &Node, dir: &Path, name: &str) -> serde_json::Value {
     let text = cli(node, dir, &["fn", "describe", name, "-o", "json"]);
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
-fn produce_keyed(kafka: SocketAddr, topic: &str, first: usize, last: usize) -> Child {
-    Command::new(&clients().python)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/produce_keyed.py"))
-        .args([first.to_string(), last.to_string()])
-        .env("RUNNEL_BOOTSTRAP", kafka.to_string())
-        .env("RUNNEL_TOPIC", topic)
-        .env_remove("LD_LIBRARY_PATH")
-        .spawn()
-        .expect("run produce_keyed.py")
-}
-
-fn finish(child: Child) {
-    let output = child.wait_with_output().expect("wait for the producer");
-    assert!(output.status.success(), "the producer failed");
 }
 
 /// kcat's records of `topic` once there are at least `count`.

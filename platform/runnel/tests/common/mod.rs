@@ -84,6 +84,35 @@ pub fn clients() -> &'static Clients {
     })
 }
 
+/// A client script of `tests/clients`, run by the test venv's Python.
+pub fn python_client(script: &str) -> Command {
+    let mut command = Command::new(&clients().python);
+    command
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/clients")
+                .join(script),
+        )
+        .env_remove("LD_LIBRARY_PATH");
+    command
+}
+
+/// confluent-kafka producing records `first..last` to `topic` (see `produce_keyed.py`).
+pub fn produce_keyed(kafka: SocketAddr, topic: &str, first: usize, last: usize) -> Child {
+    python_client("produce_keyed.py")
+        .args([first.to_string(), last.to_string()])
+        .env("RUNNEL_BOOTSTRAP", kafka.to_string())
+        .env("RUNNEL_TOPIC", topic)
+        .spawn()
+        .expect("run produce_keyed.py")
+}
+
+/// Waits for a producer started by [`produce_keyed`]; it must have succeeded.
+pub fn finish(child: Child) {
+    let output = child.wait_with_output().expect("wait for the producer");
+    assert!(output.status.success(), "the producer failed");
+}
+
 /// kcat's view of a topic: (partition, offset, key, value, headers as k=v,…) per record.
 pub fn kcat_read(kafka: SocketAddr, topic: &str) -> Vec<(i32, i64, String, String, String)> {
     let output = Command::new(&clients().kcat)

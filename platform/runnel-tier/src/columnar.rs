@@ -1,0 +1,567 @@
+//! A segment's record batches as one Parquet file, and back.
+//!
+//! One row per record, in offset order, with the columns of `schemas/parquet/README.md`:
+//! what a data-lake reader wants (`offset`, `timestamp`, `key`, `value`, `headers`) and, on
+//! every row, the fields of the batch it came from, so the batches can be rebuilt exactly:
+//! the same offsets, timestamps, keys, values, headers, producer fields and attributes. A
+//! rebuilt batch is uncompressed (the file is zstd-compressed as a whole instead), so its
+//! bytes and CRC differ from the stored batch's while everything a consumer sees is equal.
+//!
+//! Row groups hold [`ROW_GROUP_ROWS`] records and carry min/max statistics of every column
+//! (the page index too), so a read from an offset skips the row groups before it.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BinaryBuilder, Int16Builder, Int32Builder, Int64Builder, StringBuilder,
+    TimestampMillisecondBuilder,
+};
+use arrow_array::{
+    Array, ArrayRef, BinaryArray, Int16Array, Int32Array, Int64Array, ListArray, RecordBatch,
+    StringArray, StructArray, TimestampMillisecondArray,
+};
+use arrow_buffer::{OffsetBuffer, ScalarBuffer};
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use bytes::{Bytes, BytesMut};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::statistics::Statistics;
+use runnel_log::BatchEncoder;
+use runnel_log::batch::{BatchHeader, Records, batch_positions, records_section};
+
+use crate::TierError;
+
+/// The version of the row layout, stored in the file's key-value metadata.
+pub const SCHEMA_VERSION: &str = "1";
+/// The metadata key holding [`SCHEMA_VERSION`].
+pub const SCHEMA_VERSION_KEY: &str = "runnel.schema.version";
+/// Records per row group: the unit a read from an offset skips or decodes.
+pub const ROW_GROUP_ROWS: usize = 16 * 1024;
+/// The largest records section decompressed from one stored batch.
+const MAX_SECTION: usize = 256 << 20;
+
+/// What [`encode`] made of a segment.
+#[derive(Debug, Clone)]
+pub struct EncodedSegment {
+    pub parquet: Bytes,
+    pub records: u64,
+    /// The first and last record offsets (`None` without records).
+    pub offsets: Option<(u64, u64)>,
+    pub max_timestamp: i64,
+}
+
+/// The Arrow schema of a segment file.
+pub fn schema() -> SchemaRef {
+    let header = Field::new("item", DataType::Struct(header_fields()), false);
+    let mut metadata = std::collections::HashMap::new();
+    metadata.insert(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string());
+    Arc::new(
+        Schema::new(vec![
+            Field::new("offset", DataType::Int64, false),
+            Field::new(
+                "timestamp",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("key", DataType::Binary, true),
+            Field::new("value", DataType::Binary, true),
+            Field::new("headers", DataType::List(Arc::new(header)), false),
+            Field::new("timestamp_delta", DataType::Int64, false),
+            Field::new("batch_base_offset", DataType::Int64, false),
+            Field::new("batch_last_offset_delta", DataType::Int32, false),
+            Field::new("batch_base_timestamp", DataType::Int64, false),
+            Field::new("batch_max_timestamp", DataType::Int64, false),
+            Field::new("batch_leader_epoch", DataType::Int32, false),
+            Field::new("batch_attributes", DataType::Int16, false),
+            Field::new("producer_id", DataType::Int64, false),
+            Field::new("producer_epoch", DataType::Int16, false),
+            Field::new("base_sequence", DataType::Int32, false),
+        ])
+        .with_metadata(metadata),
+    )
+}
+
+fn header_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("value", DataType::Binary, true),
+    ])
+}
+
+/// Columns being filled, one row per record.
+#[derive(Default)]
+struct Columns {
+    offset: Int64Builder,
+    timestamp: TimestampMillisecondBuilder,
+    key: BinaryBuilder,
+    value: BinaryBuilder,
+    header_offsets: Vec<i32>,
+    header_keys: StringBuilder,
+    header_values: BinaryBuilder,
+    timestamp_delta: Int64Builder,
+    base_offset: Int64Builder,
+    last_offset_delta: Int32Builder,
+    base_timestamp: Int64Builder,
+    max_timestamp: Int64Builder,
+    leader_epoch: Int32Builder,
+    attributes: Int16Builder,
+    producer_id: Int64Builder,
+    producer_epoch: Int16Builder,
+    base_sequence: Int32Builder,
+    rows: usize,
+}
+
+impl Columns {
+    fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, TierError> {
+        let mut header_offsets = std::mem::take(&mut self.header_offsets);
+        if header_offsets.is_empty() {
+            header_offsets.push(0);
+        }
+        let headers = StructArray::try_new(
+            header_fields(),
+            vec![
+                Arc::new(self.header_keys.finish()) as ArrayRef,
+                Arc::new(self.header_values.finish()),
+            ],
+            None,
+        )?;
+        let DataType::List(item) = schema.field_with_name("headers")?.data_type().clone() else {
+            return Err(TierError::Format("the headers column is not a list".into()));
+        };
+        let headers = ListArray::try_new(
+            item,
+            OffsetBuffer::new(ScalarBuffer::from(header_offsets)),
+            Arc::new(headers),
+            None,
+        )?;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.offset.finish()),
+            Arc::new(self.timestamp.finish().with_timezone("UTC")),
+            Arc::new(self.key.finish()),
+            Arc::new(self.value.finish()),
+            Arc::new(headers),
+            Arc::new(self.timestamp_delta.finish()),
+            Arc::new(self.base_offset.finish()),
+            Arc::new(self.last_offset_delta.finish()),
+            Arc::new(self.base_timestamp.finish()),
+            Arc::new(self.max_timestamp.finish()),
+            Arc::new(self.leader_epoch.finish()),
+            Arc::new(self.attributes.finish()),
+            Arc::new(self.producer_id.finish()),
+            Arc::new(self.producer_epoch.finish()),
+            Arc::new(self.base_sequence.finish()),
+        ];
+        self.rows = 0;
+        Ok(RecordBatch::try_new(schema.clone(), columns)?)
+    }
+}
+
+/// Encodes `batches` (whole batches as the log stores them, in offset order) as one
+/// Parquet file. Control batches are kept like any other (their attributes say what they
+/// are).
+pub fn encode(batches: &[u8]) -> Result<EncodedSegment, TierError> {
+    let schema = schema();
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .build();
+    let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(properties))?;
+    let mut columns = Columns::default();
+    let mut records = 0u64;
+    let mut offsets: Option<(u64, u64)> = None;
+    let mut max_timestamp = i64::MIN;
+    let mut end = 0usize;
+    for (position, header) in batch_positions(batches) {
+        let len = header.total_len() as usize;
+        let bytes = &batches[position..position + len];
+        end = position + len;
+        let section = records_section(bytes, MAX_SECTION)?;
+        for record in Records::new(&section, header.records_count) {
+            let record = record?;
+            let offset = header.base_offset + i64::from(record.offset_delta);
+            let timestamp = if header.is_log_append_time() {
+                header.max_timestamp
+            } else {
+                header.base_timestamp.wrapping_add(record.timestamp_delta)
+            };
+            max_timestamp = max_timestamp.max(timestamp);
+            let offset_u = offset.max(0) as u64;
+            offsets = Some(offsets.map_or((offset_u, offset_u), |(first, _)| (first, offset_u)));
+            columns.offset.append_value(offset);
+            columns.timestamp.append_value(timestamp);
+            columns.key.append_option(record.key);
+            columns.value.append_option(record.value);
+            if columns.header_offsets.is_empty() {
+                columns.header_offsets.push(0);
+            }
+            let mut header_count = columns.header_offsets.last().copied().unwrap_or(0);
+            for (key, value) in record.header_entries()? {
+                columns.header_keys.append_value(key);
+                columns.header_values.append_option(value);
+                header_count += 1;
+            }
+            columns.header_offsets.push(header_count);
+            columns.timestamp_delta.append_value(record.timestamp_delta);
+            columns.base_offset.append_value(header.base_offset);
+            columns
+                .last_offset_delta
+                .append_value(header.last_offset_delta);
+            columns.base_timestamp.append_value(header.base_timestamp);
+            columns.max_timestamp.append_value(header.max_timestamp);
+            columns
+                .leader_epoch
+                .append_value(header.partition_leader_epoch);
+            columns.attributes.append_value(header.attributes);
+            columns.producer_id.append_value(header.producer_id);
+            columns.producer_epoch.append_value(header.producer_epoch);
+            columns.base_sequence.append_value(header.base_sequence);
+            columns.rows += 1;
+            records += 1;
+            if columns.rows >= ROW_GROUP_ROWS {
+                writer.write(&columns.finish(&schema)?)?;
+            }
+        }
+    }
+    if end != batches.len() {
+        return Err(TierError::Format(format!(
+            "the segment's bytes end in an incomplete batch at byte {end} of {}",
+            batches.len()
+        )));
+    }
+    if columns.rows > 0 {
+        writer.write(&columns.finish(&schema)?)?;
+    }
+    let parquet = writer.into_inner()?;
+    Ok(EncodedSegment {
+        parquet: Bytes::from(parquet),
+        records,
+        offsets,
+        max_timestamp,
+    })
+}
+
+/// The indexes of the row groups holding offsets at or after `from`, by their statistics.
+fn row_groups_from(builder: &ParquetRecordBatchReaderBuilder<Bytes>, from: u64) -> Vec<usize> {
+    let metadata = builder.metadata();
+    (0..metadata.num_row_groups())
+        .filter(|&index| {
+            let group = metadata.row_group(index);
+            match group.column(0).statistics() {
+                Some(Statistics::Int64(stats)) => {
+                    stats.max_opt().is_none_or(|max| *max >= from as i64)
+                }
+                // Without statistics, read it.
+                _ => true,
+            }
+        })
+        .collect()
+}
+
+/// Rebuilds the record batches of a segment file from offset `from` on, whole batches
+/// (the first may start before `from`), stopping once about `max_bytes` are rebuilt (at
+/// least one batch if there is any).
+pub fn decode(parquet: Bytes, from: u64, max_bytes: usize) -> Result<Vec<BytesMut>, TierError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(parquet)?;
+    check_schema(builder.schema())?;
+    let groups = row_groups_from(&builder, from);
+    let reader = builder.with_row_groups(groups).build()?;
+    let mut rebuilt = Rebuilder::default();
+    for batch in reader {
+        let batch = batch?;
+        if !rebuilt.add(&batch, from, max_bytes)? {
+            break;
+        }
+    }
+    rebuilt.finish()
+}
+
+fn check_schema(schema: &SchemaRef) -> Result<(), TierError> {
+    match schema.metadata().get(SCHEMA_VERSION_KEY) {
+        Some(version) if version == SCHEMA_VERSION => Ok(()),
+        Some(version) => Err(TierError::Format(format!(
+            "the file has row layout version {version}; this build reads version {SCHEMA_VERSION}"
+        ))),
+        None => Err(TierError::Format(format!(
+            "the file has no `{SCHEMA_VERSION_KEY}`: not a Runnel segment file"
+        ))),
+    }
+}
+
+/// Batches being rebuilt from rows.
+#[derive(Default)]
+struct Rebuilder {
+    done: Vec<BytesMut>,
+    bytes: usize,
+    open: Option<(BatchHeader, BatchEncoder)>,
+}
+
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, TierError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| TierError::Format(format!("the column `{name}` is missing or mistyped")))
+}
+
+impl Rebuilder {
+    /// Adds the rows of `batch` at or after `from`'s batch; false once `max_bytes` are
+    /// rebuilt.
+    fn add(&mut self, batch: &RecordBatch, from: u64, max_bytes: usize) -> Result<bool, TierError> {
+        let offset = column::<Int64Array>(batch, "offset")?;
+        let key = column::<BinaryArray>(batch, "key")?;
+        let value = column::<BinaryArray>(batch, "value")?;
+        let headers = column::<ListArray>(batch, "headers")?;
+        let header_struct = headers
+            .values()
+            .as_any()
+            .downcast_ref::<StructArray>()
+            .ok_or_else(|| TierError::Format("the headers column holds no structs".into()))?;
+        let header_keys = header_struct
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| TierError::Format("header keys are not strings".into()))?;
+        let header_values = header_struct
+            .column(1)
+            .as_any()
+            .downcast_ref::<BinaryArray>()
+            .ok_or_else(|| TierError::Format("header values are not binary".into()))?;
+        let timestamp_delta = column::<Int64Array>(batch, "timestamp_delta")?;
+        let base_offset = column::<Int64Array>(batch, "batch_base_offset")?;
+        let last_offset_delta = column::<Int32Array>(batch, "batch_last_offset_delta")?;
+        let base_timestamp = column::<Int64Array>(batch, "batch_base_timestamp")?;
+        let max_timestamp = column::<Int64Array>(batch, "batch_max_timestamp")?;
+        let leader_epoch = column::<Int32Array>(batch, "batch_leader_epoch")?;
+        let attributes = column::<Int16Array>(batch, "batch_attributes")?;
+        let producer_id = column::<Int64Array>(batch, "producer_id")?;
+        let producer_epoch = column::<Int16Array>(batch, "producer_epoch")?;
+        let base_sequence = column::<Int32Array>(batch, "base_sequence")?;
+        // The timestamp column is for readers of the table; batches rebuild from deltas.
+        let _ = column::<TimestampMillisecondArray>(batch, "timestamp")?;
+        let header_offsets = headers.value_offsets();
+        for row in 0..batch.num_rows() {
+            let header = BatchHeader {
+                base_offset: base_offset.value(row),
+                batch_length: 0,
+                partition_leader_epoch: leader_epoch.value(row),
+                magic: 2,
+                crc: 0,
+                attributes: attributes.value(row),
+                last_offset_delta: last_offset_delta.value(row),
+                base_timestamp: base_timestamp.value(row),
+                max_timestamp: max_timestamp.value(row),
+                producer_id: producer_id.value(row),
+                producer_epoch: producer_epoch.value(row),
+                base_sequence: base_sequence.value(row),
+                records_count: 0,
+            };
+            // A batch wholly before `from` is skipped.
+            if header.last_offset() < from as i64 {
+                continue;
+            }
+            let same = self
+                .open
+                .as_ref()
+                .is_some_and(|(open, _)| open.base_offset == header.base_offset);
+            if !same {
+                self.seal()?;
+                if self.bytes >= max_bytes {
+                    return Ok(false);
+                }
+                self.open = Some((
+                    header,
+                    BatchEncoder::new(runnel_log::BatchBuilder::default()),
+                ));
+            }
+            let Some((open, encoder)) = self.open.as_mut() else {
+                continue;
+            };
+            let delta = offset.value(row) - open.base_offset;
+            let delta = i32::try_from(delta).map_err(|_| {
+                TierError::Format(format!(
+                    "offset {} lies outside its batch at {}",
+                    offset.value(row),
+                    open.base_offset
+                ))
+            })?;
+            let (start, end) = (
+                header_offsets[row] as usize,
+                header_offsets[row + 1] as usize,
+            );
+            let entries = (start..end).map(|i| {
+                (
+                    header_keys.value(i),
+                    header_values.is_valid(i).then(|| header_values.value(i)),
+                )
+            });
+            encoder.push_encoded(
+                delta,
+                timestamp_delta.value(row),
+                key.is_valid(row).then(|| key.value(row)),
+                value.is_valid(row).then(|| value.value(row)),
+                entries,
+            );
+        }
+        Ok(true)
+    }
+
+    /// Closes the open batch.
+    fn seal(&mut self) -> Result<(), TierError> {
+        if let Some((header, encoder)) = self.open.take() {
+            let batch = encoder.finish_as(&header)?;
+            self.bytes += batch.len();
+            self.done.push(batch);
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<BytesMut>, TierError> {
+        self.seal()?;
+        Ok(self.done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runnel_log::batch::{StoredRecord, stamp_offsets, visit_records};
+    use runnel_log::{BatchBuilder, NewRecord};
+
+    /// Batches as a log stores them: `sizes[i]` records in batch i, offsets stamped from
+    /// 0, odd batches zstd-compressed and with a producer id.
+    fn stored(sizes: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut offset = 0i64;
+        for (index, &count) in sizes.iter().enumerate() {
+            let records: Vec<NewRecord> = (0..count)
+                .map(|i| {
+                    let n = offset as usize + i;
+                    NewRecord {
+                        timestamp: 1_700_000_000_000 + n as i64 * 3,
+                        key: (!n.is_multiple_of(5)).then(|| format!("key-{n}").into_bytes()),
+                        value: (n % 7 != 3).then(|| vec![n as u8; n % 50]),
+                        headers: (0..n % 3)
+                            .map(|h| (format!("h{h}"), (h != 1).then(|| vec![h as u8; 2])))
+                            .collect(),
+                    }
+                })
+                .collect();
+            let builder = if index % 2 == 1 {
+                BatchBuilder {
+                    compression: runnel_log::Compression::Zstd,
+                    producer_id: 42,
+                    producer_epoch: 3,
+                    base_sequence: offset as i32,
+                }
+            } else {
+                BatchBuilder::default()
+            };
+            let mut batch = builder.build(&records).unwrap();
+            stamp_offsets(&mut batch, offset, 7);
+            out.extend_from_slice(&batch);
+            offset += count as i64;
+        }
+        out
+    }
+
+    type Owned = (
+        u64,
+        i64,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Vec<(String, Option<Vec<u8>>)>,
+    );
+
+    fn records_of(batches: &[u8], from: u64) -> Vec<Owned> {
+        let mut records = Vec::new();
+        visit_records(batches, from, 1 << 30, |r: StoredRecord<'_>| {
+            records.push((
+                r.offset,
+                r.timestamp,
+                r.key.map(<[u8]>::to_vec),
+                r.value.map(<[u8]>::to_vec),
+                r.headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.map(<[u8]>::to_vec)))
+                    .collect(),
+            ));
+            true
+        })
+        .unwrap();
+        records
+    }
+
+    fn headers_of(batches: &[u8]) -> Vec<BatchHeader> {
+        batch_positions(batches).map(|(_, h)| h).collect()
+    }
+
+    #[test]
+    fn a_segment_rebuilds_to_the_same_records_and_batch_fields() {
+        let original = stored(&[1, 10, 300, 2, 47]);
+        let encoded = encode(&original).unwrap();
+        assert_eq!(encoded.records, 360);
+        assert_eq!(encoded.offsets, Some((0, 359)));
+        let rebuilt: Vec<u8> = decode(encoded.parquet.clone(), 0, usize::MAX)
+            .unwrap()
+            .concat();
+        assert_eq!(records_of(&rebuilt, 0), records_of(&original, 0));
+        for (position, header) in batch_positions(&rebuilt) {
+            let batch = &rebuilt[position..position + header.total_len() as usize];
+            runnel_log::batch::validate_produced(batch, 1 << 20, false).unwrap();
+        }
+        for (before, after) in headers_of(&original).iter().zip(headers_of(&rebuilt)) {
+            assert_eq!(after.base_offset, before.base_offset);
+            assert_eq!(after.last_offset_delta, before.last_offset_delta);
+            assert_eq!(after.base_timestamp, before.base_timestamp);
+            assert_eq!(after.max_timestamp, before.max_timestamp);
+            assert_eq!(after.partition_leader_epoch, before.partition_leader_epoch);
+            assert_eq!(after.producer_id, before.producer_id);
+            assert_eq!(after.producer_epoch, before.producer_epoch);
+            assert_eq!(after.base_sequence, before.base_sequence);
+            assert_eq!(after.records_count, before.records_count);
+            assert_eq!(after.attributes & !0x07, before.attributes & !0x07);
+            assert_eq!(after.compression().unwrap(), runnel_log::Compression::None);
+        }
+        assert_eq!(headers_of(&rebuilt).len(), 5);
+    }
+
+    #[test]
+    fn a_read_from_an_offset_skips_row_groups_and_batches_before_it() {
+        let sizes = vec![1000; 40];
+        let original = stored(&sizes);
+        let encoded = encode(&original).unwrap();
+        let builder = ParquetRecordBatchReaderBuilder::try_new(encoded.parquet.clone()).unwrap();
+        let groups = builder.metadata().num_row_groups();
+        assert_eq!(groups, 40_000usize.div_ceil(ROW_GROUP_ROWS));
+        assert_eq!(row_groups_from(&builder, 35_000).len(), 1);
+        let rebuilt = decode(encoded.parquet, 35_500, usize::MAX)
+            .unwrap()
+            .concat();
+        // Whole batches: from the one holding 35,500.
+        assert_eq!(headers_of(&rebuilt)[0].base_offset, 35_000);
+        assert_eq!(records_of(&rebuilt, 35_500), records_of(&original, 35_500));
+    }
+
+    #[test]
+    fn a_read_stops_after_about_max_bytes_of_whole_batches() {
+        let original = stored(&[100; 10]);
+        let encoded = encode(&original).unwrap();
+        let one = decode(encoded.parquet.clone(), 0, 1).unwrap();
+        assert_eq!(
+            one.len(),
+            1,
+            "at least one batch, and no more past the limit"
+        );
+        let all = decode(encoded.parquet, 0, usize::MAX).unwrap();
+        assert_eq!(all.len(), 10);
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_segment_file_are_refused() {
+        assert!(decode(Bytes::from_static(b"not parquet at all"), 0, 1).is_err());
+        let truncated = stored(&[3]);
+        assert!(encode(&truncated[..truncated.len() - 1]).is_err());
+    }
+}

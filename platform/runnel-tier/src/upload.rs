@@ -1,0 +1,344 @@
+//! Uploading sealed segments: by the partition's leader, each sealed segment whose records
+//! are all below the high watermark, in offset order, as one Parquet file; then a new
+//! manifest version that lists it.
+//!
+//! # Failure behaviour
+//! A failed upload (the store unreachable, a 5xx, a lost response) leaves the manifest as
+//! it was: the partition is tried again after a backoff that doubles up to
+//! [`MAX_BACKOFF`], with jitter, and the other partitions go on. A file put without its
+//! manifest version is put again under the same key. Local data is never touched here.
+//! Compacted topics are not tiered (compaction rewrites sealed segments), nor internal
+//! topics (`__…`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
+use runnel_log::batch::batch_positions;
+use runnel_log::{PartitionLog, SegmentInfo};
+use tokio_util::sync::CancellationToken;
+
+use crate::columnar;
+use crate::manifest::{Manifest, RemoteSegment};
+use crate::{PartitionPaths, TierError};
+
+/// How often the loop looks for segments to upload.
+pub const UPLOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// Backoff of a partition whose upload failed: doubling from the first, up to the last.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Bytes read from the log at a time while collecting a segment.
+const READ_BYTES: usize = 8 << 20;
+
+/// A partition this node leads, to upload.
+pub struct UploadTarget {
+    pub topic: String,
+    pub partition: i32,
+    pub log: Arc<PartitionLog>,
+    pub leader_epoch: i32,
+}
+
+/// Counters of the uploads, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct TierMetrics {
+    pub uploads: AtomicU64,
+    pub uploaded_bytes: AtomicU64,
+    pub uploaded_segment_bytes: AtomicU64,
+    pub upload_errors: AtomicU64,
+    /// Total time spent in successful uploads, in microseconds.
+    pub upload_micros: AtomicU64,
+    /// Sealed, committed segments not uploaded yet, at the last pass: count and bytes.
+    pub lag_segments: AtomicU64,
+    pub lag_bytes: AtomicU64,
+}
+
+/// A partition's state between passes.
+struct PartitionState {
+    manifest: Option<Manifest>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// Uploads the sealed segments of the partitions it is given.
+pub struct Uploader {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    metrics: Arc<TierMetrics>,
+    partitions: Mutex<HashMap<(String, i32), PartitionState>>,
+}
+
+impl Uploader {
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, metrics: Arc<TierMetrics>) -> Uploader {
+        Uploader {
+            store,
+            prefix: prefix.to_string(),
+            metrics,
+            partitions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn metrics(&self) -> Arc<TierMetrics> {
+        self.metrics.clone()
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn paths(&self, topic: &str, partition: i32) -> PartitionPaths {
+        PartitionPaths::new(&self.prefix, topic, partition)
+    }
+
+    /// Whether a partition of `topic` is tiered at all.
+    pub fn tiers(target: &UploadTarget) -> bool {
+        let config = target.log.config();
+        config.remote_storage_enable
+            && !config.cleanup_policy.compact
+            && !target.topic.starts_with("__")
+    }
+
+    /// Passes over `targets()` every [`UPLOAD_INTERVAL`] until `stop`.
+    pub async fn run(
+        self: Arc<Self>,
+        targets: impl Fn() -> Vec<UploadTarget>,
+        stop: CancellationToken,
+    ) {
+        while !stop.is_cancelled() {
+            let targets = targets();
+            self.pass(&targets, &stop).await;
+            tokio::select! {
+                _ = tokio::time::sleep(UPLOAD_INTERVAL) => {}
+                _ = stop.cancelled() => {}
+            }
+        }
+    }
+
+    /// One pass: uploads what is ready in each target not backing off, and updates the
+    /// lag gauges.
+    pub async fn pass(&self, targets: &[UploadTarget], stop: &CancellationToken) {
+        let (mut lag_segments, mut lag_bytes) = (0u64, 0u64);
+        for target in targets.iter().filter(|t| Self::tiers(t)) {
+            if stop.is_cancelled() {
+                return;
+            }
+            let key = (target.topic.clone(), target.partition);
+            let waiting = self
+                .partitions
+                .lock()
+                .ok()
+                .and_then(|p| p.get(&key).and_then(|s| s.retry_at))
+                .is_some_and(|at| Instant::now() < at);
+            if !waiting {
+                match self.upload_ready(target).await {
+                    Ok(_) => self.succeeded(&key),
+                    Err(error) => {
+                        self.metrics.upload_errors.fetch_add(1, Ordering::Relaxed);
+                        let backoff = self.failed(&key);
+                        tracing::warn!(
+                            topic = %target.topic, partition = target.partition, %error,
+                            "tiering a segment failed; retrying in {backoff:?}"
+                        );
+                    }
+                }
+            }
+            let uploaded_end = self.uploaded_end(&key);
+            for segment in ready_segments(&target.log, uploaded_end) {
+                lag_segments += 1;
+                lag_bytes += segment.size;
+            }
+        }
+        self.metrics
+            .lag_segments
+            .store(lag_segments, Ordering::Relaxed);
+        self.metrics.lag_bytes.store(lag_bytes, Ordering::Relaxed);
+    }
+
+    fn uploaded_end(&self, key: &(String, i32)) -> u64 {
+        self.partitions
+            .lock()
+            .ok()
+            .and_then(|p| {
+                p.get(key)
+                    .and_then(|s| s.manifest.as_ref().map(Manifest::uploaded_end))
+            })
+            .unwrap_or(0)
+    }
+
+    fn succeeded(&self, key: &(String, i32)) {
+        if let Ok(mut partitions) = self.partitions.lock()
+            && let Some(state) = partitions.get_mut(key)
+        {
+            state.failures = 0;
+            state.retry_at = None;
+        }
+    }
+
+    /// Records a failure; the backoff until the next attempt.
+    fn failed(&self, key: &(String, i32)) -> Duration {
+        let Ok(mut partitions) = self.partitions.lock() else {
+            return MAX_BACKOFF;
+        };
+        let state = partitions.entry(key.clone()).or_insert(PartitionState {
+            manifest: None,
+            failures: 0,
+            retry_at: None,
+        });
+        let doubled = FIRST_BACKOFF.saturating_mul(1 << state.failures.min(8));
+        state.failures = state.failures.saturating_add(1);
+        // Jitter of up to a quarter, so partitions failing together do not retry together.
+        let jitter = doubled.mul_f64(0.25 * pseudo_random());
+        let backoff = (doubled + jitter).min(MAX_BACKOFF);
+        state.retry_at = Some(Instant::now() + backoff);
+        // The manifest is loaded again: the failure may have been a lost response.
+        state.manifest = None;
+        backoff
+    }
+
+    /// Uploads every segment of `target` ready to go, in order; how many.
+    pub async fn upload_ready(&self, target: &UploadTarget) -> Result<usize, TierError> {
+        let key = (target.topic.clone(), target.partition);
+        let paths = self.paths(&target.topic, target.partition);
+        let mut manifest = match self.cached_manifest(&key) {
+            Some(manifest) => manifest,
+            None => Manifest::load(&self.store, &paths)
+                .await?
+                .unwrap_or_else(|| {
+                    Manifest::empty(&target.topic, target.partition, target.log.topic_id())
+                }),
+        };
+        self.cache_manifest(&key, manifest.clone());
+        let mut uploaded = 0;
+        for segment in ready_segments(&target.log, manifest.uploaded_end()) {
+            let started = Instant::now();
+            let batches = read_segment(&target.log, &segment).await?;
+            let encoded = tokio::task::spawn_blocking(move || columnar::encode(&batches))
+                .await
+                .map_err(|e| TierError::Format(format!("the encoding thread failed: {e}")))??;
+            let last = segment.next_offset - 1;
+            let object = paths.segment(segment.base_offset, last, target.leader_epoch);
+            let size = encoded.parquet.len() as u64;
+            self.store
+                .put(&object, PutPayload::from(encoded.parquet))
+                .await?;
+            let mut next = manifest.clone();
+            next.segments.push(RemoteSegment {
+                base_offset: segment.base_offset,
+                last_offset: last,
+                leader_epoch: target.leader_epoch,
+                key: object.to_string(),
+                size,
+                segment_size: segment.size,
+                records: encoded.records,
+                max_timestamp: encoded.max_timestamp,
+            });
+            if next.store_next(&self.store, &paths).await?.is_err() {
+                // Another leader wrote this version: start again from its manifest.
+                self.forget_manifest(&key);
+                return Err(TierError::Manifest(format!(
+                    "version {} of {}-{} was written by another leader",
+                    manifest.version + 1,
+                    target.topic,
+                    target.partition
+                )));
+            }
+            manifest = next;
+            self.cache_manifest(&key, manifest.clone());
+            uploaded += 1;
+            self.metrics.uploads.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .uploaded_bytes
+                .fetch_add(size, Ordering::Relaxed);
+            self.metrics
+                .uploaded_segment_bytes
+                .fetch_add(segment.size, Ordering::Relaxed);
+            self.metrics
+                .upload_micros
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            tracing::debug!(topic = %target.topic, partition = target.partition, key = %object, "tiered a segment");
+        }
+        Ok(uploaded)
+    }
+
+    fn cached_manifest(&self, key: &(String, i32)) -> Option<Manifest> {
+        self.partitions
+            .lock()
+            .ok()?
+            .get(key)
+            .and_then(|s| s.manifest.clone())
+    }
+
+    fn cache_manifest(&self, key: &(String, i32), manifest: Manifest) {
+        if let Ok(mut partitions) = self.partitions.lock() {
+            partitions
+                .entry(key.clone())
+                .or_insert(PartitionState {
+                    manifest: None,
+                    failures: 0,
+                    retry_at: None,
+                })
+                .manifest = Some(manifest);
+        }
+    }
+
+    fn forget_manifest(&self, key: &(String, i32)) {
+        if let Ok(mut partitions) = self.partitions.lock()
+            && let Some(state) = partitions.get_mut(key)
+        {
+            state.manifest = None;
+        }
+    }
+}
+
+/// The sealed segments holding only committed records after `uploaded_end`, in order.
+fn ready_segments(log: &PartitionLog, uploaded_end: u64) -> Vec<SegmentInfo> {
+    let high_watermark = log.high_watermark();
+    log.segments()
+        .into_iter()
+        .filter(|s| {
+            s.sealed
+                && s.next_offset > s.base_offset
+                && s.next_offset <= high_watermark
+                && s.base_offset >= uploaded_end
+        })
+        .collect()
+}
+
+/// The whole batches of one sealed segment, read through the log.
+async fn read_segment(log: &PartitionLog, segment: &SegmentInfo) -> Result<Bytes, TierError> {
+    let mut bytes = Vec::with_capacity(segment.size as usize);
+    let mut offset = segment.base_offset;
+    while offset < segment.next_offset {
+        let read = log.read(offset, READ_BYTES).await?;
+        if read.records.is_empty() {
+            return Err(TierError::Format(format!(
+                "the segment at {} ends at {offset}, before its next offset {}",
+                segment.base_offset, segment.next_offset
+            )));
+        }
+        let mut taken = 0;
+        for (position, header) in batch_positions(&read.records) {
+            let last = header.last_offset().max(0) as u64;
+            if last >= segment.next_offset {
+                break;
+            }
+            taken = position + header.total_len() as usize;
+            offset = last + 1;
+        }
+        if taken == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&read.records[..taken]);
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// A number in [0, 1) good enough for jitter, without a dependency.
+fn pseudo_random() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    f64::from(nanos % 1000) / 1000.0
+}
