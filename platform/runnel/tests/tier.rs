@@ -43,14 +43,27 @@ fn manifest(partition_dir: &Path) -> Option<serde_json::Value> {
     serde_json::from_str(&text).ok()
 }
 
+/// The base offset of a partition's active (newest) local segment.
+fn active_base(data: &Path, topic: &str, partition: usize) -> u64 {
+    let dir = data.join(format!("partitions/{topic}-{partition}"));
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".log")?.parse::<u64>().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 #[test]
 fn sealed_segments_are_uploaded_as_parquet_that_pyarrow_reads_back_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let node = Node::start(dir.path(), &as_strs(&dev_args(&data)));
     let kafka = node.kafka.unwrap();
-    // Small segments, so a few thousand records seal several; one compacted and one
-    // untiered topic, which must not be uploaded.
+    // Small segments, so a few thousand records seal many; and an untiered topic, which
+    // must not be uploaded.
     cli(
         &node,
         dir.path(),
@@ -61,7 +74,7 @@ fn sealed_segments_are_uploaded_as_parquet_that_pyarrow_reads_back_exactly() {
             "-p",
             "2",
             "--config",
-            "segment.bytes=16384",
+            "segment.bytes=4096",
         ],
     );
     cli(
@@ -72,12 +85,21 @@ fn sealed_segments_are_uploaded_as_parquet_that_pyarrow_reads_back_exactly() {
             "create",
             "local-only",
             "--config",
-            "segment.bytes=16384",
+            "segment.bytes=4096",
             "--config",
             "remote.storage.enable=false",
         ],
     );
-    finish(produce_keyed(kafka, "events", 0, 3000));
+    // Six rounds, each flushed: at least one batch of about 9 KiB per partition and
+    // round, so each partition seals at least five segments however the client batches.
+    for round in 0..6 {
+        finish(produce_keyed(
+            kafka,
+            "events",
+            round * 500,
+            (round + 1) * 500,
+        ));
+    }
     finish(produce_keyed(kafka, "local-only", 0, 1000));
 
     let topic_dir = data.join("objects/topics/events");
@@ -91,13 +113,28 @@ fn sealed_segments_are_uploaded_as_parquet_that_pyarrow_reads_back_exactly() {
         .unwrap()
     };
     let described = describe("events");
-    wait_for(UPLOADED, "every sealed segment of events uploaded", || {
+    // Uploaded: each manifest ends where the partition's active local segment begins.
+    let uploaded = || {
         (0..2).all(|p| {
             manifest(&topic_dir.join(format!("partition={p}")))
-                .and_then(|m| m["segments"].as_array().map(Vec::len))
-                .is_some_and(|n| n >= 2)
+                .and_then(|m| m["segments"].as_array()?.last()?["last_offset"].as_u64())
+                .is_some_and(|last| last + 1 == active_base(&data, "events", p))
         })
-    });
+    };
+    let deadline = std::time::Instant::now() + UPLOADED;
+    while !uploaded() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sealed segments of events were not uploaded in {UPLOADED:?}; topic: {}\nnode:\n{}",
+            cli(
+                &node,
+                dir.path(),
+                &["topic", "describe", "events", "-o", "json"]
+            ),
+            node.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let records = read_parquet(&topic_dir);
     assert!(
         records.len() > 1000,
@@ -121,6 +158,7 @@ fn sealed_segments_are_uploaded_as_parquet_that_pyarrow_reads_back_exactly() {
     for p in 0..2 {
         let manifest = manifest(&topic_dir.join(format!("partition={p}"))).unwrap();
         let segments = manifest["segments"].as_array().unwrap();
+        assert!(segments.len() >= 5, "partition {p}: {manifest}");
         let last = segments.last().unwrap()["last_offset"].as_u64().unwrap();
         assert_eq!(last + 1, next[p], "partition {p}: {manifest}");
         let high_watermark = described["partitions"][p]["high_watermark"]
@@ -136,14 +174,16 @@ fn sealed_segments_are_uploaded_as_parquet_that_pyarrow_reads_back_exactly() {
     assert!(!data.join("objects/topics/local-only").exists());
     assert!(!data.join("objects/topics/__consumer_offsets").exists());
 
+    // The counters show the uploads; the lag gauge, set at the end of each pass, falls to 0.
     let metrics = node.get("/metrics").body;
     let uploads = metrics
         .lines()
         .find_map(|l| l.strip_prefix("runnel_tier_uploads_total "))
         .unwrap_or_else(|| panic!("no runnel_tier_uploads_total:\n{metrics}"));
-    assert!(uploads.parse::<u64>().unwrap() >= 4, "{uploads}");
-    assert!(
-        metrics.contains("runnel_tier_upload_lag_segments 0"),
-        "{metrics}"
-    );
+    assert!(uploads.parse::<u64>().unwrap() >= 10, "{uploads}");
+    wait_for(UPLOADED, "the upload lag gauge at 0", || {
+        node.get("/metrics")
+            .body
+            .contains("runnel_tier_upload_lag_segments 0\n")
+    });
 }
