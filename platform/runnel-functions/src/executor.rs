@@ -675,8 +675,14 @@ impl Executor {
     /// A failed batch's records for the dead-letter topic, with why and where from.
     fn dead_letters(&self, buffer: &[u8], error: &FunctionError) -> Outbox {
         let mut outbox = Outbox::new(vec![dlq_topic_of(&self.spec.name)]);
-        let Ok(batch) = runnel_abi::Batch::parse(buffer) else {
-            return outbox;
+        let batch = match runnel_abi::Batch::parse(buffer) {
+            Ok(batch) => batch,
+            Err(parse) => {
+                // The host built this buffer: it fails to parse only if the encoding itself
+                // is broken, and then nothing can be dead-lettered.
+                tracing::error!(function = %self.spec.name, %parse, %error, "a failed batch cannot be dead-lettered");
+                return outbox;
+            }
         };
         // One line: a trap's message carries a multi-line backtrace.
         let message = error

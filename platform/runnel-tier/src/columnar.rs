@@ -91,7 +91,6 @@ fn header_fields() -> Fields {
 }
 
 /// Columns being filled, one row per record.
-#[derive(Default)]
 struct Columns {
     offset: Int64Builder,
     timestamp: TimestampMillisecondBuilder,
@@ -114,11 +113,32 @@ struct Columns {
 }
 
 impl Columns {
-    fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, TierError> {
-        let mut header_offsets = std::mem::take(&mut self.header_offsets);
-        if header_offsets.is_empty() {
-            header_offsets.push(0);
+    fn new() -> Columns {
+        Columns {
+            offset: Int64Builder::new(),
+            timestamp: TimestampMillisecondBuilder::new(),
+            key: BinaryBuilder::new(),
+            value: BinaryBuilder::new(),
+            // Offsets into the header columns: one more than there are rows, from 0.
+            header_offsets: vec![0],
+            header_keys: StringBuilder::new(),
+            header_values: BinaryBuilder::new(),
+            timestamp_delta: Int64Builder::new(),
+            base_offset: Int64Builder::new(),
+            last_offset_delta: Int32Builder::new(),
+            base_timestamp: Int64Builder::new(),
+            max_timestamp: Int64Builder::new(),
+            leader_epoch: Int32Builder::new(),
+            attributes: Int16Builder::new(),
+            producer_id: Int64Builder::new(),
+            producer_epoch: Int16Builder::new(),
+            base_sequence: Int32Builder::new(),
+            rows: 0,
         }
+    }
+
+    fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, TierError> {
+        let header_offsets = std::mem::replace(&mut self.header_offsets, vec![0]);
         let headers = StructArray::try_new(
             header_fields(),
             vec![
@@ -169,7 +189,7 @@ pub fn encode(batches: &[u8]) -> Result<EncodedSegment, TierError> {
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .build();
     let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(properties))?;
-    let mut columns = Columns::default();
+    let mut columns = Columns::new();
     let mut records = 0u64;
     let mut offsets: Option<(u64, u64)> = None;
     let mut max_timestamp = i64::MIN;
@@ -194,9 +214,6 @@ pub fn encode(batches: &[u8]) -> Result<EncodedSegment, TierError> {
             columns.timestamp.append_value(timestamp);
             columns.key.append_option(record.key);
             columns.value.append_option(record.value);
-            if columns.header_offsets.is_empty() {
-                columns.header_offsets.push(0);
-            }
             let mut header_count = columns.header_offsets.last().copied().unwrap_or(0);
             for (key, value) in record.header_entries()? {
                 columns.header_keys.append_value(key);

@@ -56,6 +56,7 @@ pub struct TierMetrics {
 }
 
 /// A partition's state between passes.
+#[derive(Default)]
 struct PartitionState {
     manifest: Option<Manifest>,
     failures: u32,
@@ -181,11 +182,7 @@ impl Uploader {
         let Ok(mut partitions) = self.partitions.lock() else {
             return MAX_BACKOFF;
         };
-        let state = partitions.entry(key.clone()).or_insert(PartitionState {
-            manifest: None,
-            failures: 0,
-            retry_at: None,
-        });
+        let state = partitions.entry(key.clone()).or_default();
         let doubled = FIRST_BACKOFF.saturating_mul(1 << state.failures.min(8));
         state.failures = state.failures.saturating_add(1);
         // Jitter of up to a quarter, so partitions failing together do not retry together.
@@ -203,13 +200,16 @@ impl Uploader {
         let paths = self.paths(&target.topic, target.partition);
         let mut manifest = match self.cached_manifest(&key) {
             Some(manifest) => manifest,
-            None => Manifest::load(&self.store, &paths)
-                .await?
-                .unwrap_or_else(|| {
-                    Manifest::empty(&target.topic, target.partition, target.log.topic_id())
-                }),
+            None => {
+                let loaded = Manifest::load(&self.store, &paths)
+                    .await?
+                    .unwrap_or_else(|| {
+                        Manifest::empty(&target.topic, target.partition, target.log.topic_id())
+                    });
+                self.cache_manifest(&key, loaded.clone());
+                loaded
+            }
         };
-        self.cache_manifest(&key, manifest.clone());
         let mut uploaded = 0;
         for segment in ready_segments(&target.log, manifest.uploaded_end()) {
             let started = Instant::now();
@@ -272,14 +272,7 @@ impl Uploader {
 
     fn cache_manifest(&self, key: &(String, i32), manifest: Manifest) {
         if let Ok(mut partitions) = self.partitions.lock() {
-            partitions
-                .entry(key.clone())
-                .or_insert(PartitionState {
-                    manifest: None,
-                    failures: 0,
-                    retry_at: None,
-                })
-                .manifest = Some(manifest);
+            partitions.entry(key.clone()).or_default().manifest = Some(manifest);
         }
     }
 
