@@ -184,9 +184,11 @@ async fn run(dir: &Path, config: TopicConfig, ops: Vec<Op>) {
                 let mut new_start = model.log_start;
                 if config.cleanup_policy.delete {
                     for segment in segments.iter().filter(|s| s.sealed) {
-                        let expired = config
-                            .retention_ms
-                            .is_some_and(|limit| now - segment.max_timestamp > limit as i64);
+                        // An empty segment (compaction can leave one) holds nothing
+                        // to keep once any time limit is set.
+                        let expired = config.retention_ms.is_some_and(|limit| {
+                            segment.size == 0 || now - segment.max_timestamp > limit as i64
+                        });
                         let oversize = config
                             .retention_bytes
                             .is_some_and(|limit| total - segment.size >= limit);
@@ -250,6 +252,42 @@ async fn run(dir: &Path, config: TopicConfig, ops: Vec<Op>) {
         check_whole_log(&log, &model).await;
     }
     log.close().await.expect("close");
+}
+
+/// Found by the property test: compaction empties the first segment (a lone expired
+/// tombstone), and retention then removes the empty segment, moving the log start.
+#[test]
+fn retention_removes_a_segment_compaction_emptied() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = TopicConfig {
+        segment_bytes: 200,
+        index_interval_bytes: 1,
+        cleanup_policy: CleanupPolicy {
+            delete: true,
+            compact: true,
+        },
+        retention_ms: Some(2000),
+        retention_bytes: None,
+        delete_retention_ms: 0,
+        ..TopicConfig::default()
+    };
+    let ops = vec![
+        Op::Append {
+            records: vec![(None, None, 0)],
+            durable: false,
+        },
+        Op::Append {
+            records: vec![(None, Some(24), 0), (None, Some(108), 0)],
+            durable: false,
+        },
+        Op::Compact { advance: 0 },
+        Op::Retention { advance: 0 },
+    ];
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run(dir.path(), config, ops));
 }
 
 proptest! {
