@@ -3,6 +3,7 @@
 //! `runnel-bench kafka` (see [`kafka`]) drives a real node through the Kafka protocol with
 //! librdkafka; `runnel-bench grpc` (see [`grpc`]) runs the same workload through the gRPC
 //! API beside it. `runnel-bench functions` (see [`functions`]) measures the Wasm boundary.
+//! `runnel-bench tier` (see [`tier`]) measures tiered storage against the local log.
 //!
 //! `runnel-bench log` measures the partition log against the disk itself: it appends the
 //! same bytes (1 KiB records in batches of 16 KiB and 1 MiB) to a `PartitionLog` and, in the
@@ -26,6 +27,7 @@ use runnel_log::{BatchBuilder, LogMetrics, NewRecord, PartitionLog};
 mod functions;
 mod grpc;
 mod kafka;
+mod tier;
 
 #[derive(Parser)]
 #[command(
@@ -74,6 +76,10 @@ enum Benchmark {
     /// The Wasm boundary: batches through a transform component against the same work
     /// done natively, in one run.
     Functions(functions::FunctionsOptions),
+    /// Tiered storage on the same data in one run: upload MB/s, cold reads (row groups
+    /// fetched and rebuilt) and cached reads against hot reads of the local log, and the
+    /// Parquet size against the segments'.
+    Tier(tier::TierOptions),
 }
 
 const RECORD_BYTES: usize = 1024;
@@ -118,6 +124,7 @@ fn main() -> Result<()> {
         }
         Benchmark::Kafka(options) => kafka::run(&options, &[kafka::Protocol::Kafka]),
         Benchmark::Functions(options) => functions::run(&options),
+        Benchmark::Tier(options) => tier::run(&options),
         Benchmark::Grpc(options) => {
             kafka::run(&options, &[kafka::Protocol::Kafka, kafka::Protocol::Grpc])
         }

@@ -9,7 +9,7 @@ pub mod topic;
 
 pub use node::{
     BrokerSection, ConfigError, ConfigProblem, ControllerSection, ListenerSection, Loaded,
-    LogSection, NODE_CONFIG_KEYS, NodeConfig, NodeSection,
+    LogSection, NODE_CONFIG_KEYS, NodeConfig, NodeSection, TierSection,
 };
 pub use topic::{
     CleanupPolicy, TOPIC_CONFIG_KEYS, TimestampType, TopicConfig, TopicConfigError,

@@ -76,6 +76,15 @@ pub const NODE_CONFIG_KEYS: &[&str] = &[
     "log.cleaner_interval_ms",
     "log.producer_id_expiration_ms",
     "log.remote_storage_enable",
+    "tier.url",
+    "tier.endpoint",
+    "tier.region",
+    "tier.access_key_id",
+    "tier.secret_access_key",
+    "tier.virtual_hosted_style",
+    "tier.allow_http",
+    "tier.request_timeout_ms",
+    "tier.cache_bytes",
 ];
 
 /// The prefix of the environment variables that set node configuration keys.
@@ -169,6 +178,103 @@ pub struct NodeConfig {
     pub broker: BrokerSection,
     /// `[log]`: defaults for every topic and the log manager's schedule.
     pub log: LogSection,
+    /// `[tier]`: the object store of tiered storage.
+    pub tier: TierSection,
+}
+
+/// `[tier]`: where tiered storage (and deployed function components) live. The default is
+/// the directory `<data dir>/objects`; an S3-compatible store is `tier.url = "s3://…"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TierSection {
+    /// `tier.url`: empty (the default) for `<data dir>/objects`, `file:///absolute/dir` for
+    /// another directory, or `s3://bucket/prefix` (the prefix may be empty).
+    pub url: String,
+    /// `tier.endpoint`: the S3 endpoint, e.g. `http://127.0.0.1:9000` for MinIO; unset for
+    /// AWS (or `AWS_ENDPOINT_URL`).
+    pub endpoint: Option<String>,
+    /// `tier.region`: unset for `AWS_REGION`/`AWS_DEFAULT_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+    /// `tier.access_key_id` and `tier.secret_access_key`: unset for the usual AWS
+    /// environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, …).
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// `tier.virtual_hosted_style`: address the bucket as `bucket.endpoint` rather than
+    /// `endpoint/bucket` (path style, which MinIO and most local servers want). Default
+    /// `false`.
+    pub virtual_hosted_style: bool,
+    /// `tier.allow_http`: allow a plain `http://` endpoint (local stacks). Default `false`.
+    pub allow_http: bool,
+    /// `tier.request_timeout_ms`: the timeout of one request to the store, at least 1.
+    /// Default `30000`.
+    pub request_timeout_ms: u64,
+    /// `tier.cache_bytes`: the disk cache of batches rebuilt from tiered segments, under
+    /// `<data dir>/tier-cache`. Default `1073741824` (1 GiB); `0` caches nothing.
+    pub cache_bytes: u64,
+}
+
+impl Default for TierSection {
+    fn default() -> Self {
+        TierSection {
+            url: String::new(),
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            virtual_hosted_style: false,
+            allow_http: false,
+            request_timeout_ms: 30_000,
+            cache_bytes: 1 << 30,
+        }
+    }
+}
+
+impl TierSection {
+    fn problems(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        let url = self.url.as_str();
+        if let Some(rest) = url.strip_prefix("s3://") {
+            if rest.split('/').next().is_none_or(str::is_empty) {
+                problems.push(ConfigProblem {
+                    key: "tier.url".into(),
+                    reason: format!("`{url}` names no bucket: use s3://bucket/prefix"),
+                });
+            }
+        } else if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                problems.push(ConfigProblem {
+                    key: "tier.url".into(),
+                    reason: format!("`{url}` is not an absolute path: use file:///dir"),
+                });
+            }
+        } else if !url.is_empty() {
+            problems.push(ConfigProblem {
+                key: "tier.url".into(),
+                reason: format!("`{url}` is neither empty, file:///dir nor s3://bucket/prefix"),
+            });
+        }
+        if let Some(endpoint) = &self.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            problems.push(ConfigProblem {
+                key: "tier.endpoint".into(),
+                reason: format!("`{endpoint}` must start with http:// or https://"),
+            });
+        }
+        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+            problems.push(ConfigProblem {
+                key: "tier.access_key_id".into(),
+                reason: "set both tier.access_key_id and tier.secret_access_key, or neither".into(),
+            });
+        }
+        if self.request_timeout_ms == 0 {
+            problems.push(ConfigProblem {
+                key: "tier.request_timeout_ms".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        problems
+    }
 }
 
 /// `[controller]`: the Raft quorum that owns the cluster metadata.
@@ -522,6 +628,7 @@ impl Default for NodeConfig {
             controller: ControllerSection::default(),
             broker: BrokerSection::default(),
             log: LogSection::default(),
+            tier: TierSection::default(),
         }
     }
 }
@@ -677,6 +784,7 @@ impl NodeConfig {
         }
 
         problems.extend(self.log.problems());
+        problems.extend(self.tier.problems());
 
         if let Err(reason) = self.controller.voters() {
             problems.push(ConfigProblem {

@@ -109,9 +109,10 @@ fn log_code(error: &LogError) -> i16 {
         LogError::InvalidTopicName(_) => INVALID_TOPIC_EXCEPTION,
         // Retriable on the client: the partition may come back (reopened, or led elsewhere).
         LogError::Closed => NOT_LEADER_OR_FOLLOWER,
-        LogError::CorruptSegment { .. } | LogError::Io { .. } | LogError::Offline { .. } => {
-            KAFKA_STORAGE_ERROR
-        }
+        LogError::CorruptSegment { .. }
+        | LogError::Io { .. }
+        | LogError::Offline { .. }
+        | LogError::Remote(_) => KAFKA_STORAGE_ERROR,
     }
 }
 

@@ -39,6 +39,10 @@ pub enum LogError {
     InvalidTopicName(String),
     #[error("partition log is closed")]
     Closed,
+    /// Tiered storage could not serve or report records; nothing wrong was returned, and
+    /// asking again may succeed.
+    #[error("tiered storage: {0}")]
+    Remote(String),
     /// An idempotent producer's batch does not follow its previous one; nothing was written.
     #[error("producer {producer_id}: expected sequence {expected}, received {received}")]
     OutOfOrderSequence {
@@ -68,7 +72,7 @@ impl LogError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            LogError::Offline { .. } | LogError::Closed | LogError::Io { .. }
+            LogError::Offline { .. } | LogError::Closed | LogError::Io { .. } | LogError::Remote(_)
         )
     }
 }

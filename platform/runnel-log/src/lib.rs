@@ -23,6 +23,7 @@ mod manager;
 mod metrics;
 mod partition;
 pub mod producers;
+pub mod remote;
 mod segment;
 
 pub use batch::{BatchBuilder, BatchEncoder, BatchError, BatchHeader, NewRecord};
@@ -36,3 +37,4 @@ pub use metrics::LogMetrics;
 pub use partition::{
     Appended, PartitionLog, PendingAppend, ReadResult, RetentionOutcome, SegmentInfo, now_ms,
 };
+pub use remote::{Remote, RemoteLog, RemoteRead};

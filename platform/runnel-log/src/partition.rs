@@ -43,6 +43,7 @@ use crate::batch::{self, BatchHeader};
 use crate::error::LogError;
 use crate::metrics::LogMetrics;
 use crate::producers::{self, ProducerStates, SequenceCheck};
+use crate::remote::{self, Remote};
 use crate::segment::{self, Segment};
 
 const CLEAN_SHUTDOWN_MARKER: &str = ".clean-shutdown";
@@ -58,6 +59,9 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 const MAX_GROUP_APPENDS: usize = 1024;
 const MAX_GROUP_BYTES: usize = 16 << 20;
 const COMMAND_QUEUE: usize = 1024;
+/// How long an append to a tiered partition opened empty waits for tiered storage to
+/// report what it holds (see [`crate::remote`]) before failing with a retriable error.
+const REMOTE_WAIT: Duration = Duration::from_secs(10);
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -138,6 +142,12 @@ pub(crate) struct Shared {
     topic_id: Mutex<Option<String>>,
     /// Serializes retention and compaction, which both replace sealed segments.
     pub maintenance: Mutex<()>,
+    /// What tiered storage holds below the local log, once it said (see [`crate::remote`]).
+    remote: RwLock<Option<Remote>>,
+    /// True while a tiered partition opened empty waits for its remote: appends wait.
+    awaiting_remote: watch::Sender<bool>,
+    /// The start DeleteRecords recorded: nothing below it is served, remote or local.
+    deleted_below: AtomicU64,
     /// Held around every fsync and the offline check after it. Linux reports a writeback
     /// error to only one of the fsyncs that follow it, so when the writer and the syncer
     /// both fsync, the one that did not see the error must see the partition offline.
@@ -179,6 +189,40 @@ impl Shared {
     }
 
     /// Takes the partition offline for good (until reopened); returns the error to report.
+    /// The topic's name, from the directory's (`<topic>-<partition>`).
+    fn topic(&self) -> &str {
+        self.dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.rsplit_once('-'))
+            .map_or("", |(topic, _)| topic)
+    }
+
+    fn tiered(&self, config: &TopicConfig) -> bool {
+        remote::is_tiered(self.topic(), config)
+    }
+
+    /// The attached remote, if it reaches the local log start (so the two tiers hold one
+    /// run of offsets); with a gap between them only the local log is served.
+    fn joined_remote(&self, local_start: u64) -> Option<Remote> {
+        let remote = self.remote.read().unwrap_or_else(|e| e.into_inner());
+        remote
+            .as_ref()
+            .filter(|r| r.start < local_start && r.end >= local_start)
+            .cloned()
+    }
+
+    /// The first offset served: the remote start if the remote joins the local log, or the
+    /// local log start; never below what DeleteRecords removed.
+    fn global_start(&self, local_start: u64) -> u64 {
+        let start = self
+            .joined_remote(local_start)
+            .map_or(local_start, |r| r.start);
+        start
+            .max(self.deleted_below.load(Ordering::Acquire))
+            .min(local_start)
+    }
+
     pub fn go_offline(&self, error: LogError) -> LogError {
         if let LogError::Offline { .. } | LogError::Closed = error {
             return error;
@@ -211,6 +255,11 @@ enum Command {
         reply: oneshot::Sender<Result<(), LogError>>,
     },
     Close {
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+    /// Empty the log and start it at `offset`.
+    StartAt {
+        offset: u64,
         reply: oneshot::Sender<Result<(), LogError>>,
     },
 }
@@ -316,6 +365,9 @@ impl PartitionLog {
         durable: bool,
     ) -> Result<PendingAppend, LogError> {
         self.shared.check_online()?;
+        if *self.shared.awaiting_remote.borrow() {
+            self.wait_for_remote().await?;
+        }
         let (reply, receive) = oneshot::channel();
         self.send(Command::Append {
             batch,
@@ -324,6 +376,16 @@ impl PartitionLog {
         })
         .await?;
         Ok(PendingAppend(receive))
+    }
+
+    async fn wait_for_remote(&self) -> Result<(), LogError> {
+        let mut attached = self.shared.awaiting_remote.subscribe();
+        match tokio::time::timeout(REMOTE_WAIT, attached.wait_for(|waiting| !*waiting)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(LogError::Remote(
+                "tiered storage has not yet reported what it holds of this partition".into(),
+            )),
+        }
     }
 
     /// fsyncs everything appended so far.
@@ -373,12 +435,56 @@ impl PartitionLog {
         receive.await.map_err(|_| LogError::Closed)?
     }
 
+    /// The first offset this partition serves: with tiered storage attached, the first it
+    /// holds remotely.
     pub fn log_start(&self) -> u64 {
+        self.shared.global_start(self.local_log_start())
+    }
+
+    /// The first offset held on local disk (Kafka's local log start).
+    pub fn local_log_start(&self) -> u64 {
         self.shared
             .segments
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .log_start
+    }
+
+    /// Attaches (or replaces) what tiered storage holds of this partition; appends waiting
+    /// for it go on. A remote ending past the local log end of a partition opened empty
+    /// (its data wiped) first moves the log's start to the remote end.
+    pub async fn set_remote(&self, remote: Remote) -> Result<(), LogError> {
+        if *self.shared.awaiting_remote.borrow() && remote.end > self.log_end() {
+            self.start_at(remote.end).await?;
+        }
+        *self
+            .shared
+            .remote
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(remote);
+        self.shared.awaiting_remote.send_replace(false);
+        Ok(())
+    }
+
+    /// What tiered storage holds of this partition, as last attached.
+    pub fn remote(&self) -> Option<Remote> {
+        self.shared
+            .remote
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether this partition goes to tiered storage (see [`crate::remote::is_tiered`]).
+    pub fn is_tiered(&self) -> bool {
+        self.shared.tiered(&self.shared.config())
+    }
+
+    /// Empties the log and starts it at `offset` (at or past the log end): the next append
+    /// gets `offset`. For a partition whose local data is gone while tiered storage still
+    /// holds offsets below `offset`.
+    pub async fn start_at(&self, offset: u64) -> Result<(), LogError> {
+        self.call(|reply| Command::StartAt { offset, reply }).await
     }
 
     pub fn log_end(&self) -> u64 {
@@ -483,13 +589,35 @@ impl PartitionLog {
     ) -> Result<ReadResult, LogError> {
         self.shared.check_online()?;
         let high_watermark = self.high_watermark();
-        let (segments, log_start) = self.shared.snapshot();
+        let (segments, local_start) = self.shared.snapshot();
+        let log_start = self.shared.global_start(local_start);
         let log_end = self.log_end();
+        if offset < local_start
+            && self.remote().is_none()
+            && self.shared.tiered(&self.shared.config())
+        {
+            // Below the local log of a tiered partition whose remote is not known yet: it
+            // may well hold the offset, so this is not out of range.
+            return Err(LogError::Remote(
+                "tiered storage has not yet reported what it holds of this partition".into(),
+            ));
+        }
         if offset < log_start || offset > log_end {
             return Err(LogError::OffsetOutOfRange {
                 offset,
                 log_start,
                 log_end,
+            });
+        }
+        if offset < local_start
+            && let Some(remote) = self.shared.joined_remote(local_start)
+        {
+            let records = remote.reader.read(offset, max_bytes, at_least_one).await?;
+            self.shared.metrics.read_bytes.inc_by(records.len() as u64);
+            return Ok(ReadResult {
+                records,
+                high_watermark,
+                log_start,
             });
         }
         let empty = ReadResult {
@@ -798,10 +926,14 @@ fn open_blocking(
         active.mark_first_append(first.min(now_ms()));
     }
     let log_end = active.next_offset();
-    let log_start = list
-        .first()
-        .map_or(0, |s| s.base_offset)
-        .max(read_log_start(&dir)?.unwrap_or(0).min(log_end));
+    let deleted_below = read_log_start(&dir)?.unwrap_or(0).min(log_end);
+    let log_start = list.first().map_or(0, |s| s.base_offset).max(deleted_below);
+    let awaiting_remote = log_end == 0
+        && dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.rsplit_once('-'))
+            .is_some_and(|(topic, _)| remote::is_tiered(topic, &config));
     let topic_id = read_topic_id(&dir)?;
     let producers = recover_producers(&dir, &list, log_end)?;
     metrics.segments.inc_by(list.len() as i64);
@@ -818,6 +950,9 @@ fn open_blocking(
         closing: std::sync::atomic::AtomicBool::new(false),
         topic_id: Mutex::new(topic_id),
         maintenance: Mutex::new(()),
+        remote: RwLock::new(None),
+        awaiting_remote: watch::Sender::new(awaiting_remote),
+        deleted_below: AtomicU64::new(deleted_below),
         sync_lock: Mutex::new(()),
         metrics,
     };
@@ -869,6 +1004,22 @@ fn enforce_retention_blocking(shared: &Shared, now_ms: i64) -> Result<RetentionO
     }
     let (list, _) = shared.snapshot();
     let high_watermark = shared.high_watermark();
+    // A tiered partition deletes locally only what the remote holds, by the local limits.
+    let tiered = shared.tiered(&config);
+    let (retention_ms, retention_bytes) = if tiered {
+        remote::local_limits(&config)
+    } else {
+        (config.retention_ms, config.retention_bytes)
+    };
+    let uploaded_end = match shared
+        .remote
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        Some(remote) => remote.end,
+        None => 0,
+    };
     let mut total: u64 = list.iter().map(|s| s.size()).sum();
     let mut doomed = Vec::new();
     // Never the active segment, and never records readers cannot see yet.
@@ -876,18 +1027,18 @@ fn enforce_retention_blocking(shared: &Shared, now_ms: i64) -> Result<RetentionO
         .iter()
         .take(list.len().saturating_sub(1))
         .take_while(|s| s.next_offset() <= high_watermark)
+        .take_while(|s| !tiered || s.next_offset() <= uploaded_end)
     {
         let newest = match segment.max_timestamp() {
             ts if ts >= 0 => ts,
             _ => segment.modified_ms().unwrap_or(now_ms),
         };
         // An empty segment (compaction can leave one) holds nothing to keep.
-        let expired = config.retention_ms.is_some_and(|limit| {
+        let expired = retention_ms.is_some_and(|limit| {
             segment.is_empty() || now_ms.saturating_sub(newest) > limit as i64
         });
-        let oversize = config
-            .retention_bytes
-            .is_some_and(|limit| total.saturating_sub(segment.size()) >= limit);
+        let oversize =
+            retention_bytes.is_some_and(|limit| total.saturating_sub(segment.size()) >= limit);
         if !expired && !oversize {
             break;
         }
@@ -926,13 +1077,20 @@ fn delete_records_blocking(shared: &Shared, before: u64) -> Result<u64, LogError
         return Err(LogError::Closed);
     }
     let (list, log_start) = shared.snapshot();
-    if before <= log_start {
-        return Ok(log_start);
+    let served_start = shared.global_start(log_start);
+    if before <= served_start {
+        return Ok(served_start);
     }
     segment::write_durably(
         &shared.dir.join(LOG_START_FILE),
         before.to_string().as_bytes(),
     )?;
+    shared.deleted_below.fetch_max(before, Ordering::AcqRel);
+    if before <= log_start {
+        // Only tiered records are below it: they are no longer served.
+        tracing::info!(partition = %shared.dir.display(), log_start = before, "remote records deleted");
+        return Ok(before);
+    }
     let doomed: Vec<_> = list
         .iter()
         .take(list.len().saturating_sub(1))
@@ -1177,6 +1335,10 @@ impl Writer {
                     closing = true;
                     replies.push(Reply::Done(reply, Ok(())));
                 }
+                Command::StartAt { offset, reply } => {
+                    let result = self.start_at(offset);
+                    replies.push(Reply::Done(reply, result));
+                }
             }
         }
         let log_end = self.shared.log_end.load(Ordering::Acquire);
@@ -1393,6 +1555,66 @@ impl Writer {
         Ok(())
     }
 
+    /// Replaces every segment by an empty one at `offset`. Records below it are served by
+    /// the remote, not refused: the start is not a DeleteRecords start.
+    fn start_at(&mut self, offset: u64) -> Result<(), LogError> {
+        self.shared.check_online()?;
+        let log_end = self.shared.log_end.load(Ordering::Acquire);
+        if offset < log_end {
+            return Err(LogError::io(
+                "start the log at a new offset",
+                std::io::Error::other(format!("offset {offset} is below the log end {log_end}")),
+            ));
+        }
+        if offset == log_end
+            && self.active.is_empty()
+            && self
+                .shared
+                .segments
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .list
+                .len()
+                == 1
+        {
+            return Ok(());
+        }
+        let _maintenance = self
+            .shared
+            .maintenance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let dir = &self.shared.dir;
+        // The new segment's base is the new start (on reopen too); the old segments are
+        // all below it, so a crash before they are gone leaves a valid log.
+        let next = Arc::new(Segment::create(dir, offset)?);
+        let old = {
+            let mut segments = self
+                .shared
+                .segments
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            segments.log_start = offset;
+            std::mem::replace(&mut segments.list, vec![next.clone()])
+        };
+        for segment in &old {
+            segment.delete_files()?;
+            self.shared.metrics.segments.dec();
+        }
+        self.shared.metrics.segments.inc();
+        segment::sync_dir(dir)
+            .map_err(|source| LogError::io(format!("fsync {}", dir.display()), source))?;
+        self.active = next;
+        self.producers = ProducerStates::default();
+        self.unflushed_records = 0;
+        self.oldest_unflushed = None;
+        self.shared.log_end.store(offset, Ordering::Release);
+        self.shared.high_watermark.send_replace(offset);
+        advance_durable_end(&self.shared, offset);
+        tracing::info!(partition = %dir.display(), start = offset, "log started at a new offset");
+        Ok(())
+    }
+
     fn close(&mut self) -> Result<(), LogError> {
         if self.shared.offline.get().is_some() {
             return Ok(()); // leave recovery to the next open
@@ -1415,6 +1637,7 @@ fn reject_closed(command: Command) {
         Command::Sync { reply }
         | Command::Roll { reply, .. }
         | Command::ExpireProducers { reply, .. }
+        | Command::StartAt { reply, .. }
         | Command::Close { reply } => drop(reply.send(Err(LogError::Closed))),
     }
 }

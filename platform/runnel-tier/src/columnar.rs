@@ -7,7 +7,7 @@
 //! rebuilt batch is uncompressed (the file is zstd-compressed as a whole instead), so its
 //! bytes and CRC differ from the stored batch's while everything a consumer sees is equal.
 //!
-//! Row groups hold [`ROW_GROUP_ROWS`] records and carry min/max statistics of every column
+//! Row groups hold about [`ROW_GROUP_ROWS`] records, ending on a batch boundary, and carry min/max statistics of every column
 //! (the page index too), so a read from an offset skips the row groups before it.
 
 use std::sync::Arc;
@@ -186,7 +186,8 @@ pub fn encode(batches: &[u8]) -> Result<EncodedSegment, TierError> {
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_statistics_enabled(EnabledStatistics::Page)
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        // Row groups are closed by hand, on batch boundaries.
+        .set_max_row_group_row_count(None)
         .build();
     let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(properties))?;
     let mut columns = Columns::new();
@@ -237,9 +238,11 @@ pub fn encode(batches: &[u8]) -> Result<EncodedSegment, TierError> {
             columns.base_sequence.append_value(header.base_sequence);
             columns.rows += 1;
             records += 1;
-            if columns.rows >= ROW_GROUP_ROWS {
-                writer.write(&columns.finish(&schema)?)?;
-            }
+        }
+        // A row group ends after a whole batch, so each rebuilds into whole batches.
+        if columns.rows >= ROW_GROUP_ROWS {
+            writer.write(&columns.finish(&schema)?)?;
+            writer.flush()?;
         }
     }
     if end != batches.len() {
@@ -295,7 +298,7 @@ pub fn decode(parquet: Bytes, from: u64, max_bytes: usize) -> Result<Vec<BytesMu
     rebuilt.finish()
 }
 
-fn check_schema(schema: &SchemaRef) -> Result<(), TierError> {
+pub(crate) fn check_schema(schema: &SchemaRef) -> Result<(), TierError> {
     match schema.metadata().get(SCHEMA_VERSION_KEY) {
         Some(version) if version == SCHEMA_VERSION => Ok(()),
         Some(version) => Err(TierError::Format(format!(
@@ -309,7 +312,7 @@ fn check_schema(schema: &SchemaRef) -> Result<(), TierError> {
 
 /// Batches being rebuilt from rows.
 #[derive(Default)]
-struct Rebuilder {
+pub(crate) struct Rebuilder {
     done: Vec<BytesMut>,
     bytes: usize,
     open: Option<(BatchHeader, BatchEncoder)>,
@@ -325,7 +328,12 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, T
 impl Rebuilder {
     /// Adds the rows of `batch` at or after `from`'s batch; false once `max_bytes` are
     /// rebuilt.
-    fn add(&mut self, batch: &RecordBatch, from: u64, max_bytes: usize) -> Result<bool, TierError> {
+    pub(crate) fn add(
+        &mut self,
+        batch: &RecordBatch,
+        from: u64,
+        max_bytes: usize,
+    ) -> Result<bool, TierError> {
         let offset = column::<Int64Array>(batch, "offset")?;
         let key = column::<BinaryArray>(batch, "key")?;
         let value = column::<BinaryArray>(batch, "value")?;
@@ -434,7 +442,7 @@ impl Rebuilder {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<Vec<BytesMut>, TierError> {
+    pub(crate) fn finish(mut self) -> Result<Vec<BytesMut>, TierError> {
         self.seal()?;
         Ok(self.done)
     }

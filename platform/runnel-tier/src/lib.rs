@@ -6,7 +6,12 @@
 //! - [`manifest`]: which files hold a partition's history, as numbered versions written
 //!   create-only, so a deposed leader cannot overwrite a newer one.
 //! - [`upload`]: the leader's loop that uploads each sealed segment at or below the high
-//!   watermark, then records it in the manifest.
+//!   watermark, then records it in the manifest; it attaches each partition's remote half
+//!   to its log and applies `retention.ms`/`retention.bytes` to the remote segments.
+//! - [`read`]: fetches below the local log start, one row group at a time, through a disk
+//!   cache of rebuilt batches.
+//! - [`store`]: the object store from configuration (a directory or an S3 endpoint), with
+//!   its startup check.
 //!
 //! # Object layout
 //! Hive-style, so a query engine reads a topic with one glob:
@@ -21,11 +26,15 @@
 
 pub mod columnar;
 pub mod manifest;
+pub mod read;
+pub mod store;
 pub mod upload;
 
 use object_store::path::Path as ObjectPath;
 
 pub use manifest::{Manifest, RemoteSegment};
+pub use read::{ReadMetrics, TierCache, TierReader};
+pub use store::{StoreConfig, open_store};
 pub use upload::{TierMetrics, UploadTarget, Uploader};
 
 /// Why a tier operation failed.

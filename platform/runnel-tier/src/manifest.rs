@@ -44,6 +44,10 @@ pub struct Manifest {
     pub topic_id: Option<String>,
     /// In offset order, not overlapping.
     pub segments: Vec<RemoteSegment>,
+    /// The offset after the last one ever uploaded, kept when retention drops every
+    /// segment (0 in manifests written before it existed).
+    #[serde(default)]
+    pub end: u64,
 }
 
 /// Another writer recorded this version first.
@@ -58,12 +62,16 @@ impl Manifest {
             partition,
             topic_id,
             segments: Vec::new(),
+            end: 0,
         }
     }
 
     /// The offset after the last uploaded one (0 with nothing uploaded).
     pub fn uploaded_end(&self) -> u64 {
-        self.segments.last().map_or(0, |s| s.last_offset + 1)
+        self.segments
+            .last()
+            .map_or(0, |s| s.last_offset + 1)
+            .max(self.end)
     }
 
     /// The highest version stored under `paths`, or `None` if there is none.

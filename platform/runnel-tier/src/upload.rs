@@ -9,6 +9,14 @@
 //! manifest version is put again under the same key. Local data is never touched here.
 //! Compacted topics are not tiered (compaction rewrites sealed segments), nor internal
 //! topics (`__…`).
+//!
+//! # Remote half and retention
+//! Each partition's manifest is attached to its log as a [`Remote`] as soon as the
+//! partition is seen (every [`ATTACH_INTERVAL`]; a partition opened empty takes no append
+//! until then) and again after every change, so fetches below the local log start are
+//! served from the files it lists and local retention may delete what it holds. Then
+//! `retention.ms` and `retention.bytes`, which span both tiers, drop the oldest remote
+//! segments from the manifest (a new version first, the files after).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,15 +26,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 use runnel_log::batch::batch_positions;
-use runnel_log::{PartitionLog, SegmentInfo};
+use runnel_log::{PartitionLog, Remote, SegmentInfo};
 use tokio_util::sync::CancellationToken;
 
 use crate::columnar;
 use crate::manifest::{Manifest, RemoteSegment};
+use crate::read::{TierCache, TierReader};
 use crate::{PartitionPaths, TierError};
 
 /// How often the loop looks for segments to upload.
 pub const UPLOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the loop looks for partitions whose manifest is not attached yet.
+pub const ATTACH_INTERVAL: Duration = Duration::from_millis(100);
 /// Backoff of a partition whose upload failed: doubling from the first, up to the last.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -48,11 +59,15 @@ pub struct TierMetrics {
     pub uploaded_bytes: AtomicU64,
     pub uploaded_segment_bytes: AtomicU64,
     pub upload_errors: AtomicU64,
+    /// Remote segments dropped by retention.
+    pub expired_segments: AtomicU64,
     /// Total time spent in successful uploads, in microseconds.
     pub upload_micros: AtomicU64,
     /// Sealed, committed segments not uploaded yet, at the last pass: count and bytes.
     pub lag_segments: AtomicU64,
     pub lag_bytes: AtomicU64,
+    /// The reads' counters, shared with the [`TierCache`].
+    pub read: Arc<crate::read::ReadMetrics>,
 }
 
 /// A partition's state between passes.
@@ -68,15 +83,22 @@ pub struct Uploader {
     store: Arc<dyn ObjectStore>,
     prefix: String,
     metrics: Arc<TierMetrics>,
+    cache: Arc<TierCache>,
     partitions: Mutex<HashMap<(String, i32), PartitionState>>,
 }
 
 impl Uploader {
-    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str, metrics: Arc<TierMetrics>) -> Uploader {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        metrics: Arc<TierMetrics>,
+        cache: Arc<TierCache>,
+    ) -> Uploader {
         Uploader {
             store,
             prefix: prefix.to_string(),
             metrics,
+            cache,
             partitions: Mutex::new(HashMap::new()),
         }
     }
@@ -95,26 +117,97 @@ impl Uploader {
 
     /// Whether a partition of `topic` is tiered at all.
     pub fn tiers(target: &UploadTarget) -> bool {
-        let config = target.log.config();
-        config.remote_storage_enable
-            && !config.cleanup_policy.compact
-            && !target.topic.starts_with("__")
+        runnel_log::remote::is_tiered(&target.topic, &target.log.config())
     }
 
-    /// Passes over `targets()` every [`UPLOAD_INTERVAL`] until `stop`.
+    /// Attaches new partitions every [`ATTACH_INTERVAL`] and passes over `targets()` every
+    /// [`UPLOAD_INTERVAL`], until `stop`.
     pub async fn run(
         self: Arc<Self>,
         targets: impl Fn() -> Vec<UploadTarget>,
         stop: CancellationToken,
     ) {
+        let mut last_pass: Option<Instant> = None;
         while !stop.is_cancelled() {
             let targets = targets();
-            self.pass(&targets, &stop).await;
+            self.attach_new(&targets).await;
+            if last_pass.is_none_or(|at| at.elapsed() >= UPLOAD_INTERVAL) {
+                self.pass(&targets, &stop).await;
+                last_pass = Some(Instant::now());
+            }
             tokio::select! {
-                _ = tokio::time::sleep(UPLOAD_INTERVAL) => {}
+                _ = tokio::time::sleep(ATTACH_INTERVAL) => {}
                 _ = stop.cancelled() => {}
             }
         }
+    }
+
+    /// Loads and attaches the manifest of every tiered target whose log has none yet.
+    pub async fn attach_new(&self, targets: &[UploadTarget]) {
+        for target in targets.iter().filter(|t| Self::tiers(t)) {
+            if target.log.remote().is_some() {
+                continue;
+            }
+            let key = (target.topic.clone(), target.partition);
+            let attached = async {
+                let manifest = self.manifest(target, &key).await?;
+                self.attach(target, &manifest).await
+            }
+            .await;
+            if let Err(error) = attached {
+                self.metrics.upload_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(topic = %target.topic, partition = target.partition, %error, "loading the tiered storage manifest failed; retrying");
+            }
+        }
+    }
+
+    /// Tells the log what the remote holds at `manifest`.
+    async fn attach(&self, target: &UploadTarget, manifest: &Manifest) -> Result<(), TierError> {
+        let end = manifest.uploaded_end();
+        let start = manifest.segments.first().map_or(end, |s| s.base_offset);
+        let reader = TierReader::new(
+            self.store.clone(),
+            Arc::new(manifest.clone()),
+            self.cache.clone(),
+        );
+        target
+            .log
+            .set_remote(Remote {
+                start,
+                end,
+                reader: Arc::new(reader),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The partition's manifest: cached, or loaded. A manifest of an earlier topic of the
+    /// same name (another topic id) is left behind: a new one starts after its version.
+    async fn manifest(
+        &self,
+        target: &UploadTarget,
+        key: &(String, i32),
+    ) -> Result<Manifest, TierError> {
+        if let Some(manifest) = self.cached_manifest(key) {
+            return Ok(manifest);
+        }
+        let paths = self.paths(&target.topic, target.partition);
+        let topic_id = target.log.topic_id();
+        let loaded = match Manifest::load(&self.store, &paths).await? {
+            Some(found)
+                if found.topic_id.is_some() && topic_id.is_some() && found.topic_id != topic_id =>
+            {
+                tracing::info!(topic = %target.topic, partition = target.partition, "the tiered manifest belongs to an earlier topic of this name; starting a new one");
+                Manifest {
+                    version: found.version,
+                    ..Manifest::empty(&target.topic, target.partition, topic_id)
+                }
+            }
+            Some(found) => found,
+            None => Manifest::empty(&target.topic, target.partition, topic_id),
+        };
+        self.cache_manifest(key, loaded.clone());
+        Ok(loaded)
     }
 
     /// One pass: uploads what is ready in each target not backing off, and updates the
@@ -133,7 +226,12 @@ impl Uploader {
                 .and_then(|p| p.get(&key).and_then(|s| s.retry_at))
                 .is_some_and(|at| Instant::now() < at);
             if !waiting {
-                match self.upload_ready(target).await {
+                let passed = async {
+                    self.upload_ready(target).await?;
+                    self.expire(target, runnel_log::now_ms()).await
+                }
+                .await;
+                match passed {
                     Ok(_) => self.succeeded(&key),
                     Err(error) => {
                         self.metrics.upload_errors.fetch_add(1, Ordering::Relaxed);
@@ -198,18 +296,10 @@ impl Uploader {
     pub async fn upload_ready(&self, target: &UploadTarget) -> Result<usize, TierError> {
         let key = (target.topic.clone(), target.partition);
         let paths = self.paths(&target.topic, target.partition);
-        let mut manifest = match self.cached_manifest(&key) {
-            Some(manifest) => manifest,
-            None => {
-                let loaded = Manifest::load(&self.store, &paths)
-                    .await?
-                    .unwrap_or_else(|| {
-                        Manifest::empty(&target.topic, target.partition, target.log.topic_id())
-                    });
-                self.cache_manifest(&key, loaded.clone());
-                loaded
-            }
-        };
+        let mut manifest = self.manifest(target, &key).await?;
+        if target.log.remote().is_none() {
+            self.attach(target, &manifest).await?;
+        }
         let mut uploaded = 0;
         for segment in ready_segments(&target.log, manifest.uploaded_end()) {
             let started = Instant::now();
@@ -234,6 +324,7 @@ impl Uploader {
                 records: encoded.records,
                 max_timestamp: encoded.max_timestamp,
             });
+            next.end = last + 1;
             if next.store_next(&self.store, &paths).await?.is_err() {
                 // Another leader wrote this version: start again from its manifest.
                 self.forget_manifest(&key);
@@ -246,6 +337,7 @@ impl Uploader {
             }
             manifest = next;
             self.cache_manifest(&key, manifest.clone());
+            self.attach(target, &manifest).await?;
             uploaded += 1;
             self.metrics.uploads.fetch_add(1, Ordering::Relaxed);
             self.metrics
@@ -260,6 +352,78 @@ impl Uploader {
             tracing::debug!(topic = %target.topic, partition = target.partition, key = %object, "tiered a segment");
         }
         Ok(uploaded)
+    }
+
+    /// Drops the oldest remote segments past `retention.ms`, or beyond `retention.bytes`
+    /// counted over both tiers: a new manifest version without them, attached, then their
+    /// files deleted (a file left by a failed delete is only unreferenced). How many.
+    pub async fn expire(&self, target: &UploadTarget, now_ms: i64) -> Result<usize, TierError> {
+        let config = target.log.config();
+        if !config.cleanup_policy.delete
+            || (config.retention_ms.is_none() && config.retention_bytes.is_none())
+        {
+            return Ok(0);
+        }
+        let key = (target.topic.clone(), target.partition);
+        let mut manifest = self.manifest(target, &key).await?;
+        let uploaded_end = manifest.uploaded_end();
+        let local_only: u64 = target
+            .log
+            .segments()
+            .iter()
+            .filter(|s| s.next_offset > uploaded_end)
+            .map(|s| s.size)
+            .sum();
+        let mut total = manifest
+            .segments
+            .iter()
+            .map(|s| s.segment_size)
+            .sum::<u64>()
+            + local_only;
+        let mut expired = 0;
+        for segment in &manifest.segments {
+            let too_old = config
+                .retention_ms
+                .is_some_and(|limit| now_ms.saturating_sub(segment.max_timestamp) > limit as i64);
+            let too_big = config
+                .retention_bytes
+                .is_some_and(|limit| total.saturating_sub(segment.segment_size) >= limit);
+            if !too_old && !too_big {
+                break;
+            }
+            total -= segment.segment_size;
+            expired += 1;
+        }
+        if expired == 0 {
+            return Ok(0);
+        }
+        let paths = self.paths(&target.topic, target.partition);
+        let mut next = manifest.clone();
+        let dropped: Vec<RemoteSegment> = next.segments.drain(..expired).collect();
+        next.end = uploaded_end;
+        if next.store_next(&self.store, &paths).await?.is_err() {
+            self.forget_manifest(&key);
+            return Err(TierError::Manifest(format!(
+                "version {} of {}-{} was written by another leader",
+                manifest.version + 1,
+                target.topic,
+                target.partition
+            )));
+        }
+        manifest = next;
+        self.cache_manifest(&key, manifest.clone());
+        self.attach(target, &manifest).await?;
+        for segment in &dropped {
+            let path = object_store::path::Path::from(segment.key.as_str());
+            if let Err(error) = self.store.delete(&path).await {
+                tracing::warn!(key = %segment.key, %error, "deleting an expired tiered segment failed; it is no longer referenced");
+            }
+        }
+        self.metrics
+            .expired_segments
+            .fetch_add(expired as u64, Ordering::Relaxed);
+        tracing::info!(topic = %target.topic, partition = target.partition, segments = expired, "tiered segments expired");
+        Ok(expired)
     }
 
     fn cached_manifest(&self, key: &(String, i32)) -> Option<Manifest> {

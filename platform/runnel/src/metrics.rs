@@ -172,8 +172,38 @@ impl Collector for TierCollector {
             ),
             (
                 "runnel_tier_upload_errors",
-                "Failed upload attempts (each is retried)",
+                "Failed upload or manifest attempts (each is retried)",
                 &tier.upload_errors,
+            ),
+            (
+                "runnel_tier_expired_segments",
+                "Tiered segments dropped by retention.ms or retention.bytes",
+                &tier.expired_segments,
+            ),
+            (
+                "runnel_tier_reads",
+                "Fetches served from tiered storage",
+                &tier.read.reads,
+            ),
+            (
+                "runnel_tier_read_errors",
+                "Fetches from tiered storage that failed (retriable for the client)",
+                &tier.read.read_errors,
+            ),
+            (
+                "runnel_tier_cache_hits",
+                "Tiered reads served from the disk cache of rebuilt row groups",
+                &tier.read.cache_hits,
+            ),
+            (
+                "runnel_tier_cache_misses",
+                "Tiered reads that fetched a row group from the object store",
+                &tier.read.cache_misses,
+            ),
+            (
+                "runnel_tier_fetched_bytes",
+                "Bytes of row groups fetched from the object store",
+                &tier.read.fetched_bytes,
             ),
         ];
         for (name, help, value) in counters {
@@ -202,6 +232,11 @@ impl Collector for TierCollector {
                 "runnel_tier_upload_lag_bytes",
                 "Bytes of sealed, committed segments not uploaded yet",
                 &tier.lag_bytes,
+            ),
+            (
+                "runnel_tier_cache_bytes",
+                "Bytes in the disk cache of rebuilt row groups",
+                &tier.read.cache_bytes,
             ),
         ];
         for (name, help, value) in gauges {

@@ -202,8 +202,29 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     );
     // Set once, right here; nothing else sets it.
     let _ = groups_slot.set(groups.clone());
-    let objects = open_objects(&data_dir)?;
-    let uploads = start_uploads(&objects, &broker, tier_metrics, stop_maintenance.clone());
+    let objects = match open_objects(&config, &data_dir).await {
+        Ok(objects) => objects,
+        Err(error) => {
+            stop_maintenance.cancel();
+            controller.shutdown().await;
+            log.close_all().await.ok();
+            http.stop().await.ok();
+            return Err(error);
+        }
+    };
+    let cache = runnel_tier::TierCache::open(
+        data_dir.join("tier-cache"),
+        config.tier.cache_bytes,
+        tier_metrics.read.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("open the tier cache: {e}"))?;
+    let uploads = start_uploads(
+        &objects,
+        &broker,
+        tier_metrics,
+        Arc::new(cache),
+        stop_maintenance.clone(),
+    );
     let functions = start_functions(&data_dir, &objects, &broker, &groups)?;
     let _ = functions_slot.set(functions.clone());
     let functions_task = tokio::spawn(functions.clone().run(stop_maintenance.clone()));
@@ -501,14 +522,29 @@ async fn open_log(config: &NodeConfig, metrics: Arc<LogMetrics>) -> anyhow::Resu
     Ok(log)
 }
 
-/// The node's object store: the directory `<data dir>/objects`.
-fn open_objects(data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn object_store::ObjectStore>> {
-    let dir = data_dir.join("objects");
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("create the object store directory {}", dir.display()))?;
-    let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-        .with_context(|| format!("open the object store in {}", dir.display()))?;
-    Ok(Arc::new(store))
+/// The node's object store (`[tier]`; by default the directory `<data dir>/objects`),
+/// checked with one listing.
+async fn open_objects(
+    config: &NodeConfig,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Arc<dyn object_store::ObjectStore>> {
+    let tier = &config.tier;
+    let store_config = runnel_tier::StoreConfig {
+        url: tier.url.clone(),
+        default_dir: data_dir.join("objects"),
+        endpoint: tier.endpoint.clone(),
+        region: tier.region.clone(),
+        access_key_id: tier.access_key_id.clone(),
+        secret_access_key: tier.secret_access_key.clone(),
+        virtual_hosted_style: tier.virtual_hosted_style,
+        allow_http: tier.allow_http,
+        request_timeout: Duration::from_millis(tier.request_timeout_ms),
+    };
+    let opened = runnel_tier::open_store(&store_config)
+        .await
+        .map_err(|e| anyhow::anyhow!("open the object store ([tier]): {e}"))?;
+    tracing::info!(store = %opened.description, "object store ready");
+    Ok(opened.store)
 }
 
 /// Tiered storage's uploads of the sealed segments of partitions this node leads.
@@ -516,9 +552,15 @@ fn start_uploads(
     objects: &Arc<dyn object_store::ObjectStore>,
     broker: &Arc<Broker>,
     metrics: Arc<runnel_tier::TierMetrics>,
+    cache: Arc<runnel_tier::TierCache>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let uploader = Arc::new(runnel_tier::Uploader::new(objects.clone(), "", metrics));
+    let uploader = Arc::new(runnel_tier::Uploader::new(
+        objects.clone(),
+        "",
+        metrics,
+        cache,
+    ));
     let broker = broker.clone();
     let targets = move || {
         let metadata = broker.metadata();

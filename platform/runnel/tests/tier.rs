@@ -1,6 +1,8 @@
 //! Tiered storage on a real node: sealed segments uploaded to the node's object store as
 //! Parquet files that a data-lake reader (pyarrow) reads back as exactly the records a
-//! Kafka client produced.
+//! Kafka client produced; and, against a real S3-protocol server (moto) behind a
+//! fault-injecting proxy, local deletion after upload, Kafka fetches from offset 0 served
+//! from the tier, an outage of every kind with nothing lost, and restore after a wipe.
 
 mod common;
 
@@ -186,4 +188,253 @@ fn sealed_segments_are_uploaded_as_parquet_that_pyarrow_reads_back_exactly() {
             .body
             .contains("runnel_tier_upload_lag_segments 0\n")
     });
+}
+
+/// moto's S3 server behind the fault-injecting proxy of `s3_server.py`, with the bucket
+/// `runnel`; killed when dropped.
+struct S3Server {
+    child: std::process::Child,
+    address: std::net::SocketAddr,
+}
+
+impl S3Server {
+    fn start() -> S3Server {
+        use std::io::BufRead as _;
+        let mut child = python_client("s3_server.py")
+            .arg("runnel")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("run s3_server.py");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the s3 server's ready line");
+        let port: u16 = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("s3_server.py said {line:?}"));
+        S3Server {
+            child,
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    fn fault(&self, name: &str) {
+        let answer = http_request(self.address, "PUT", &format!("/__fault/{name}"), None);
+        assert_eq!(answer.status, 200, "set fault {name}");
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A counter or gauge of the node's `/metrics`, 0 if absent.
+fn metric(node: &Node, name: &str) -> f64 {
+    node.get("/metrics")
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The base offset of a partition's oldest local segment.
+fn first_local_base(data: &Path, topic: &str, partition: usize) -> u64 {
+    let dir = data.join(format!("partitions/{topic}-{partition}"));
+    std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(|entry| {
+                    let name = entry.ok()?.file_name().into_string().ok()?;
+                    name.strip_suffix(".log")?.parse::<u64>().ok()
+                })
+                .min()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// confluent-kafka reading `count` records of partition 0 from `offset` (see
+/// `consume_from.py`); started, not waited for.
+fn consume_from(
+    kafka: std::net::SocketAddr,
+    topic: &str,
+    offset: u64,
+    count: usize,
+) -> std::process::Child {
+    python_client("consume_from.py")
+        .args([offset.to_string(), count.to_string(), "120".to_string()])
+        .env("RUNNEL_BOOTSTRAP", kafka.to_string())
+        .env("RUNNEL_TOPIC", topic)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run consume_from.py")
+}
+
+/// Waits for a [`consume_from`] reader and checks it read exactly the records
+/// `produce_keyed` wrote as `first..first + count`, at offsets `first..`, in order.
+fn expect_records(reader: std::process::Child, first: u64, count: usize) {
+    let output = reader.wait_with_output().expect("wait for consume_from.py");
+    assert!(
+        output.status.success(),
+        "consume_from.py: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert_eq!(records.len(), count);
+    let mut last_timestamp = 0;
+    for (i, record) in records.iter().enumerate() {
+        let offset = first + i as u64;
+        assert_eq!(record["offset"], offset, "{record}");
+        assert_eq!(record["key"], format!("k{offset}"), "{record}");
+        assert_eq!(record["value"], format!("record-{offset}"), "{record}");
+        assert_eq!(record["headers"], serde_json::json!([["source", "python"]]));
+        let timestamp = record["timestamp"].as_i64().unwrap();
+        assert!(timestamp >= last_timestamp && timestamp > 1_700_000_000_000);
+        last_timestamp = timestamp;
+    }
+}
+
+#[test]
+fn a_partition_tiered_to_s3_is_served_from_offset_0_through_faults_and_a_wipe() {
+    let s3 = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut args = dev_args(&data);
+    for set in [
+        "tier.url=s3://runnel/cluster-a".to_string(),
+        format!("tier.endpoint=http://{}", s3.address),
+        "tier.allow_http=true".to_string(),
+        "tier.access_key_id=test".to_string(),
+        "tier.secret_access_key=test".to_string(),
+        "tier.region=us-east-1".to_string(),
+        "tier.request_timeout_ms=2000".to_string(),
+        "log.retention_check_interval_ms=200".to_string(),
+    ] {
+        args.push("--set".to_string());
+        args.push(set);
+    }
+
+    // An unreachable store stops the node at startup, saying so.
+    s3.fault("error");
+    let refused = run_to_exit(dir.path(), &as_strs(&args));
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("object store") && stderr.contains("s3://runnel/cluster-a"),
+        "{stderr}"
+    );
+    s3.fault("ok");
+
+    let mut node = Node::start(dir.path(), &as_strs(&args));
+    let kafka = node.kafka.unwrap();
+    // Tiny segments, and nothing kept locally once uploaded.
+    cli(
+        &node,
+        dir.path(),
+        &[
+            "topic",
+            "create",
+            "history",
+            "--config",
+            "segment.bytes=4096",
+            "--config",
+            "local.retention.bytes=0",
+        ],
+    );
+    for round in 0..4 {
+        finish(produce_keyed(
+            kafka,
+            "history",
+            round * 500,
+            (round + 1) * 500,
+        ));
+    }
+    // Uploaded, then deleted locally: the local log now starts well past offset 0.
+    wait_for(UPLOADED, "uploaded segments deleted locally", || {
+        first_local_base(&data, "history", 0) > 1000
+    });
+    // A Kafka client reading from offset 0 gets every record, from the tier.
+    expect_records(consume_from(kafka, "history", 0, 2000), 0, 2000);
+    assert!(metric(&node, "runnel_tier_reads_total") > 0.0);
+
+    // A restart empties the row-group cache, so the next reads go to the store, which
+    // now fails in every way in turn while a reader from offset 0 and a producer run.
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_for_exit().success());
+    let node = Node::start(dir.path(), &as_strs(&args));
+    let kafka = node.kafka.unwrap();
+    // Once the manifest is attached, the partition starts at 0 again.
+    wait_for(UPLOADED, "the manifest attached after the restart", || {
+        let described: serde_json::Value = serde_json::from_str(&cli(
+            &node,
+            dir.path(),
+            &["topic", "describe", "history", "-o", "json"],
+        ))
+        .unwrap();
+        described["partitions"][0]["log_start_offset"] == 0
+    });
+    s3.fault("error");
+    let reader = consume_from(kafka, "history", 0, 2500);
+    // Produce does not need the store: these stay local until it is back.
+    finish(produce_keyed(kafka, "history", 2000, 2500));
+    let local_start = first_local_base(&data, "history", 0);
+    for fault in ["error", "truncate", "drop", "stall"] {
+        s3.fault(fault);
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(
+            first_local_base(&data, "history", 0) <= local_start,
+            "nothing unuploaded is deleted during `{fault}`"
+        );
+    }
+    assert!(metric(&node, "runnel_tier_upload_errors_total") > 0.0);
+    assert!(metric(&node, "runnel_tier_read_errors_total") > 0.0);
+    assert!(metric(&node, "runnel_tier_upload_lag_segments") > 0.0);
+    s3.fault("ok");
+    // Once it is back: every record exactly once, the backlog uploaded and trimmed.
+    expect_records(reader, 0, 2500);
+    wait_for(UPLOADED, "the backlog uploaded and deleted locally", || {
+        metric(&node, "runnel_tier_upload_lag_segments") == 0.0
+            && first_local_base(&data, "history", 0) >= 2000
+    });
+
+    // Restore: with the partition's local data wiped, the history the manifest holds
+    // (all but the active segment, which was only local) is served again, and new records
+    // continue after it.
+    let uploaded_end = first_local_base(&data, "history", 0);
+    let mut node = node;
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_for_exit().success());
+    std::fs::remove_dir_all(data.join("partitions/history-0")).unwrap();
+    let node = Node::start(dir.path(), &as_strs(&args));
+    let kafka = node.kafka.unwrap();
+    let end = uploaded_end as usize;
+    expect_records(consume_from(kafka, "history", 0, end), 0, end);
+    let described: serde_json::Value = serde_json::from_str(&cli(
+        &node,
+        dir.path(),
+        &["topic", "describe", "history", "-o", "json"],
+    ))
+    .unwrap();
+    assert_eq!(
+        described["partitions"][0]["high_watermark"], uploaded_end,
+        "{described}"
+    );
+    finish(produce_keyed(kafka, "history", end, end + 10));
+    expect_records(
+        consume_from(kafka, "history", uploaded_end, 10),
+        uploaded_end,
+        10,
+    );
 }

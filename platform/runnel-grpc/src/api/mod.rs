@@ -169,6 +169,7 @@ pub fn broker_status(broker: &Broker, error: BrokerError) -> Status {
             LogError::CorruptSegment { .. }
             | LogError::Io { .. }
             | LogError::Offline { .. }
+            | LogError::Remote(_)
             | LogError::Closed => Code::Unavailable,
         },
         BrokerError::Controller(controller) => match controller {

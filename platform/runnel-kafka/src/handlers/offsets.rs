@@ -66,7 +66,8 @@ async fn lookup(
     let log = broker.leader_log(topic, partition)?;
     Ok(match timestamp {
         LATEST => Some((log.high_watermark(), -1)),
-        EARLIEST | EARLIEST_LOCAL => Some((log.log_start(), -1)),
+        EARLIEST => Some((log.log_start(), -1)),
+        EARLIEST_LOCAL => Some((log.local_log_start(), -1)),
         MAX_TIMESTAMP => {
             let newest = log.segments().iter().map(|s| s.max_timestamp).max();
             match newest {
