@@ -3,7 +3,7 @@
 # node tiering to it, as plain processes, until Ctrl-C (which stops both).
 #
 #   deploy/local-stack.sh            # data in ./runnel-stack
-#   RUNNEL_STACK_DIR=/tmp/s deploy/local-stack.sh
+#   STACK_DIR=/tmp/s deploy/local-stack.sh
 #
 # The S3 server is MinIO if a `minio` binary is on PATH (its console on :9001), else
 # moto's server from PyPI, installed once into a venv under the stack directory. Either
@@ -11,14 +11,14 @@
 # cluster/topics/<topic>/partition=<p>/. The node is `runnel` from PATH, or this checkout's
 # release build (built if missing).
 #
-# Settings: RUNNEL_STACK_DIR (data), RUNNEL_STACK_S3_PORT (default 9000), RUNNEL_STACK_VENV
-# (a venv that has moto[server]), RUNNEL_STACK_NODE_ARGS (more flags for `runnel dev`,
+# Settings: STACK_DIR (data), STACK_S3_PORT (default 9000), STACK_VENV
+# (a venv that has moto[server]), STACK_NODE_ARGS (more flags for `runnel dev`,
 # e.g. "--set kafka.listen=127.0.0.1:19092").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-stack_dir="${RUNNEL_STACK_DIR:-$PWD/runnel-stack}"
-s3_port="${RUNNEL_STACK_S3_PORT:-9000}"
+stack_dir="${STACK_DIR:-$PWD/runnel-stack}"
+s3_port="${STACK_S3_PORT:-9000}"
 mkdir -p "$stack_dir"
 say() { printf 'local-stack: %s\n' "$*" >&2; }
 
@@ -37,7 +37,7 @@ if command -v minio >/dev/null; then
     --console-address 127.0.0.1:9001 >"$stack_dir/s3.log" 2>&1 &
   pids+=("$!")
 else
-  venv="${RUNNEL_STACK_VENV:-$stack_dir/venv}"
+  venv="${STACK_VENV:-$stack_dir/venv}"
   if [ ! -x "$venv/bin/moto_server" ]; then
     say "installing moto's S3 server into $venv"
     python3 -m venv "$venv"
@@ -74,6 +74,6 @@ say "starting the node (data in $stack_dir/node); Ctrl-C stops the stack"
 "$runnel_bin" dev --data-dir "$stack_dir/node" \
   --set tier.url=s3://runnel/cluster \
   --set "tier.endpoint=http://127.0.0.1:$s3_port" \
-  --set tier.allow_http=true ${RUNNEL_STACK_NODE_ARGS:-} &
+  --set tier.allow_http=true ${STACK_NODE_ARGS:-} &
 pids+=("$!")
 wait "${pids[-1]}"

@@ -37,4 +37,4 @@ pub use metrics::LogMetrics;
 pub use partition::{
     Appended, PartitionLog, PendingAppend, ReadResult, RetentionOutcome, SegmentInfo, now_ms,
 };
-pub use remote::{Remote, RemoteLog, RemoteRead};
+pub use remote::{Remote, RemoteAttacher, RemoteLog, RemoteRead};

@@ -89,7 +89,13 @@ pub struct LogManager {
     /// Serializes creating and deleting partitions, so two calls never open one twice.
     changes: tokio::sync::Mutex<()>,
     metrics: Arc<LogMetrics>,
+    /// Tiered storage's hook for partitions created from now on.
+    attacher: std::sync::OnceLock<Arc<dyn crate::RemoteAttacher>>,
 }
+
+/// How long creating a tiered partition waits for tiered storage to attach its remote;
+/// past it the partition is served anyway and its appends wait (see [`crate::remote`]).
+const ATTACH_WAIT: Duration = Duration::from_secs(5);
 
 impl LogManager {
     /// Opens every partition under `<data_dir>/partitions`, recovering each.
@@ -135,6 +141,7 @@ impl LogManager {
             offline: RwLock::new(BTreeMap::new()),
             changes: tokio::sync::Mutex::new(()),
             metrics,
+            attacher: std::sync::OnceLock::new(),
         };
         found.sort();
         for tp in found {
@@ -168,6 +175,12 @@ impl LogManager {
         &self.defaults
     }
 
+    /// Sets tiered storage's hook, called for every tiered partition created from now on
+    /// before it is served. Set once; a second call is ignored.
+    pub fn set_remote_attacher(&self, attacher: Arc<dyn crate::RemoteAttacher>) {
+        let _ = self.attacher.set(attacher);
+    }
+
     pub fn metrics(&self) -> &Arc<LogMetrics> {
         &self.metrics
     }
@@ -190,6 +203,24 @@ impl LogManager {
         let log = Arc::new(
             PartitionLog::open(self.root.join(tp.dir_name()), config, self.metrics.clone()).await?,
         );
+        if let Some(attacher) = self.attacher.get()
+            && log.is_tiered()
+        {
+            let attached = tokio::time::timeout(
+                ATTACH_WAIT,
+                attacher.attach(&tp.topic, tp.partition as i32, &log),
+            )
+            .await;
+            match attached {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(partition = %tp, %error, "tiered storage could not attach the new partition yet")
+                }
+                Err(_) => {
+                    tracing::warn!(partition = %tp, "tiered storage did not attach the new partition in time")
+                }
+            }
+        }
         let mut partitions = self.write_partitions();
         if let Some(raced) = partitions.get(tp) {
             return Ok(raced.clone());

@@ -52,6 +52,17 @@ impl std::fmt::Debug for Remote {
     }
 }
 
+/// Attaches what tiered storage holds of a partition the [`crate::LogManager`] just
+/// created, before the partition is served, so its first appends need not wait.
+pub trait RemoteAttacher: Send + Sync {
+    fn attach<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: i32,
+        log: &'a Arc<crate::PartitionLog>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), LogError>> + Send + 'a>>;
+}
+
 /// Whether a partition of `topic` goes to tiered storage: `remote.storage.enable`, not
 /// compacted (compaction rewrites sealed segments) and not internal (`__…`).
 pub fn is_tiered(topic: &str, config: &TopicConfig) -> bool {

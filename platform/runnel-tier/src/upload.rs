@@ -449,6 +449,33 @@ impl Uploader {
     }
 }
 
+impl runnel_log::RemoteAttacher for Uploader {
+    fn attach<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: i32,
+        log: &'a Arc<PartitionLog>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), runnel_log::LogError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let target = UploadTarget {
+                topic: topic.to_string(),
+                partition,
+                log: log.clone(),
+                leader_epoch: 0,
+            };
+            let key = (target.topic.clone(), partition);
+            let attached = async {
+                let manifest = self.manifest(&target, &key).await?;
+                self.attach(&target, &manifest).await
+            }
+            .await;
+            attached.map_err(|e| runnel_log::LogError::Remote(e.to_string()))
+        })
+    }
+}
+
 /// The sealed segments holding only committed records after `uploaded_end`, in order.
 fn ready_segments(log: &PartitionLog, uploaded_end: u64) -> Vec<SegmentInfo> {
     let high_watermark = log.high_watermark();

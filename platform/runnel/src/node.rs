@@ -220,6 +220,7 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("open the tier cache: {e}"))?;
     let uploads = start_uploads(
         &objects,
+        &log,
         &broker,
         tier_metrics,
         Arc::new(cache),
@@ -550,6 +551,7 @@ async fn open_objects(
 /// Tiered storage's uploads of the sealed segments of partitions this node leads.
 fn start_uploads(
     objects: &Arc<dyn object_store::ObjectStore>,
+    log: &LogManager,
     broker: &Arc<Broker>,
     metrics: Arc<runnel_tier::TierMetrics>,
     cache: Arc<runnel_tier::TierCache>,
@@ -561,6 +563,8 @@ fn start_uploads(
         metrics,
         cache,
     ));
+    // Partitions created from now on are attached before they are served.
+    log.set_remote_attacher(uploader.clone());
     let broker = broker.clone();
     let targets = move || {
         let metadata = broker.metadata();

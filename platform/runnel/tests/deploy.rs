@@ -103,11 +103,11 @@ fn the_local_stack_script_runs_a_node_tiering_to_a_local_s3_server() {
         std::env::var("PATH").unwrap_or_default()
     );
     let mut stack = Command::new(repository().join("deploy/local-stack.sh"))
-        .env("RUNNEL_STACK_DIR", dir.path())
-        .env("RUNNEL_STACK_S3_PORT", s3_port.to_string())
-        .env("RUNNEL_STACK_VENV", &venv)
+        .env("STACK_DIR", dir.path())
+        .env("STACK_S3_PORT", s3_port.to_string())
+        .env("STACK_VENV", &venv)
         .env(
-            "RUNNEL_STACK_NODE_ARGS",
+            "STACK_NODE_ARGS",
             "--set kafka.listen=127.0.0.1:0 --set grpc.listen=127.0.0.1:0 \
              --set http.listen=127.0.0.1:0 --set cluster.listen=127.0.0.1:0",
         )
@@ -161,7 +161,16 @@ fn the_local_stack_script_runs_a_node_tiering_to_a_local_s3_server() {
         "{}",
         String::from_utf8_lossy(&created.stderr)
     );
-    finish(produce_keyed(kafka, "stacked", 0, 1000));
+    // Several rounds, so several batches and so sealed segments however the client
+    // batches.
+    for round in 0..4 {
+        finish(produce_keyed(
+            kafka,
+            "stacked",
+            round * 300,
+            (round + 1) * 300,
+        ));
+    }
     // The bucket lists the topic's Parquet files (moto answers unsigned listings).
     let s3 = std::net::SocketAddr::from(([127, 0, 0, 1], s3_port));
     let listed = || {
