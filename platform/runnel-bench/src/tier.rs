@@ -220,6 +220,10 @@ impl runnel_log::RemoteLog for Nothing {
     fn read(&self, _: u64, _: usize, _: bool) -> runnel_log::RemoteRead {
         Box::pin(async { Ok(bytes::Bytes::new()) })
     }
+
+    fn find_timestamp(&self, _: i64) -> runnel_log::RemoteFind {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// Records like an order event in JSON: about `value_bytes` each, in batches of about

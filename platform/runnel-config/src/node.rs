@@ -76,6 +76,7 @@ pub const NODE_CONFIG_KEYS: &[&str] = &[
     "log.cleaner_interval_ms",
     "log.producer_id_expiration_ms",
     "log.remote_storage_enable",
+    "log.min_free_bytes",
     "tier.url",
     "tier.endpoint",
     "tier.region",
@@ -208,8 +209,9 @@ pub struct TierSection {
     /// `tier.request_timeout_ms`: the timeout of one request to the store, at least 1.
     /// Default `30000`.
     pub request_timeout_ms: u64,
-    /// `tier.cache_bytes`: the disk cache of batches rebuilt from tiered segments, under
-    /// `<data dir>/tier-cache`. Default `1073741824` (1 GiB); `0` caches nothing.
+    /// `tier.cache_bytes`: the disk cache of row groups fetched from tiered segments, under
+    /// `<data dir>/tier-cache`. Default `1073741824` (1 GiB); `0` keeps nothing on disk.
+    /// Up to 128 MiB of batches rebuilt from them are kept in memory besides.
     pub cache_bytes: u64,
 }
 
@@ -490,6 +492,11 @@ pub struct LogSection {
     /// sealed segments to the object store as Parquet. Default `true`: `runnel dev` tiers
     /// to `<data dir>/objects`. Internal (`__…`) and compacted topics are never tiered.
     pub remote_storage_enable: bool,
+    /// `log.min_free_bytes`: while the disk holding the data directory has fewer free bytes
+    /// than this, appends fail with a retriable error (KAFKA_STORAGE_ERROR, gRPC
+    /// UNAVAILABLE) and nothing is written; `0` turns the floor off. Default `1073741824`
+    /// (1 GiB).
+    pub min_free_bytes: u64,
 }
 
 impl Default for LogSection {
@@ -510,6 +517,7 @@ impl Default for LogSection {
             cleaner_interval_ms: 15_000,
             producer_id_expiration_ms: DAY_MS,
             remote_storage_enable: true,
+            min_free_bytes: 1 << 30,
         }
     }
 }

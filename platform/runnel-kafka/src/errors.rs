@@ -112,7 +112,8 @@ fn log_code(error: &LogError) -> i16 {
         LogError::CorruptSegment { .. }
         | LogError::Io { .. }
         | LogError::Offline { .. }
-        | LogError::Remote(_) => KAFKA_STORAGE_ERROR,
+        | LogError::Remote(_)
+        | LogError::DiskFull { .. } => KAFKA_STORAGE_ERROR,
     }
 }
 

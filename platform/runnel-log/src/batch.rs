@@ -483,22 +483,144 @@ pub struct NewRecord {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
-fn put_varlong(out: &mut Vec<u8>, value: i64) {
+fn put_varlong(out: &mut impl BufMut, value: i64) {
     let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
     while zigzag >= 0x80 {
-        out.push((zigzag as u8) | 0x80);
+        out.put_u8((zigzag as u8) | 0x80);
         zigzag >>= 7;
     }
-    out.push(zigzag as u8);
+    out.put_u8(zigzag as u8);
 }
 
-fn put_nullable(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+/// The bytes `put_varlong` writes for `value`.
+fn varlong_len(value: i64) -> usize {
+    let zigzag = ((value << 1) ^ (value >> 63)) as u64;
+    (64 - (zigzag | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// The bytes `put_nullable` writes for `bytes`.
+fn nullable_len(bytes: Option<&[u8]>) -> usize {
+    bytes.map_or(1, |b| varlong_len(b.len() as i64) + b.len())
+}
+
+fn put_nullable(out: &mut impl BufMut, bytes: Option<&[u8]>) {
     match bytes {
         None => put_varlong(out, -1),
         Some(bytes) => {
             put_varlong(out, bytes.len() as i64);
-            out.extend_from_slice(bytes);
+            out.put_slice(bytes);
         }
+    }
+}
+
+/// Writes one record (its length first) with the given deltas. The length is counted
+/// before anything is written, so each field is copied once.
+fn put_record<'a>(
+    out: &mut impl BufMut,
+    offset_delta: i32,
+    timestamp_delta: i64,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: impl ExactSizeIterator<Item = (&'a str, Option<&'a [u8]>)> + Clone,
+) {
+    let header_count = headers.len() as i64;
+    let len = 1
+        + varlong_len(timestamp_delta)
+        + varlong_len(i64::from(offset_delta))
+        + nullable_len(key)
+        + nullable_len(value)
+        + varlong_len(header_count)
+        + headers
+            .clone()
+            .map(|(key, value)| nullable_len(Some(key.as_bytes())) + nullable_len(value))
+            .sum::<usize>();
+    put_varlong(out, len as i64);
+    out.put_u8(0); // attributes
+    put_varlong(out, timestamp_delta);
+    put_varlong(out, i64::from(offset_delta));
+    put_nullable(out, key);
+    put_nullable(out, value);
+    put_varlong(out, header_count);
+    for (key, value) in headers {
+        put_nullable(out, Some(key.as_bytes()));
+        put_nullable(out, value);
+    }
+}
+
+/// Writes the batch header of `fields` with `batch_length` and a zero CRC.
+fn put_header(out: &mut impl BufMut, fields: &BatchHeader, batch_length: i32) {
+    out.put_i64(fields.base_offset);
+    out.put_i32(batch_length);
+    out.put_i32(fields.partition_leader_epoch);
+    out.put_i8(2);
+    out.put_u32(0); // crc, filled in once the batch is whole
+    out.put_i16(fields.attributes);
+    out.put_i32(fields.last_offset_delta);
+    out.put_i64(fields.base_timestamp);
+    out.put_i64(fields.max_timestamp);
+    out.put_i64(fields.producer_id);
+    out.put_i16(fields.producer_epoch);
+    out.put_i32(fields.base_sequence);
+    out.put_i32(fields.records_count);
+}
+
+/// Fills in the CRC of the whole batch `batch`.
+fn seal_crc(batch: &mut [u8]) {
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Writes one uncompressed v2 batch straight into the end of a buffer, a record at a time,
+/// with header fields given at the end: rebuilding stored batches without copying each
+/// record into a batch of its own first.
+#[derive(Debug)]
+pub struct BatchAppender {
+    start: usize,
+    count: usize,
+}
+
+impl BatchAppender {
+    /// Starts a batch at the end of `out`.
+    pub fn begin(out: &mut BytesMut) -> BatchAppender {
+        let start = out.len();
+        out.put_bytes(0, BATCH_HEADER_LEN);
+        BatchAppender { start, count: 0 }
+    }
+
+    /// Appends a record with the given deltas (as [`BatchEncoder::push_encoded`]).
+    pub fn push_encoded<'a>(
+        &mut self,
+        out: &mut BytesMut,
+        offset_delta: i32,
+        timestamp_delta: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: impl ExactSizeIterator<Item = (&'a str, Option<&'a [u8]>)> + Clone,
+    ) {
+        put_record(out, offset_delta, timestamp_delta, key, value, headers);
+        self.count += 1;
+    }
+
+    /// Ends the batch with the header fields of `fields` (uncompressed whatever its
+    /// attributes say; record count, length and CRC computed). At least one record must
+    /// have been pushed.
+    pub fn finish(self, out: &mut BytesMut, fields: &BatchHeader) -> Result<(), BatchError> {
+        if self.count == 0 {
+            return Err(BatchError::Inconsistent(
+                "a batch needs at least one record".to_string(),
+            ));
+        }
+        let total = out.len() - self.start;
+        let batch_length = i32::try_from(total - LOG_OVERHEAD).map_err(|_| {
+            BatchError::Inconsistent(format!("batch of {total} bytes is too large"))
+        })?;
+        let mut fields = *fields;
+        fields.attributes &= !ATTR_COMPRESSION_MASK;
+        fields.records_count = self.count as i32;
+        let batch = &mut out[self.start..];
+        put_header(&mut &mut batch[..BATCH_HEADER_LEN], &fields, batch_length);
+        seal_crc(batch);
+        Ok(())
     }
 }
 
@@ -546,7 +668,6 @@ impl BatchBuilder {
 pub struct BatchEncoder {
     builder: BatchBuilder,
     section: Vec<u8>,
-    record: Vec<u8>,
     count: usize,
     base_timestamp: i64,
     max_timestamp: i64,
@@ -557,7 +678,6 @@ impl BatchEncoder {
         BatchEncoder {
             builder,
             section: Vec::new(),
-            record: Vec::new(),
             count: 0,
             base_timestamp: 0,
             max_timestamp: i64::MIN,
@@ -570,7 +690,7 @@ impl BatchEncoder {
         timestamp: i64,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
-        headers: impl ExactSizeIterator<Item = (&'a str, Option<&'a [u8]>)>,
+        headers: impl ExactSizeIterator<Item = (&'a str, Option<&'a [u8]>)> + Clone,
     ) {
         if self.count == 0 {
             self.base_timestamp = timestamp;
@@ -588,22 +708,16 @@ impl BatchEncoder {
         timestamp_delta: i64,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
-        headers: impl ExactSizeIterator<Item = (&'a str, Option<&'a [u8]>)>,
+        headers: impl ExactSizeIterator<Item = (&'a str, Option<&'a [u8]>)> + Clone,
     ) {
-        let record = &mut self.record;
-        record.clear();
-        record.push(0); // attributes
-        put_varlong(record, timestamp_delta);
-        put_varlong(record, i64::from(offset_delta));
-        put_nullable(record, key);
-        put_nullable(record, value);
-        put_varlong(record, headers.len() as i64);
-        for (key, value) in headers {
-            put_nullable(record, Some(key.as_bytes()));
-            put_nullable(record, value);
-        }
-        put_varlong(&mut self.section, record.len() as i64);
-        self.section.extend_from_slice(record);
+        put_record(
+            &mut self.section,
+            offset_delta,
+            timestamp_delta,
+            key,
+            value,
+            headers,
+        );
         self.count += 1;
     }
 
@@ -684,22 +798,9 @@ pub(crate) fn assemble(
     let batch_length = i32::try_from(total - LOG_OVERHEAD)
         .map_err(|_| BatchError::Inconsistent(format!("batch of {total} bytes is too large")))?;
     let mut out = BytesMut::with_capacity(total);
-    out.put_i64(fields.base_offset);
-    out.put_i32(batch_length);
-    out.put_i32(fields.partition_leader_epoch);
-    out.put_i8(2);
-    out.put_u32(0); // crc, filled below
-    out.put_i16(fields.attributes);
-    out.put_i32(fields.last_offset_delta);
-    out.put_i64(fields.base_timestamp);
-    out.put_i64(fields.max_timestamp);
-    out.put_i64(fields.producer_id);
-    out.put_i16(fields.producer_epoch);
-    out.put_i32(fields.base_sequence);
-    out.put_i32(fields.records_count);
+    put_header(&mut out, fields, batch_length);
     out.put_slice(section);
-    let crc = crc32c::crc32c(&out[CRC_START..]);
-    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    seal_crc(&mut out);
     Ok(out)
 }
 
@@ -786,6 +887,38 @@ pub fn visit_records(
     Ok(next)
 }
 
+/// The first record of one batch (`bytes`, whose parsed header is `header`) with a
+/// timestamp of at least `timestamp` and an offset below `upper`, as (offset, timestamp):
+/// Kafka's ListOffsets by timestamp within a batch. Sections are decompressed up to
+/// `max_section` bytes.
+pub fn first_at_or_after(
+    bytes: &[u8],
+    header: &BatchHeader,
+    timestamp: i64,
+    upper: u64,
+    max_section: usize,
+) -> Result<Option<(u64, i64)>, BatchError> {
+    let upper = i64::try_from(upper).unwrap_or(i64::MAX);
+    if header.max_timestamp < timestamp || header.base_offset >= upper {
+        return Ok(None);
+    }
+    if header.is_log_append_time() {
+        return Ok(Some((header.base_offset as u64, header.max_timestamp)));
+    }
+    let section = records_section(bytes, max_section)?;
+    for record in Records::new(&section, header.records_count) {
+        let record = record?;
+        let offset = header
+            .base_offset
+            .saturating_add(i64::from(record.offset_delta));
+        let record_timestamp = header.base_timestamp.saturating_add(record.timestamp_delta);
+        if record_timestamp >= timestamp && offset < upper {
+            return Ok(Some((offset as u64, record_timestamp)));
+        }
+    }
+    Ok(None)
+}
+
 /// Walks concatenated batches, yielding `(position, header)` for each batch that lies
 /// wholly inside `bytes`; stops at the first incomplete or unparsable one.
 pub fn batch_positions(bytes: &[u8]) -> impl Iterator<Item = (usize, BatchHeader)> + '_ {
@@ -849,6 +982,69 @@ mod tests {
                 assert_eq!(record.key, records[i].key.as_deref());
                 assert_eq!(record.value, records[i].value.as_deref());
             }
+        }
+    }
+
+    #[test]
+    fn a_batch_appended_in_place_equals_the_encoders() {
+        let fields = BatchHeader {
+            base_offset: 40,
+            batch_length: 0,
+            partition_leader_epoch: 3,
+            magic: 2,
+            crc: 0,
+            attributes: 4, // zstd, which an uncompressed rebuild drops
+            last_offset_delta: 9,
+            base_timestamp: 1_000,
+            max_timestamp: 1_090,
+            producer_id: 7,
+            producer_epoch: 1,
+            base_sequence: 12,
+            records_count: 0,
+        };
+        let headers = [("h", Some(&b"v"[..])), ("null", None)];
+        let mut encoder = BatchEncoder::new(BatchBuilder::default());
+        let mut out = BytesMut::from(&b"before"[..]);
+        let mut appender = BatchAppender::begin(&mut out);
+        for i in 0..10 {
+            let value = vec![b'x'; i * 300];
+            let key = (i % 3 != 0).then_some(&b"key"[..]);
+            encoder.push_encoded(
+                i as i32,
+                i as i64 * 10,
+                key,
+                Some(&value),
+                headers.iter().copied(),
+            );
+            appender.push_encoded(
+                &mut out,
+                i as i32,
+                i as i64 * 10,
+                key,
+                Some(&value),
+                headers.iter().copied(),
+            );
+        }
+        appender.finish(&mut out, &fields).unwrap();
+        let expected = encoder.finish_as(&fields).unwrap();
+        assert_eq!(&out[..6], b"before");
+        assert_eq!(&out[6..], &expected[..]);
+        validate_produced(&out[6..], 1 << 20, false).unwrap();
+        let empty = BatchAppender::begin(&mut out);
+        assert!(empty.finish(&mut out, &fields).is_err());
+    }
+
+    #[test]
+    fn varlong_lengths_are_what_is_written() {
+        let mut values = vec![0, 1, -1, i64::MAX, i64::MIN];
+        for shift in 0..63 {
+            let edge = 1i64 << shift;
+            values.extend([edge - 1, edge, edge + 1, -edge, -edge - 1]);
+        }
+        for value in values {
+            let mut out = Vec::new();
+            put_varlong(&mut out, value);
+            assert_eq!(varlong_len(value), out.len(), "{value}");
         }
     }
 

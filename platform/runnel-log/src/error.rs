@@ -43,6 +43,12 @@ pub enum LogError {
     /// asking again may succeed.
     #[error("tiered storage: {0}")]
     Remote(String),
+    /// The disk holding the log has less free space than the floor (`log.min_free_bytes`);
+    /// nothing was written, and the append may succeed once space is freed.
+    #[error(
+        "the disk holding the log has {free} bytes free, below the floor of {floor} bytes (log.min_free_bytes)"
+    )]
+    DiskFull { free: u64, floor: u64 },
     /// An idempotent producer's batch does not follow its previous one; nothing was written.
     #[error("producer {producer_id}: expected sequence {expected}, received {received}")]
     OutOfOrderSequence {
@@ -72,7 +78,11 @@ impl LogError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            LogError::Offline { .. } | LogError::Closed | LogError::Io { .. } | LogError::Remote(_)
+            LogError::Offline { .. }
+                | LogError::Closed
+                | LogError::Io { .. }
+                | LogError::Remote(_)
+                | LogError::DiskFull { .. }
         )
     }
 }

@@ -25,8 +25,9 @@ mod partition;
 pub mod producers;
 pub mod remote;
 mod segment;
+pub mod space;
 
-pub use batch::{BatchBuilder, BatchEncoder, BatchError, BatchHeader, NewRecord};
+pub use batch::{BatchAppender, BatchBuilder, BatchEncoder, BatchError, BatchHeader, NewRecord};
 pub use cleaner::CompactionOutcome;
 pub use compression::Compression;
 pub use error::LogError;
@@ -37,4 +38,5 @@ pub use metrics::LogMetrics;
 pub use partition::{
     Appended, PartitionLog, PendingAppend, ReadResult, RetentionOutcome, SegmentInfo, now_ms,
 };
-pub use remote::{Remote, RemoteAttacher, RemoteLog, RemoteRead};
+pub use remote::{Remote, RemoteAttacher, RemoteFind, RemoteLog, RemoteRead};
+pub use space::DiskSpace;

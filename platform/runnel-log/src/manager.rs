@@ -91,6 +91,8 @@ pub struct LogManager {
     metrics: Arc<LogMetrics>,
     /// Tiered storage's hook for partitions created from now on.
     attacher: std::sync::OnceLock<Arc<dyn crate::RemoteAttacher>>,
+    /// The free-disk floor every partition's appends are checked against.
+    space: std::sync::OnceLock<Arc<crate::DiskSpace>>,
 }
 
 /// How long creating a tiered partition waits for tiered storage to attach its remote;
@@ -142,6 +144,7 @@ impl LogManager {
             changes: tokio::sync::Mutex::new(()),
             metrics,
             attacher: std::sync::OnceLock::new(),
+            space: std::sync::OnceLock::new(),
         };
         found.sort();
         for tp in found {
@@ -181,6 +184,16 @@ impl LogManager {
         let _ = self.attacher.set(attacher);
     }
 
+    /// Checks the appends of every partition, open now or created later, against
+    /// `space`'s free-disk floor. Set once; a second call is ignored.
+    pub fn set_disk_space(&self, space: Arc<crate::DiskSpace>) {
+        if self.space.set(space.clone()).is_ok() {
+            for (_, log) in self.partitions() {
+                log.set_disk_space(space.clone());
+            }
+        }
+    }
+
     pub fn metrics(&self) -> &Arc<LogMetrics> {
         &self.metrics
     }
@@ -203,6 +216,9 @@ impl LogManager {
         let log = Arc::new(
             PartitionLog::open(self.root.join(tp.dir_name()), config, self.metrics.clone()).await?,
         );
+        if let Some(space) = self.space.get() {
+            log.set_disk_space(space.clone());
+        }
         if let Some(attacher) = self.attacher.get()
             && log.is_tiered()
         {

@@ -148,6 +148,8 @@ pub(crate) struct Shared {
     awaiting_remote: watch::Sender<bool>,
     /// The start DeleteRecords recorded: nothing below it is served, remote or local.
     deleted_below: AtomicU64,
+    /// The free-disk floor appends are checked against, once the node set one.
+    space: OnceLock<Arc<crate::DiskSpace>>,
     /// Held around every fsync and the offline check after it. Linux reports a writeback
     /// error to only one of the fsyncs that follow it, so when the writer and the syncer
     /// both fsync, the one that did not see the error must see the partition offline.
@@ -368,6 +370,9 @@ impl PartitionLog {
         if *self.shared.awaiting_remote.borrow() {
             self.wait_for_remote().await?;
         }
+        if let Some(space) = self.shared.space.get() {
+            space.reserve(batch.len() as u64)?;
+        }
         let (reply, receive) = oneshot::channel();
         self.send(Command::Append {
             batch,
@@ -376,6 +381,12 @@ impl PartitionLog {
         })
         .await?;
         Ok(PendingAppend(receive))
+    }
+
+    /// Checks every append from now on against `space`'s free-disk floor (see
+    /// [`crate::space`]). Set once; a second call is ignored.
+    pub fn set_disk_space(&self, space: Arc<crate::DiskSpace>) {
+        let _ = self.shared.space.set(space);
     }
 
     async fn wait_for_remote(&self) -> Result<(), LogError> {
@@ -673,8 +684,19 @@ impl PartitionLog {
     }
 
     /// Like [`PartitionLog::offset_for_timestamp`], with the found record's timestamp.
+    /// With a remote attached, the remote tier is asked first: its records come first.
     pub async fn find_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>, LogError> {
         self.shared.check_online()?;
+        if let Some(remote) = self.remote()
+            && remote.start < remote.end
+            && let Some((offset, found)) = remote.reader.find_timestamp(timestamp).await?
+        {
+            // As below for the local log: below a DeleteRecords start, the start.
+            let start = self.log_start();
+            if offset.max(start) < remote.end {
+                return Ok(Some((offset.max(start), found)));
+            }
+        }
         let upper = self.high_watermark();
         let (segments, log_start) = self.shared.snapshot();
         let max_batch = decompression_limit(&self.shared.config());
@@ -953,6 +975,7 @@ fn open_blocking(
         remote: RwLock::new(None),
         awaiting_remote: watch::Sender::new(awaiting_remote),
         deleted_below: AtomicU64::new(deleted_below),
+        space: OnceLock::new(),
         sync_lock: Mutex::new(()),
         metrics,
     };

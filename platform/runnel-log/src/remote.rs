@@ -27,12 +27,21 @@ use crate::LogError;
 /// A read from the remote tier in progress.
 pub type RemoteRead = Pin<Box<dyn Future<Output = Result<Bytes, LogError>> + Send + 'static>>;
 
+/// A lookup by timestamp in the remote tier in progress: (offset, timestamp) of the first
+/// record at or after the timestamp asked, if the remote holds one.
+pub type RemoteFind =
+    Pin<Box<dyn Future<Output = Result<Option<(u64, i64)>, LogError>> + Send + 'static>>;
+
 /// Reads a partition's remote records.
 pub trait RemoteLog: Send + Sync {
     /// Whole batches from the one holding `offset` on, about `max_bytes` of them (with
     /// `at_least_one`, the first even if larger). A failure is a retriable
     /// [`LogError::Remote`], never records that were not produced.
     fn read(&self, offset: u64, max_bytes: usize, at_least_one: bool) -> RemoteRead;
+
+    /// The first remote record whose timestamp is at least `timestamp` (ListOffsets by
+    /// timestamp), or `None` if every remote record is older. Failures as for `read`.
+    fn find_timestamp(&self, timestamp: i64) -> RemoteFind;
 }
 
 /// What the remote tier holds of a partition: offsets `start..end`.

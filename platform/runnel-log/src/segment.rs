@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::batch::{self, BATCH_HEADER_LEN, BatchHeader, Records};
+use crate::batch::{self, BATCH_HEADER_LEN, BatchHeader};
 use crate::error::LogError;
 use crate::index::{OFFSET_ENTRY_LEN, OffsetEntry, SegmentIndex};
 
@@ -807,27 +807,9 @@ impl Segment {
             if header.base_offset >= upper as i64 {
                 return Ok(false);
             }
-            if header.max_timestamp < timestamp {
-                return Ok(true);
-            }
-            if header.is_log_append_time() {
-                found = Some((header.base_offset as u64, header.max_timestamp));
-                return Ok(false);
-            }
-            let section = batch::records_section(bytes, max_batch_bytes)
+            found = batch::first_at_or_after(bytes, header, timestamp, upper, max_batch_bytes)
                 .map_err(|e| self.corrupt(position, e.to_string()))?;
-            for record in Records::new(&section, header.records_count) {
-                let record = record.map_err(|e| self.corrupt(position, e.to_string()))?;
-                let offset = header
-                    .base_offset
-                    .saturating_add(i64::from(record.offset_delta));
-                let record_timestamp = header.base_timestamp.saturating_add(record.timestamp_delta);
-                if record_timestamp >= timestamp && offset < upper as i64 {
-                    found = Some((offset as u64, record_timestamp));
-                    return Ok(false);
-                }
-            }
-            Ok(true)
+            Ok(found.is_none())
         })?;
         Ok(found)
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use common::*;
 use runnel_config::TopicConfig;
-use runnel_log::{LogError, PartitionLog, Remote, RemoteLog, RemoteRead};
+use runnel_log::{LogError, PartitionLog, Remote, RemoteFind, RemoteLog, RemoteRead};
 
 /// Serves reads from another log (or fails every read).
 struct Copy {
@@ -23,6 +23,16 @@ impl RemoteLog for Copy {
         Box::pin(async move {
             match log {
                 Some(log) => Ok(log.read(offset, max_bytes).await?.records),
+                None => Err(LogError::Remote("the store is down".into())),
+            }
+        })
+    }
+
+    fn find_timestamp(&self, timestamp: i64) -> RemoteFind {
+        let log = self.log.clone();
+        Box::pin(async move {
+            match log {
+                Some(log) => log.find_timestamp(timestamp).await,
                 None => Err(LogError::Remote("the store is down".into())),
             }
         })
@@ -84,6 +94,16 @@ async fn local_segments_go_only_once_the_remote_holds_them_and_reads_below_go_to
     let all = read_all(&log, 0, 300).await.expect("read everything");
     assert_eq!(all.len(), 20);
     assert!(all.iter().enumerate().all(|(i, r)| r.offset == i as u64));
+    // So do timestamps (record i has timestamp 1000 + i): below the local start from the
+    // remote, above it from the local log.
+    assert_eq!(log.offset_for_timestamp(0).await.unwrap(), Some(0));
+    assert_eq!(log.offset_for_timestamp(1_003).await.unwrap(), Some(3));
+    let local = 1_000 + held as i64 + 1;
+    assert_eq!(
+        log.offset_for_timestamp(local).await.unwrap(),
+        Some(held + 1)
+    );
+    assert_eq!(log.offset_for_timestamp(1_020).await.unwrap(), None);
 
     // A failing remote is a retriable error, not an out-of-range offset.
     log.set_remote(remote(0, held, None)).await.unwrap();
@@ -93,6 +113,8 @@ async fn local_segments_go_only_once_the_remote_holds_them_and_reads_below_go_to
         "{error}"
     );
     assert!(log.read(held, 1000).await.is_ok(), "local reads go on");
+    let error = log.offset_for_timestamp(0).await.unwrap_err();
+    assert!(error.is_retryable(), "{error}");
 }
 
 #[tokio::test]

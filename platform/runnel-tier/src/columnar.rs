@@ -28,7 +28,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::statistics::Statistics;
-use runnel_log::BatchEncoder;
+use runnel_log::BatchAppender;
 use runnel_log::batch::{BatchHeader, Records, batch_positions, records_section};
 
 use crate::TierError;
@@ -282,8 +282,8 @@ fn row_groups_from(builder: &ParquetRecordBatchReaderBuilder<Bytes>, from: u64) 
 
 /// Rebuilds the record batches of a segment file from offset `from` on, whole batches
 /// (the first may start before `from`), stopping once about `max_bytes` are rebuilt (at
-/// least one batch if there is any).
-pub fn decode(parquet: Bytes, from: u64, max_bytes: usize) -> Result<Vec<BytesMut>, TierError> {
+/// least one batch if there is any). The batches are concatenated.
+pub fn decode(parquet: Bytes, from: u64, max_bytes: usize) -> Result<BytesMut, TierError> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(parquet)?;
     check_schema(builder.schema())?;
     let groups = row_groups_from(&builder, from);
@@ -310,12 +310,11 @@ pub(crate) fn check_schema(schema: &SchemaRef) -> Result<(), TierError> {
     }
 }
 
-/// Batches being rebuilt from rows.
+/// Batches being rebuilt from rows, into one buffer.
 #[derive(Default)]
 pub(crate) struct Rebuilder {
-    done: Vec<BytesMut>,
-    bytes: usize,
-    open: Option<(BatchHeader, BatchEncoder)>,
+    done: BytesMut,
+    open: Option<(BatchHeader, BatchAppender)>,
 }
 
 fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, TierError> {
@@ -392,15 +391,12 @@ impl Rebuilder {
                 .is_some_and(|(open, _)| open.base_offset == header.base_offset);
             if !same {
                 self.seal()?;
-                if self.bytes >= max_bytes {
+                if self.done.len() >= max_bytes {
                     return Ok(false);
                 }
-                self.open = Some((
-                    header,
-                    BatchEncoder::new(runnel_log::BatchBuilder::default()),
-                ));
+                self.open = Some((header, BatchAppender::begin(&mut self.done)));
             }
-            let Some((open, encoder)) = self.open.as_mut() else {
+            let Some((open, appender)) = self.open.as_mut() else {
                 continue;
             };
             let delta = offset.value(row) - open.base_offset;
@@ -421,7 +417,8 @@ impl Rebuilder {
                     header_values.is_valid(i).then(|| header_values.value(i)),
                 )
             });
-            encoder.push_encoded(
+            appender.push_encoded(
+                &mut self.done,
                 delta,
                 timestamp_delta.value(row),
                 key.is_valid(row).then(|| key.value(row)),
@@ -432,17 +429,24 @@ impl Rebuilder {
         Ok(true)
     }
 
+    /// A rebuilder writing into `buffer` (from its end on).
+    pub(crate) fn into_buffer(buffer: BytesMut) -> Rebuilder {
+        Rebuilder {
+            done: buffer,
+            open: None,
+        }
+    }
+
     /// Closes the open batch.
     fn seal(&mut self) -> Result<(), TierError> {
-        if let Some((header, encoder)) = self.open.take() {
-            let batch = encoder.finish_as(&header)?;
-            self.bytes += batch.len();
-            self.done.push(batch);
+        if let Some((header, appender)) = self.open.take() {
+            appender.finish(&mut self.done, &header)?;
         }
         Ok(())
     }
 
-    pub(crate) fn finish(mut self) -> Result<Vec<BytesMut>, TierError> {
+    /// The rebuilt batches, concatenated.
+    pub(crate) fn finish(mut self) -> Result<BytesMut, TierError> {
         self.seal()?;
         Ok(self.done)
     }
@@ -528,9 +532,7 @@ mod tests {
         let encoded = encode(&original).unwrap();
         assert_eq!(encoded.records, 360);
         assert_eq!(encoded.offsets, Some((0, 359)));
-        let rebuilt: Vec<u8> = decode(encoded.parquet.clone(), 0, usize::MAX)
-            .unwrap()
-            .concat();
+        let rebuilt = decode(encoded.parquet.clone(), 0, usize::MAX).unwrap();
         assert_eq!(records_of(&rebuilt, 0), records_of(&original, 0));
         for (position, header) in batch_positions(&rebuilt) {
             let batch = &rebuilt[position..position + header.total_len() as usize];
@@ -561,9 +563,7 @@ mod tests {
         let groups = builder.metadata().num_row_groups();
         assert_eq!(groups, 40_000usize.div_ceil(ROW_GROUP_ROWS));
         assert_eq!(row_groups_from(&builder, 35_000).len(), 1);
-        let rebuilt = decode(encoded.parquet, 35_500, usize::MAX)
-            .unwrap()
-            .concat();
+        let rebuilt = decode(encoded.parquet, 35_500, usize::MAX).unwrap();
         // Whole batches: from the one holding 35,500.
         assert_eq!(headers_of(&rebuilt)[0].base_offset, 35_000);
         assert_eq!(records_of(&rebuilt, 35_500), records_of(&original, 35_500));
@@ -575,12 +575,12 @@ mod tests {
         let encoded = encode(&original).unwrap();
         let one = decode(encoded.parquet.clone(), 0, 1).unwrap();
         assert_eq!(
-            one.len(),
+            headers_of(&one).len(),
             1,
             "at least one batch, and no more past the limit"
         );
         let all = decode(encoded.parquet, 0, usize::MAX).unwrap();
-        assert_eq!(all.len(), 10);
+        assert_eq!(headers_of(&all).len(), 10);
     }
 
     #[test]

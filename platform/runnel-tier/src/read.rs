@@ -4,20 +4,25 @@
 //! A read finds the manifest's file holding the offset, the file's footer (cached in
 //! memory), and the one row group holding the offset by its offset statistics; it fetches
 //! only that row group's bytes (one ranged GET), rebuilds its record batches and keeps them
-//! in a disk cache under a size cap, least recently used out first. Row groups end on batch
-//! boundaries (see [`crate::columnar`]), so a rebuilt group is whole batches.
+//! in memory (the recent ones); the fetched bytes go to a disk cache under a size cap, so a
+//! group read again later is rebuilt without the store. The first read of a group starts
+//! rebuilding the next ones, so a consumer reading on finds them ready and the rebuilds use
+//! more than one core. Row groups end on batch boundaries (see [`crate::columnar`]), so a
+//! rebuilt group is whole batches.
 //!
 //! # Failure behaviour
 //! A store error, a truncated body or a file that does not rebuild into the offsets its
-//! statistics promise fails the read with a retriable [`LogError::Remote`]; nothing is
-//! cached from it, and no partial or guessed records are returned.
+//! statistics promise fails the read with a retriable [`LogError::Remote`]; nothing
+//! rebuilt from it is kept (bytes from the disk cache that fail are dropped from it), and
+//! no partial or guessed records are returned.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt as _};
 use parquet::arrow::arrow_reader::{
@@ -26,8 +31,9 @@ use parquet::arrow::arrow_reader::{
 use parquet::file::metadata::ParquetMetaDataReader;
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::statistics::Statistics;
-use runnel_log::batch::batch_positions;
-use runnel_log::{LogError, RemoteLog, RemoteRead};
+use runnel_log::batch::{batch_positions, first_at_or_after};
+use runnel_log::{LogError, RemoteFind, RemoteLog, RemoteRead};
+use tokio::sync::OnceCell;
 
 use crate::manifest::{Manifest, RemoteSegment};
 use crate::{TierError, columnar};
@@ -36,39 +42,117 @@ use crate::{TierError, columnar};
 const MAX_FOOTERS: usize = 1024;
 /// Bytes fetched from a file's end to find its footer, which usually fits.
 const FOOTER_GUESS: u64 = 64 << 10;
+/// Rebuilt row groups kept in memory at most, in bytes: the groups consumers are reading
+/// and the ones read ahead of them.
+const MEMORY_CAP: u64 = 128 << 20;
+/// Row groups rebuilt ahead of a reader, each on its own blocking thread.
+const READ_AHEAD: usize = 2;
+/// The most room reserved up front for a rebuilt row group, whatever its footer claims.
+const MAX_GROUP_GUESS: usize = 256 << 20;
+/// Buffers of evicted groups kept for reuse at most.
+const MAX_SPARE: usize = 4;
 
 /// Counters of the reads, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct ReadMetrics {
     pub reads: AtomicU64,
     pub read_errors: AtomicU64,
+    /// Row groups served without rebuilding them (from memory or the disk cache).
     pub cache_hits: AtomicU64,
+    /// Row groups fetched and rebuilt, by reads and by read-ahead.
     pub cache_misses: AtomicU64,
     /// Bytes fetched from the store for row groups.
     pub fetched_bytes: AtomicU64,
+    /// Bytes in the disk cache.
     pub cache_bytes: AtomicU64,
 }
 
-/// Rebuilt row groups on local disk, under a size cap; and file footers in memory.
+/// The row groups read from the tier: the recently rebuilt ones in memory, their fetched
+/// bytes on local disk under a size cap; and file footers in memory. A group being rebuilt
+/// is rebuilt once, however many readers (and read-aheads) ask for it meanwhile.
 pub struct TierCache {
     dir: PathBuf,
-    cap: u64,
     state: Mutex<CacheState>,
     footers: Mutex<HashMap<String, ArrowReaderMetadata>>,
+    loading: Mutex<HashMap<String, Arc<OnceCell<Bytes>>>>,
+    /// Buffers of evicted groups, for the next rebuilds.
+    spare: Mutex<Vec<BytesMut>>,
     metrics: Arc<ReadMetrics>,
 }
 
-#[derive(Default)]
 struct CacheState {
-    /// File name -> (bytes, last use).
-    entries: HashMap<String, (u64, u64)>,
+    /// Entries on disk, by file name.
+    disk: Lru<()>,
+    /// Entries in memory; `true` until a read has used one (a read-ahead's result).
+    memory: Lru<(Bytes, bool)>,
+}
+
+/// Named entries under a byte cap, the least recently used evicted first.
+struct Lru<V> {
+    cap: u64,
+    entries: HashMap<String, (V, u64, u64)>,
     total: u64,
     clock: u64,
 }
 
+impl<V> Lru<V> {
+    fn new(cap: u64) -> Lru<V> {
+        Lru {
+            cap,
+            entries: HashMap::new(),
+            total: 0,
+            clock: 0,
+        }
+    }
+
+    /// The entry, marked as used now.
+    fn touch(&mut self, name: &str) -> Option<&mut V> {
+        self.clock += 1;
+        let clock = self.clock;
+        let (value, _, used) = self.entries.get_mut(name)?;
+        *used = clock;
+        Some(value)
+    }
+
+    /// Inserts an entry of `size` bytes; the entries evicted to make room. An entry larger
+    /// than the cap is not kept.
+    fn insert(&mut self, name: &str, value: V, size: u64) -> Vec<(String, V)> {
+        if size > self.cap {
+            return Vec::new();
+        }
+        self.remove(name);
+        self.clock += 1;
+        self.entries
+            .insert(name.to_string(), (value, size, self.clock));
+        self.total += size;
+        let mut evicted = Vec::new();
+        while self.total > self.cap {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(name, _)| name.clone())
+            else {
+                break;
+            };
+            if let Some(value) = self.remove(&oldest) {
+                evicted.push((oldest, value));
+            }
+        }
+        evicted
+    }
+
+    fn remove(&mut self, name: &str) -> Option<V> {
+        let (value, size, _) = self.entries.remove(name)?;
+        self.total -= size;
+        Some(value)
+    }
+}
+
 impl TierCache {
-    /// A cache in `dir` holding at most `cap` bytes. What an earlier run left there is
-    /// removed: entries are cheap to rebuild and their bookkeeping is not persisted.
+    /// A cache in `dir` holding at most `cap` bytes on disk (and [`MEMORY_CAP`] of rebuilt
+    /// groups in memory). What an earlier run left there is removed: entries are cheap to
+    /// fetch again and their bookkeeping is not persisted.
     pub fn open(dir: PathBuf, cap: u64, metrics: Arc<ReadMetrics>) -> Result<TierCache, TierError> {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| {
@@ -80,9 +164,13 @@ impl TierCache {
         })?;
         Ok(TierCache {
             dir,
-            cap,
-            state: Mutex::new(CacheState::default()),
+            state: Mutex::new(CacheState {
+                disk: Lru::new(cap),
+                memory: Lru::new(MEMORY_CAP),
+            }),
             footers: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
+            spare: Mutex::new(Vec::new()),
             metrics,
         })
     }
@@ -102,42 +190,112 @@ impl TierCache {
                 }
             })
             .collect();
-        format!("{flat}.{group}.batches")
+        format!("{flat}.{group}.chunk")
     }
 
-    async fn get(&self, name: &str) -> Option<Bytes> {
+    /// The entry if it is in memory, and whether this is its first use.
+    fn in_memory(&self, name: &str) -> Option<(Bytes, bool)> {
+        let mut state = self.state.lock().ok()?;
+        let (bytes, fresh) = state.memory.touch(name)?;
+        let first = std::mem::replace(fresh, false);
+        Some((bytes.clone(), first))
+    }
+
+    /// Whether the entry is in memory or being loaded.
+    fn is_at_hand(&self, name: &str) -> bool {
+        let in_memory = self
+            .state
+            .lock()
+            .is_ok_and(|state| state.memory.entries.contains_key(name));
+        in_memory || self.loading.lock().is_ok_and(|l| l.contains_key(name))
+    }
+
+    /// The entry from the disk cache.
+    async fn read_from_disk(&self, name: &str) -> Option<Bytes> {
         {
             let mut state = self.state.lock().ok()?;
-            state.clock += 1;
-            let clock = state.clock;
-            let entry = state.entries.get_mut(name)?;
-            entry.1 = clock;
+            state.disk.touch(name)?;
         }
         match tokio::fs::read(self.dir.join(name)).await {
             Ok(bytes) => Some(Bytes::from(bytes)),
             Err(_) => {
-                self.forget(name);
+                self.forget_on_disk(name).await;
                 None
             }
         }
     }
 
-    fn forget(&self, name: &str) {
-        if let Ok(mut state) = self.state.lock()
-            && let Some((size, _)) = state.entries.remove(name)
-        {
-            state.total -= size;
+    async fn forget_on_disk(&self, name: &str) {
+        if let Ok(mut state) = self.state.lock() {
+            state.disk.remove(name);
             self.metrics
                 .cache_bytes
-                .store(state.total, Ordering::Relaxed);
+                .store(state.disk.total, Ordering::Relaxed);
+        }
+        let _ = tokio::fs::remove_file(self.dir.join(name)).await;
+    }
+
+    fn keep_in_memory(&self, name: &str, bytes: &Bytes, fresh: bool) {
+        let evicted = match self.state.lock() {
+            Ok(mut state) => state
+                .memory
+                .insert(name, (bytes.clone(), fresh), bytes.len() as u64),
+            Err(_) => return,
+        };
+        // An evicted group nobody reads any more lends its memory to the next rebuild,
+        // which then writes into pages already mapped.
+        for (_, (bytes, _)) in evicted {
+            if let Ok(mut buffer) = bytes.try_into_mut()
+                && let Ok(mut spare) = self.spare.lock()
+                && spare.len() < MAX_SPARE
+            {
+                buffer.clear();
+                spare.push(buffer);
+            }
         }
     }
 
-    /// Stores an entry (written aside, then renamed), then evicts the least recently used
-    /// entries beyond the cap. A failure to write only means no caching.
-    async fn put(&self, name: &str, bytes: &Bytes) {
+    /// A buffer for a rebuilt group of about `bytes`: a spare one if there is one.
+    fn buffer(&self, bytes: usize) -> BytesMut {
+        let spare = self.spare.lock().ok().and_then(|mut spare| spare.pop());
+        match spare {
+            Some(mut buffer) => {
+                buffer.reserve(bytes);
+                buffer
+            }
+            None => BytesMut::with_capacity(bytes),
+        }
+    }
+
+    /// The fetched bytes `name` from the disk cache if they are there and `len` long, or
+    /// from `fetch`; and whether they came from the cache.
+    async fn fetched<F>(&self, name: &str, len: u64, fetch: F) -> Result<(Bytes, bool), TierError>
+    where
+        F: Future<Output = Result<Bytes, TierError>>,
+    {
+        if let Some(bytes) = self.read_from_disk(name).await
+            && bytes.len() as u64 == len
+        {
+            self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((bytes, true));
+        }
+        self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let bytes = fetch.await?;
+        self.metrics
+            .fetched_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok((bytes, false))
+    }
+
+    /// Stores an entry on disk (written aside, then renamed), evicting the least recently
+    /// used entries beyond the cap. A failure to write only means no caching on disk.
+    async fn write_to_disk(&self, name: &str, bytes: &Bytes) {
         let size = bytes.len() as u64;
-        if size > self.cap {
+        if self
+            .state
+            .lock()
+            .map_or(true, |state| size > state.disk.cap)
+        {
             return;
         }
         let path = self.dir.join(name);
@@ -156,35 +314,51 @@ impl TierCache {
             let Ok(mut state) = self.state.lock() else {
                 return;
             };
-            state.clock += 1;
-            let clock = state.clock;
-            if let Some((old, _)) = state.entries.insert(name.to_string(), (size, clock)) {
-                state.total -= old;
-            }
-            state.total += size;
-            let mut evicted = Vec::new();
-            while state.total > self.cap {
-                let Some(oldest) = state
-                    .entries
-                    .iter()
-                    .min_by_key(|(_, (_, used))| *used)
-                    .map(|(name, _)| name.clone())
-                else {
-                    break;
-                };
-                if let Some((size, _)) = state.entries.remove(&oldest) {
-                    state.total -= size;
-                }
-                evicted.push(oldest);
-            }
+            let evicted = state.disk.insert(name, (), size);
             self.metrics
                 .cache_bytes
-                .store(state.total, Ordering::Relaxed);
+                .store(state.disk.total, Ordering::Relaxed);
             evicted
         };
-        for name in evicted {
+        for (name, ()) in evicted {
             let _ = tokio::fs::remove_file(self.dir.join(name)).await;
         }
+    }
+
+    /// The rebuilt entry `name`: from memory, or made by `rebuild` — once, however many
+    /// callers ask meanwhile — and kept in memory. `fresh` marks what this call makes as
+    /// not yet read. The entry, and whether this call found it in memory used before.
+    async fn load<F>(
+        self: &Arc<Self>,
+        name: &str,
+        fresh: bool,
+        rebuild: F,
+    ) -> Result<(Bytes, bool), TierError>
+    where
+        F: Future<Output = Result<Bytes, TierError>>,
+    {
+        if let Some((bytes, first)) = self.in_memory(name) {
+            self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((bytes, !first));
+        }
+        let cell = match self.loading.lock() {
+            Ok(mut loading) => loading.entry(name.to_string()).or_default().clone(),
+            Err(_) => Arc::new(OnceCell::new()),
+        };
+        let loaded = cell
+            .get_or_try_init(|| async move {
+                let rebuilt = rebuild.await?;
+                self.keep_in_memory(name, &rebuilt, fresh);
+                Ok(rebuilt)
+            })
+            .await
+            .cloned();
+        if let Ok(mut loading) = self.loading.lock()
+            && loading.get(name).is_some_and(|c| Arc::ptr_eq(c, &cell))
+        {
+            loading.remove(name);
+        }
+        loaded.map(|bytes| (bytes, false))
     }
 
     async fn footer(
@@ -268,19 +442,21 @@ impl TierReader {
     }
 
     /// Whole batches from the one holding `offset`, about `max_bytes` of them, all from
-    /// the row group holding `offset`.
+    /// the row group holding `offset`. The first read of a group starts rebuilding the
+    /// next [`READ_AHEAD`] groups, for a consumer reading on.
     pub async fn read(
         &self,
         offset: u64,
         max_bytes: usize,
         at_least_one: bool,
     ) -> Result<Bytes, TierError> {
-        let segment = self
+        let index = self
             .manifest
             .segments
             .iter()
-            .find(|s| s.base_offset <= offset && offset <= s.last_offset)
+            .position(|s| s.base_offset <= offset && offset <= s.last_offset)
             .ok_or_else(|| TierError::Format(format!("no tiered segment holds offset {offset}")))?;
+        let segment = &self.manifest.segments[index];
         let footer = self.cache.footer(&self.store, segment).await?;
         let group = group_holding(&footer, offset).ok_or_else(|| {
             TierError::Format(format!(
@@ -288,26 +464,101 @@ impl TierReader {
                 segment.key
             ))
         })?;
-        let name = TierCache::entry_name(&segment.key, group);
-        let batches = match self.cache.get(&name).await {
-            Some(bytes) => {
-                self.cache
-                    .metrics
-                    .cache_hits
-                    .fetch_add(1, Ordering::Relaxed);
-                bytes
-            }
-            None => {
-                self.cache
-                    .metrics
-                    .cache_misses
-                    .fetch_add(1, Ordering::Relaxed);
-                let rebuilt = self.rebuild(segment, &footer, group).await?;
-                self.cache.put(&name, &rebuilt).await;
-                rebuilt
-            }
-        };
+        let (batches, used_before) = self.group(index, &footer, group, false).await?;
+        if !used_before {
+            self.read_ahead(index, footer.metadata().num_row_groups(), group);
+        }
         Ok(slice(&batches, offset, max_bytes, at_least_one))
+    }
+
+    /// The rebuilt batches of row group `group` of segment `index`, and whether a read
+    /// has used them before.
+    async fn group(
+        &self,
+        index: usize,
+        footer: &ArrowReaderMetadata,
+        group: usize,
+        ahead: bool,
+    ) -> Result<(Bytes, bool), TierError> {
+        let segment = &self.manifest.segments[index];
+        let name = TierCache::entry_name(&segment.key, group);
+        self.cache
+            .load(&name, ahead, self.rebuild(segment, footer, group))
+            .await
+    }
+
+    /// Starts rebuilding the [`READ_AHEAD`] row groups after `group` of segment `index`
+    /// (which has `groups` of them), each in its own task, unless they are at hand. A
+    /// failure there only means the read that needs the group fetches it again.
+    fn read_ahead(&self, index: usize, groups: usize, group: usize) {
+        let segments = self.manifest.segments.len();
+        for step in 1..=READ_AHEAD {
+            let (index, group) = if group + step < groups {
+                (index, group + step)
+            } else if index + 1 < segments {
+                // Into the next file: its groups are counted once its footer is read.
+                (index + 1, group + step - groups)
+            } else {
+                return;
+            };
+            let reader = self.clone();
+            tokio::spawn(async move {
+                let segment = &reader.manifest.segments[index];
+                let Ok(footer) = reader.cache.footer(&reader.store, segment).await else {
+                    return;
+                };
+                if group >= footer.metadata().num_row_groups()
+                    || reader
+                        .cache
+                        .is_at_hand(&TierCache::entry_name(&segment.key, group))
+                {
+                    return;
+                }
+                if let Err(error) = reader.group(index, &footer, group, true).await {
+                    tracing::debug!(key = %segment.key, group, %error, "reading ahead failed");
+                }
+            });
+        }
+    }
+
+    /// The first record whose timestamp is at least `timestamp`: the files whose newest
+    /// record is older are skipped by the manifest, then the row groups by their timestamp
+    /// statistics, and the first group that may hold one is read (through the cache) and
+    /// searched.
+    pub async fn find_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>, TierError> {
+        for (index, segment) in self.manifest.segments.iter().enumerate() {
+            if segment.max_timestamp < timestamp {
+                continue;
+            }
+            let footer = self.cache.footer(&self.store, segment).await?;
+            for group in 0..footer.metadata().num_row_groups() {
+                if int64_bounds(&footer, group, TIMESTAMP_COLUMN)
+                    .is_some_and(|(_, newest)| newest < timestamp)
+                {
+                    continue;
+                }
+                let (batches, _) = self.group(index, &footer, group, false).await?;
+                for (position, header) in batch_positions(&batches) {
+                    let bytes = &batches[position..position + header.total_len() as usize];
+                    let found =
+                        first_at_or_after(bytes, &header, timestamp, u64::MAX, bytes.len())?;
+                    if found.is_some() {
+                        return Ok(found);
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Counts a failed read or lookup and makes it the log's retriable error.
+    fn failed(&self, what: &str, error: TierError) -> LogError {
+        self.cache
+            .metrics
+            .read_errors
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%error, "{what} in tiered storage failed");
+        LogError::Remote(error.to_string())
     }
 
     /// Fetches one row group and rebuilds its batches, checking they hold exactly the
@@ -334,19 +585,21 @@ impl TierReader {
             )));
         }
         let path = ObjectPath::from(segment.key.as_str());
-        let bytes = self.store.get_range(&path, start..end).await?;
-        if bytes.len() as u64 != end - start {
-            return Err(TierError::Format(format!(
-                "a truncated body: {} of {} bytes of row group {group} of {}",
-                bytes.len(),
-                end - start,
-                segment.key
-            )));
-        }
-        self.cache
-            .metrics
-            .fetched_bytes
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let fetch = async {
+            let bytes = self.store.get_range(&path, start..end).await?;
+            if bytes.len() as u64 != end - start {
+                return Err(TierError::Format(format!(
+                    "a truncated body: {} of {} bytes of row group {group} of {}",
+                    bytes.len(),
+                    end - start,
+                    segment.key
+                )));
+            }
+            Ok(bytes)
+        };
+        let name = TierCache::entry_name(&segment.key, group);
+        let (bytes, from_cache) = self.cache.fetched(&name, end - start, fetch).await?;
+        let fetched = bytes.clone();
         let (low, high) = offset_bounds(footer, group).ok_or_else(|| {
             TierError::Format(format!(
                 "row group {group} of {} has no offset statistics",
@@ -359,24 +612,34 @@ impl TierReader {
             file_size: segment.size,
         };
         let footer = footer.clone();
-        tokio::task::spawn_blocking(move || -> Result<Bytes, TierError> {
+        // Rebuilt batches are about as large as the group's uncompressed columns.
+        let capacity = usize::try_from(metadata.total_byte_size()).unwrap_or(0);
+        let buffer = self.cache.buffer(capacity.min(MAX_GROUP_GUESS));
+        let rebuilt = tokio::task::spawn_blocking(move || -> Result<Bytes, TierError> {
             let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk, footer)
                 .with_row_groups(vec![group])
                 .build()?;
-            let mut rebuilt = columnar::Rebuilder::default();
+            let mut rebuilt = columnar::Rebuilder::into_buffer(buffer);
             for batch in reader {
                 rebuilt.add(&batch?, 0, usize::MAX)?;
             }
             let batches = rebuilt.finish()?;
             check_dense(&batches, low, high)?;
-            let mut joined = Vec::with_capacity(batches.iter().map(|b| b.len()).sum());
-            for batch in &batches {
-                joined.extend_from_slice(batch);
-            }
-            Ok(Bytes::from(joined))
+            Ok(batches.freeze())
         })
         .await
-        .map_err(|e| TierError::Format(format!("the rebuild thread failed: {e}")))?
+        .map_err(|e| TierError::Format(format!("the rebuild thread failed: {e}")))?;
+        match (&rebuilt, from_cache) {
+            // Fetched bytes that rebuilt go to the disk cache, behind the reader's back.
+            (Ok(_), false) => {
+                let cache = self.cache.clone();
+                tokio::spawn(async move { cache.write_to_disk(&name, &fetched).await });
+            }
+            // Damaged on local disk: the next try fetches from the store.
+            (Err(_), true) => self.cache.forget_on_disk(&name).await,
+            _ => {}
+        }
+        rebuilt
     }
 }
 
@@ -388,15 +651,16 @@ impl RemoteLog for TierReader {
             reader
                 .read(offset, max_bytes, at_least_one)
                 .await
-                .map_err(|error| {
-                    reader
-                        .cache
-                        .metrics
-                        .read_errors
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(offset, %error, "a read from tiered storage failed");
-                    LogError::Remote(error.to_string())
-                })
+                .map_err(|error| reader.failed(&format!("a read from offset {offset}"), error))
+        })
+    }
+
+    fn find_timestamp(&self, timestamp: i64) -> RemoteFind {
+        let reader = self.clone();
+        Box::pin(async move {
+            reader.find_timestamp(timestamp).await.map_err(|error| {
+                reader.failed(&format!("a lookup of timestamp {timestamp}"), error)
+            })
         })
     }
 }
@@ -440,16 +704,26 @@ impl ChunkReader for Chunk {
     }
 }
 
-/// The smallest and largest offset of a row group, by its statistics.
-fn offset_bounds(footer: &ArrowReaderMetadata, group: usize) -> Option<(u64, u64)> {
-    match footer.metadata().row_group(group).column(0).statistics() {
-        Some(Statistics::Int64(stats)) => {
-            let low = u64::try_from(*stats.min_opt()?).ok()?;
-            let high = u64::try_from(*stats.max_opt()?).ok()?;
-            Some((low, high))
-        }
+/// The column of the offsets in a segment file, and of the timestamps.
+const OFFSET_COLUMN: usize = 0;
+const TIMESTAMP_COLUMN: usize = 1;
+
+/// The smallest and largest value of an Int64 column of a row group, by its statistics.
+fn int64_bounds(footer: &ArrowReaderMetadata, group: usize, column: usize) -> Option<(i64, i64)> {
+    let group = footer.metadata().row_group(group);
+    if column >= group.num_columns() {
+        return None;
+    }
+    match group.column(column).statistics() {
+        Some(Statistics::Int64(stats)) => Some((*stats.min_opt()?, *stats.max_opt()?)),
         _ => None,
     }
+}
+
+/// The smallest and largest offset of a row group, by its statistics.
+fn offset_bounds(footer: &ArrowReaderMetadata, group: usize) -> Option<(u64, u64)> {
+    let (low, high) = int64_bounds(footer, group, OFFSET_COLUMN)?;
+    Some((u64::try_from(low).ok()?, u64::try_from(high).ok()?))
 }
 
 /// The row group whose offsets include `offset`.
@@ -459,11 +733,12 @@ fn group_holding(footer: &ArrowReaderMetadata, offset: u64) -> Option<usize> {
     })
 }
 
-/// Checks that rebuilt batches hold the dense run of offsets `low..=high`.
-fn check_dense(batches: &[bytes::BytesMut], low: u64, high: u64) -> Result<(), TierError> {
+/// Checks that rebuilt batches hold the dense run of offsets `low..=high`, and nothing else.
+fn check_dense(batches: &[u8], low: u64, high: u64) -> Result<(), TierError> {
     let mut next = low;
-    for batch in batches {
-        let header = runnel_log::BatchHeader::parse(batch)?;
+    let mut end = 0;
+    for (position, header) in batch_positions(batches) {
+        end = position + header.total_len() as usize;
         let records = i64::from(header.records_count);
         if header.base_offset as u64 != next || records != i64::from(header.last_offset_delta) + 1 {
             return Err(TierError::Format(format!(
@@ -473,7 +748,7 @@ fn check_dense(batches: &[bytes::BytesMut], low: u64, high: u64) -> Result<(), T
         }
         next = header.last_offset() as u64 + 1;
     }
-    if next != high + 1 {
+    if next != high + 1 || end != batches.len() {
         return Err(TierError::Format(format!(
             "rebuilt batches end at {next}, the row group at {}",
             high + 1
@@ -500,5 +775,116 @@ fn slice(batches: &Bytes, offset: u64, max_bytes: usize, at_least_one: bool) -> 
     match from {
         Some(start) if to > start => batches.slice(start..to),
         _ => Bytes::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use object_store::memory::InMemory;
+    use runnel_log::batch::{stamp_offsets, visit_records};
+    use runnel_log::{BatchBuilder, NewRecord};
+
+    /// A segment of `records` records from `base` in batches of 500, record `i` with the
+    /// timestamp `1_000 + i` and the value `v<i>`.
+    fn segment(base: u64, records: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut offset = base;
+        while offset < base + records {
+            let count = 500.min(base + records - offset);
+            let batch: Vec<NewRecord> = (offset..offset + count)
+                .map(|i| NewRecord {
+                    timestamp: 1_000 + i as i64,
+                    key: Some(format!("k{i}").into_bytes()),
+                    value: Some(format!("v{i}").into_bytes()),
+                    headers: vec![("h".to_string(), Some(b"x".to_vec()))],
+                })
+                .collect();
+            let mut bytes = BatchBuilder::default().build(&batch).unwrap();
+            stamp_offsets(&mut bytes, offset as i64, 0);
+            out.extend_from_slice(&bytes);
+            offset += count;
+        }
+        out
+    }
+
+    /// Two tiered files of 40,000 records each (three row groups apiece) in a store.
+    async fn two_files(dir: &std::path::Path) -> (TierReader, Arc<ReadMetrics>) {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let mut manifest = Manifest::empty("t", 0, None);
+        for (index, base) in [0u64, 40_000].into_iter().enumerate() {
+            let encoded = columnar::encode(&segment(base, 40_000)).unwrap();
+            let key = format!("t/{index}.parquet");
+            let size = encoded.parquet.len() as u64;
+            store
+                .put(&ObjectPath::from(key.as_str()), encoded.parquet.into())
+                .await
+                .unwrap();
+            manifest.segments.push(RemoteSegment {
+                base_offset: base,
+                last_offset: base + 39_999,
+                leader_epoch: 0,
+                key,
+                size,
+                segment_size: 0,
+                records: 40_000,
+                max_timestamp: encoded.max_timestamp,
+            });
+        }
+        manifest.end = 80_000;
+        let metrics = Arc::new(ReadMetrics::default());
+        let cache = TierCache::open(dir.join("cache"), 1 << 30, metrics.clone()).unwrap();
+        let reader = TierReader::new(store, Arc::new(manifest), Arc::new(cache));
+        (reader, metrics)
+    }
+
+    #[tokio::test]
+    async fn a_reader_from_offset_0_gets_every_record_and_each_group_is_rebuilt_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (reader, metrics) = two_files(dir.path()).await;
+        let mut next = 0u64;
+        while next < 80_000 {
+            let read = reader.read(next, 64 << 10, true).await.unwrap();
+            let from = next;
+            visit_records(&read, from, 1 << 30, |record| {
+                assert_eq!(record.offset, next, "dense, in order");
+                assert_eq!(record.value, Some(format!("v{next}").as_bytes()));
+                assert_eq!(record.timestamp, 1_000 + next as i64);
+                assert_eq!(record.headers, vec![("h", Some(&b"x"[..]))]);
+                next += 1;
+                true
+            })
+            .unwrap();
+            assert!(next > from, "a read from {from} made no progress");
+        }
+        // Read-ahead and the reader asked for the same groups; each was fetched once.
+        let groups = 2 * 40_000usize.div_ceil(columnar::ROW_GROUP_ROWS) as u64;
+        assert_eq!(metrics.cache_misses.load(Ordering::Relaxed), groups);
+        // The fetched bytes reach the disk cache behind the reader.
+        for _ in 0..100 {
+            if metrics.cache_bytes.load(Ordering::Relaxed) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(metrics.cache_bytes.load(Ordering::Relaxed) > 0);
+    }
+
+    #[tokio::test]
+    async fn timestamps_are_found_in_the_right_file_and_row_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let (reader, _) = two_files(dir.path()).await;
+        assert_eq!(reader.find_timestamp(0).await.unwrap(), Some((0, 1_000)));
+        assert_eq!(
+            reader.find_timestamp(1_000 + 57_321).await.unwrap(),
+            Some((57_321, 1_000 + 57_321))
+        );
+        assert_eq!(
+            reader.find_timestamp(1_000 + 79_999).await.unwrap(),
+            Some((79_999, 1_000 + 79_999))
+        );
+        assert_eq!(reader.find_timestamp(1_000 + 80_000).await.unwrap(), None);
     }
 }

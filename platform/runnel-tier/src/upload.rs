@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart};
 use runnel_log::batch::batch_positions;
 use runnel_log::{PartitionLog, Remote, SegmentInfo};
 use tokio_util::sync::CancellationToken;
@@ -43,6 +43,12 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Bytes read from the log at a time while collecting a segment.
 const READ_BYTES: usize = 8 << 20;
+/// Files larger than this are uploaded in parts of [`PART_BYTES`], each its own request, so
+/// `tier.request_timeout_ms` covers one part rather than a whole file.
+const MULTIPART_THRESHOLD: usize = 32 << 20;
+const PART_BYTES: usize = 8 << 20;
+/// Parts of one file in flight at once.
+const PARTS_IN_FLIGHT: usize = 4;
 
 /// A partition this node leads, to upload.
 pub struct UploadTarget {
@@ -310,9 +316,7 @@ impl Uploader {
             let last = segment.next_offset - 1;
             let object = paths.segment(segment.base_offset, last, target.leader_epoch);
             let size = encoded.parquet.len() as u64;
-            self.store
-                .put(&object, PutPayload::from(encoded.parquet))
-                .await?;
+            put_file(&self.store, &object, encoded.parquet, MULTIPART_THRESHOLD).await?;
             let mut next = manifest.clone();
             next.segments.push(RemoteSegment {
                 base_offset: segment.base_offset,
@@ -325,19 +329,7 @@ impl Uploader {
                 max_timestamp: encoded.max_timestamp,
             });
             next.end = last + 1;
-            if next.store_next(&self.store, &paths).await?.is_err() {
-                // Another leader wrote this version: start again from its manifest.
-                self.forget_manifest(&key);
-                return Err(TierError::Manifest(format!(
-                    "version {} of {}-{} was written by another leader",
-                    manifest.version + 1,
-                    target.topic,
-                    target.partition
-                )));
-            }
-            manifest = next;
-            self.cache_manifest(&key, manifest.clone());
-            self.attach(target, &manifest).await?;
+            manifest = self.commit_manifest(target, &key, next).await?;
             uploaded += 1;
             self.metrics.uploads.fetch_add(1, Ordering::Relaxed);
             self.metrics
@@ -365,7 +357,7 @@ impl Uploader {
             return Ok(0);
         }
         let key = (target.topic.clone(), target.partition);
-        let mut manifest = self.manifest(target, &key).await?;
+        let manifest = self.manifest(target, &key).await?;
         let uploaded_end = manifest.uploaded_end();
         let local_only: u64 = target
             .log
@@ -397,22 +389,10 @@ impl Uploader {
         if expired == 0 {
             return Ok(0);
         }
-        let paths = self.paths(&target.topic, target.partition);
-        let mut next = manifest.clone();
+        let mut next = manifest;
         let dropped: Vec<RemoteSegment> = next.segments.drain(..expired).collect();
         next.end = uploaded_end;
-        if next.store_next(&self.store, &paths).await?.is_err() {
-            self.forget_manifest(&key);
-            return Err(TierError::Manifest(format!(
-                "version {} of {}-{} was written by another leader",
-                manifest.version + 1,
-                target.topic,
-                target.partition
-            )));
-        }
-        manifest = next;
-        self.cache_manifest(&key, manifest.clone());
-        self.attach(target, &manifest).await?;
+        self.commit_manifest(target, &key, next).await?;
         for segment in &dropped {
             let path = object_store::path::Path::from(segment.key.as_str());
             if let Err(error) = self.store.delete(&path).await {
@@ -424,6 +404,30 @@ impl Uploader {
             .fetch_add(expired as u64, Ordering::Relaxed);
         tracing::info!(topic = %target.topic, partition = target.partition, segments = expired, "tiered segments expired");
         Ok(expired)
+    }
+
+    /// Stores `next` as the manifest version after the one it was made from, then caches
+    /// and attaches it. A version written meanwhile by another leader fails the commit, and
+    /// the manifest is loaded again before the next try.
+    async fn commit_manifest(
+        &self,
+        target: &UploadTarget,
+        key: &(String, i32),
+        mut next: Manifest,
+    ) -> Result<Manifest, TierError> {
+        let paths = self.paths(&target.topic, target.partition);
+        if next.store_next(&self.store, &paths).await?.is_err() {
+            self.forget_manifest(key);
+            return Err(TierError::Manifest(format!(
+                "version {} of {}-{} was written by another leader",
+                next.version + 1,
+                target.topic,
+                target.partition
+            )));
+        }
+        self.cache_manifest(key, next.clone());
+        self.attach(target, &next).await?;
+        Ok(next)
     }
 
     fn cached_manifest(&self, key: &(String, i32)) -> Option<Manifest> {
@@ -525,4 +529,50 @@ fn pseudo_random() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     f64::from(nanos % 1000) / 1000.0
+}
+
+/// Puts `bytes` at `path`: in one request up to `threshold` bytes, else as a multipart
+/// upload, aborted on failure. Either way the object is visible whole or not at all.
+async fn put_file(
+    store: &Arc<dyn ObjectStore>,
+    path: &object_store::path::Path,
+    mut bytes: Bytes,
+    threshold: usize,
+) -> Result<(), TierError> {
+    if bytes.len() <= threshold {
+        store.put(path, PutPayload::from(bytes)).await?;
+        return Ok(());
+    }
+    let upload = store.put_multipart(path).await?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+    while !bytes.is_empty() {
+        if let Err(error) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+            let _ = writer.abort().await;
+            return Err(error.into());
+        }
+        writer.put(bytes.split_to(PART_BYTES.min(bytes.len())));
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    #[tokio::test]
+    async fn a_large_file_is_put_in_parts_and_reads_back_whole() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        // 2.5 parts' worth, so the last part is short.
+        let bytes: Bytes = (0..PART_BYTES * 5 / 2).map(|i| (i % 251) as u8).collect();
+        for (name, threshold) in [("whole", usize::MAX), ("parts", 1)] {
+            let path = object_store::path::Path::from(name);
+            put_file(&store, &path, bytes.clone(), threshold)
+                .await
+                .unwrap();
+            let back = store.get(&path).await.unwrap().bytes().await.unwrap();
+            assert_eq!(back, bytes, "{name}");
+        }
+    }
 }

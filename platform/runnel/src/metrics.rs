@@ -192,12 +192,12 @@ impl Collector for TierCollector {
             ),
             (
                 "runnel_tier_cache_hits",
-                "Tiered reads served from the disk cache of rebuilt row groups",
+                "Row groups served from the memory or disk cache of rebuilt row groups",
                 &tier.read.cache_hits,
             ),
             (
                 "runnel_tier_cache_misses",
-                "Tiered reads that fetched a row group from the object store",
+                "Row groups fetched from the object store and rebuilt (by reads and read-ahead)",
                 &tier.read.cache_misses,
             ),
             (

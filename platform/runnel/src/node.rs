@@ -520,6 +520,20 @@ async fn open_log(config: &NodeConfig, metrics: Arc<LogMetrics>) -> anyhow::Resu
     let log = LogManager::open(data_dir, defaults, metrics)
         .await
         .with_context(|| format!("open the log in {} (node.data_dir)", data_dir.display()))?;
+    let space = Arc::new(
+        runnel_log::DiskSpace::new(data_dir, config.log.min_free_bytes)
+            .context("the free-disk floor (log.min_free_bytes)")?,
+    );
+    if space.free() < space.floor() {
+        tracing::warn!(
+            free = space.free(),
+            floor = space.floor(),
+            "the data directory's disk is below log.min_free_bytes: appends are refused until space is freed"
+        );
+    }
+    // Refreshed for as long as the log holds it.
+    space.watch();
+    log.set_disk_space(space);
     Ok(log)
 }
 

@@ -280,8 +280,9 @@ fn consume_from(
 }
 
 /// Waits for a [`consume_from`] reader and checks it read exactly the records
-/// `produce_keyed` wrote as `first..first + count`, at offsets `first..`, in order.
-fn expect_records(reader: std::process::Child, first: u64, count: usize) {
+/// `produce_keyed` wrote as `first..first + count`, at offsets `first..`, in order; their
+/// timestamps.
+fn expect_records(reader: std::process::Child, first: u64, count: usize) -> Vec<i64> {
     let output = reader.wait_with_output().expect("wait for consume_from.py");
     assert!(
         output.status.success(),
@@ -294,6 +295,7 @@ fn expect_records(reader: std::process::Child, first: u64, count: usize) {
         .collect();
     assert_eq!(records.len(), count);
     let mut last_timestamp = 0;
+    let mut timestamps = Vec::new();
     for (i, record) in records.iter().enumerate() {
         let offset = first + i as u64;
         assert_eq!(record["offset"], offset, "{record}");
@@ -303,7 +305,25 @@ fn expect_records(reader: std::process::Child, first: u64, count: usize) {
         let timestamp = record["timestamp"].as_i64().unwrap();
         assert!(timestamp >= last_timestamp && timestamp > 1_700_000_000_000);
         last_timestamp = timestamp;
+        timestamps.push(timestamp);
     }
+    timestamps
+}
+
+/// kcat's answer to ListOffsets by `timestamp` for partition 0 of `topic`.
+fn offset_for_time(kafka: std::net::SocketAddr, topic: &str, timestamp: i64) -> String {
+    let output = std::process::Command::new(&clients().kcat)
+        .env_remove("LD_LIBRARY_PATH")
+        .args(["-b", &kafka.to_string(), "-Q", "-t"])
+        .arg(format!("{topic}:0:{timestamp}"))
+        .output()
+        .expect("run kcat -Q");
+    assert!(
+        output.status.success(),
+        "kcat -Q: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 #[test]
@@ -366,8 +386,22 @@ fn a_partition_tiered_to_s3_is_served_from_offset_0_through_faults_and_a_wipe() 
         first_local_base(&data, "history", 0) > 1000
     });
     // A Kafka client reading from offset 0 gets every record, from the tier.
-    expect_records(consume_from(kafka, "history", 0, 2000), 0, 2000);
+    let timestamps = expect_records(consume_from(kafka, "history", 0, 2000), 0, 2000);
     assert!(metric(&node, "runnel_tier_reads_total") > 0.0);
+    // ListOffsets by timestamp finds tiered records too: the first at or after it.
+    let local_start = first_local_base(&data, "history", 0) as usize;
+    for probe in [0, 700, local_start.saturating_sub(1)] {
+        let expected = timestamps
+            .iter()
+            .position(|t| *t >= timestamps[probe])
+            .unwrap();
+        assert!(expected < local_start);
+        let answer = offset_for_time(kafka, "history", timestamps[probe]);
+        assert!(
+            answer.ends_with(&format!("offset {expected}")),
+            "timestamp of offset {probe}: {answer}"
+        );
+    }
 
     // A restart empties the row-group cache, so the next reads go to the store, which
     // now fails in every way in turn while a reader from offset 0 and a producer run.
@@ -437,4 +471,93 @@ fn a_partition_tiered_to_s3_is_served_from_offset_0_through_faults_and_a_wipe() 
         uploaded_end,
         10,
     );
+}
+
+/// Bytes free for an unprivileged writer on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a NUL-terminated path and a buffer the call fills before it is read.
+    assert_eq!(
+        unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) },
+        0
+    );
+    // SAFETY: statvfs succeeded.
+    let stats = unsafe { stats.assume_init() };
+    stats.f_bavail * stats.f_frsize
+}
+
+/// A file that really takes `bytes` of the disk (allocated, not sparse).
+fn fill(path: &Path, bytes: u64) -> std::fs::File {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::File::create(path).unwrap();
+    // SAFETY: fallocate on a descriptor this function owns.
+    let result = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, bytes as libc::off_t) };
+    assert_eq!(result, 0, "posix_fallocate of {bytes} bytes");
+    file
+}
+
+#[test]
+fn below_the_free_disk_floor_produce_fails_retriably_and_resumes_when_space_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // The floor a little below what is free now; a filler file twice that margin puts the
+    // disk below it, and removing the filler lifts it again. Other tests writing meanwhile
+    // use far less than the margin.
+    let margin = 256u64 << 20;
+    let free = free_bytes(dir.path());
+    assert!(
+        free > 4 * margin,
+        "this test needs {} MiB free, the disk has {} MiB",
+        (4 * margin) >> 20,
+        free >> 20
+    );
+    let floor = free - margin;
+    let mut args = dev_args(&data);
+    args.extend(["--set".to_string(), format!("log.min_free_bytes={floor}")]);
+    let node = Node::start(dir.path(), &as_strs(&args));
+    let kafka = node.kafka.unwrap();
+    cli(&node, dir.path(), &["topic", "create", "floor", "-p", "1"]);
+    finish(produce_keyed(kafka, "floor", 0, 100));
+
+    let filler_path = dir.path().join("filler");
+    let filler = fill(&filler_path, 2 * margin);
+    // The node looks at the free space four times a second.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut produce = runnel(dir.path());
+    produce
+        .args(["produce", "floor"])
+        .env("RUNNEL_SERVER", node.grpc.unwrap().to_string());
+    let refused = run_with_stdin(produce, "refused\n");
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "produced below the floor");
+    assert!(
+        error.contains("below the floor") && error.contains("log.min_free_bytes"),
+        "{error}"
+    );
+    // A Kafka producer keeps retrying meanwhile; nothing it sends is written yet.
+    let producer = produce_keyed(kafka, "floor", 100, 200);
+    std::thread::sleep(Duration::from_secs(2));
+    let described: serde_json::Value = serde_json::from_str(&cli(
+        &node,
+        dir.path(),
+        &["topic", "describe", "floor", "-o", "json"],
+    ))
+    .unwrap();
+    assert_eq!(described["partitions"][0]["high_watermark"], 100);
+    // Space freed: the producer's retries go through, every record exactly once (retries
+    // of a producer without idempotence may reorder them).
+    drop(filler);
+    std::fs::remove_file(&filler_path).unwrap();
+    finish(producer);
+    let records = kcat_read(kafka, "floor");
+    assert!(
+        records.iter().enumerate().all(|(i, r)| r.1 == i as i64),
+        "offsets dense from 0: {records:?}"
+    );
+    let mut values: Vec<&str> = records.iter().map(|r| r.3.as_str()).collect();
+    values.sort_by_key(|v| v["record-".len()..].parse::<u32>().unwrap());
+    let expected: Vec<String> = (0..200).map(|i| format!("record-{i}")).collect();
+    assert_eq!(values, expected);
 }

@@ -170,6 +170,7 @@ pub fn broker_status(broker: &Broker, error: BrokerError) -> Status {
             | LogError::Io { .. }
             | LogError::Offline { .. }
             | LogError::Remote(_)
+            | LogError::DiskFull { .. }
             | LogError::Closed => Code::Unavailable,
         },
         BrokerError::Controller(controller) => match controller {
