@@ -473,21 +473,6 @@ fn a_partition_tiered_to_s3_is_served_from_offset_0_through_faults_and_a_wipe() 
     );
 }
 
-/// Bytes free for an unprivileged writer on the file system holding `dir`.
-fn free_bytes(dir: &Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt as _;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
-    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: a NUL-terminated path and a buffer the call fills before it is read.
-    assert_eq!(
-        unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) },
-        0
-    );
-    // SAFETY: statvfs succeeded.
-    let stats = unsafe { stats.assume_init() };
-    stats.f_bavail * stats.f_frsize
-}
-
 /// A file that really takes `bytes` of the disk (allocated, not sparse).
 fn fill(path: &Path, bytes: u64) -> std::fs::File {
     use std::os::fd::AsRawFd as _;
@@ -506,7 +491,7 @@ fn below_the_free_disk_floor_produce_fails_retriably_and_resumes_when_space_is_f
     // disk below it, and removing the filler lifts it again. Other tests writing meanwhile
     // use far less than the margin.
     let margin = 256u64 << 20;
-    let free = free_bytes(dir.path());
+    let free = runnel_log::space::available_bytes(dir.path()).unwrap();
     assert!(
         free > 4 * margin,
         "this test needs {} MiB free, the disk has {} MiB",
