@@ -27,8 +27,9 @@ pub use controller::{
     propose_locally,
 };
 pub use metadata::{
-    Applied, Command, FUNCTION_FAILURE_POLICIES, FUNCTION_KINDS, FunctionLimits, FunctionSpec,
-    Metadata, MetadataError, NodeId, NodeInfo, NodeRoles, PartitionMeta, Response, TopicMeta,
+    Applied, Command, DEFAULT_POLL_INTERVAL_MS, FUNCTION_FAILURE_POLICIES, FUNCTION_KINDS,
+    FunctionLimits, FunctionSpec, Metadata, MetadataError, NodeId, NodeInfo, NodeRoles,
+    PartitionMeta, Response, TopicMeta,
 };
 pub use store::{LogStore, StateMachineStore, StoreError, open_storage};
 pub use types::{ApplyResponse, TypeConfig};

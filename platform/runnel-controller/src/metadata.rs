@@ -95,7 +95,18 @@ pub struct FunctionSpec {
     /// Paused functions keep their spec and progress but do not run.
     #[serde(default)]
     pub paused: bool,
+    /// Connectors: the hosts their outgoing HTTP may reach (`host`, `host:port`,
+    /// `*.domain`); everything else is refused.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+    /// Sources: how long to wait between polls that returned less than a full batch
+    /// (0: [`DEFAULT_POLL_INTERVAL_MS`]).
+    #[serde(default)]
+    pub poll_interval_ms: u64,
 }
+
+/// A source's poll interval unless its spec sets one.
+pub const DEFAULT_POLL_INTERVAL_MS: u64 = 1000;
 
 /// The limits of a function's instances and of its failure handling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,16 +130,10 @@ impl Default for FunctionLimits {
     }
 }
 
-/// The function kinds the metadata takes.
-pub const FUNCTION_KINDS: [&str; 2] = ["transform", "consumer"];
+/// The function kinds the metadata takes: functions, then connectors.
+pub const FUNCTION_KINDS: [&str; 4] = ["transform", "consumer", "source", "sink"];
 /// The failure policies of a function.
 pub const FUNCTION_FAILURE_POLICIES: [&str; 3] = ["dlq", "retry", "stop"];
-
-/// Room for connectors (filled by their issue).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct ConnectorSpec {
-    pub name: String,
-}
 
 /// Room for users (filled with authentication).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -148,7 +153,6 @@ pub struct Metadata {
     pub nodes: BTreeMap<NodeId, NodeInfo>,
     pub topics: BTreeMap<String, TopicMeta>,
     pub functions: BTreeMap<String, FunctionSpec>,
-    pub connectors: BTreeMap<String, ConnectorSpec>,
     pub users: BTreeMap<String, UserSpec>,
     pub acls: Vec<AclSpec>,
     /// The first producer id not yet handed out (Kafka's idempotent producers).
@@ -349,11 +353,33 @@ impl Metadata {
         if spec.digest.len() != 64 || !spec.digest.bytes().all(|b| b.is_ascii_hexdigit()) {
             return invalid("the component digest is not a SHA-256".to_string());
         }
-        if spec.inputs.is_empty() {
+        if spec.kind == "source" {
+            if !spec.inputs.is_empty() {
+                return invalid("a source takes no input topics".to_string());
+            }
+            if spec.outputs.is_empty() {
+                return invalid("a source needs at least one output topic".to_string());
+            }
+        } else if spec.inputs.is_empty() {
             return invalid("at least one input topic is needed".to_string());
         }
         if spec.kind == "transform" && spec.outputs.is_empty() {
             return invalid("a transform needs at least one output topic".to_string());
+        }
+        if spec.kind == "sink" && !spec.outputs.is_empty() {
+            return invalid("a sink has no output topics".to_string());
+        }
+        if !spec.allow_hosts.is_empty() && !matches!(spec.kind.as_str(), "source" | "sink") {
+            return invalid("only connectors (sources and sinks) make HTTP requests".to_string());
+        }
+        if let Some(host) = spec
+            .allow_hosts
+            .iter()
+            .find(|h| h.is_empty() || h.contains('/') || h.chars().any(char::is_whitespace))
+        {
+            return invalid(format!(
+                "allowed host `{host}`: a host name, `host:port` or `*.domain`"
+            ));
         }
         for topic in spec.inputs.iter().chain(&spec.outputs) {
             if !self.topics.contains_key(topic) {

@@ -86,10 +86,10 @@ pub fn dlq_topic_of(function: &str) -> String {
 }
 
 /// Keys in the state topic: a kind byte, then the input partition, then (kv) the key.
-const STATE_KV: u8 = b'k';
+pub(crate) const STATE_KV: u8 = b'k';
 const STATE_POSITION: u8 = b'p';
 
-fn state_prefix(kind: u8, topic: &str, partition: i32) -> Vec<u8> {
+pub(crate) fn state_prefix(kind: u8, topic: &str, partition: i32) -> Vec<u8> {
     let mut key = Vec::with_capacity(topic.len() + 6);
     key.push(kind);
     key.extend_from_slice(&(topic.len() as u16).to_be_bytes());
@@ -205,6 +205,8 @@ impl Executor {
                 }
                 continue;
             }
+            // The partition grows while the executor works (or retries): lag shows it.
+            self.status.set_high_watermark(log.high_watermark());
             let previous = pending.take();
             let (written, step) = tokio::join!(
                 async {
@@ -332,12 +334,8 @@ impl Executor {
         true
     }
 
-    /// Sleeps `duration`, or less if stopped; whether it was stopped.
     async fn sleep(&self, duration: Duration) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep(duration) => self.stop.is_cancelled(),
-            _ = self.stop.cancelled() => true,
-        }
+        sleep(&self.stop, duration).await
     }
 
     fn log(&self) -> Result<Arc<PartitionLog>, ExecutorEnd> {
@@ -349,43 +347,23 @@ impl Executor {
 
     /// The kv state of this partition and the position to start from.
     async fn restore(&self) -> Result<(BTreeMap<Vec<u8>, Vec<u8>>, u64), String> {
-        let state_topic = state_topic_of(&self.spec.name);
-        let log = self
-            .functions
-            .broker()
-            .leader_log(&state_topic, 0)
-            .map_err(|e| format!("the state topic {state_topic}: {e}"))?;
         let kv_prefix = state_prefix(STATE_KV, &self.topic, self.partition);
         let position_key = state_prefix(STATE_POSITION, &self.topic, self.partition);
         let mut kv = BTreeMap::new();
         let mut stored_position: Option<u64> = None;
-        let mut offset = log.log_start();
-        while offset < log.high_watermark() {
-            let read = log
-                .read(offset, 4 << 20)
-                .await
-                .map_err(|e| format!("read {state_topic}: {e}"))?;
-            if read.records.is_empty() {
-                break;
-            }
-            offset = visit_records(&read.records, offset, MAX_SECTION, |record| {
-                let Some(key) = record.key else {
-                    return true;
-                };
-                if key == position_key.as_slice() {
-                    if let Some(value) = record.value.and_then(|v| <[u8; 8]>::try_from(v).ok()) {
-                        stored_position = Some(u64::from_le_bytes(value));
-                    }
-                } else if let Some(user_key) = key.strip_prefix(kv_prefix.as_slice()) {
-                    match record.value {
-                        Some(value) => kv.insert(user_key.to_vec(), value.to_vec()),
-                        None => kv.remove(user_key),
-                    };
+        scan_state(&self.functions, &self.spec.name, |key, value| {
+            if key == position_key.as_slice() {
+                if let Some(value) = value.and_then(|v| <[u8; 8]>::try_from(v).ok()) {
+                    stored_position = Some(u64::from_le_bytes(value));
                 }
-                true
-            })
-            .map_err(|e| format!("a record of {state_topic} does not decode: {e}"))?;
-        }
+            } else if let Some(user_key) = key.strip_prefix(kv_prefix.as_slice()) {
+                match value {
+                    Some(value) => kv.insert(user_key.to_vec(), value.to_vec()),
+                    None => kv.remove(user_key),
+                };
+            }
+        })
+        .await?;
         let group = group_of(&self.spec.name);
         let committed = self
             .functions
@@ -407,7 +385,8 @@ impl Executor {
     ) -> Result<Instance, FunctionError> {
         let function = self.function.clone();
         let config = self.spec.config.clone();
-        tokio::task::spawn_blocking(move || function.instantiate(config, kv))
+        let http = crate::source::http_access(&self.spec);
+        tokio::task::spawn_blocking(move || function.instantiate_with(config, kv, http))
             .await
             .map_err(|e| FunctionError::Trap(format!("the instance's thread failed: {e}")))?
     }
@@ -479,16 +458,15 @@ impl Executor {
                 }
                 Ok(routed)
             });
-            let state = instance.state();
-            if let Some(state) = state {
-                self.functions.take_logs(
+            let refused = instance.state().and_then(|state| {
+                self.functions.collect(
                     &self.spec.name,
                     &self.topic,
                     self.partition,
-                    &mut state.logs,
-                );
-                self.status.set_metrics(&state.counters, &state.gauges);
-            }
+                    state,
+                    &self.status,
+                )
+            });
             match result {
                 Ok(routed) => {
                     let changes = instance
@@ -501,7 +479,7 @@ impl Executor {
                     if let Some(state) = instance.state() {
                         state.roll_back();
                     }
-                    self.status.add_error(&error);
+                    self.status.add_error(&with_refusal(&error, refused));
                     let retry =
                         self.spec.on_failure == "retry" || attempt < self.spec.limits.retries;
                     if !retry {
@@ -552,124 +530,26 @@ impl Executor {
         }
     }
 
-    /// Resolves each output's topic and partition, refusing an undeclared topic or a
-    /// partition it does not have, and encodes it into `routed`.
     fn route(
         &self,
         buffer: &[u8],
         round_robin: &mut u32,
         routed: &mut Outbox,
     ) -> Result<(), FunctionError> {
-        let outputs = Outputs::parse(buffer).map_err(FunctionError::BadOutput)?;
-        let metadata = self.functions.broker().metadata();
-        let partitions_of = |index: usize| {
-            let topic = &self.spec.outputs[index];
-            match metadata
-                .topics
-                .get(topic)
-                .map_or(0, |t| t.partitions.len() as u32)
-            {
-                0 => Err(FunctionError::Failed(format!(
-                    "the output topic `{topic}` does not exist"
-                ))),
-                partitions => Ok(partitions),
-            }
-        };
-        if self.spec.outputs.is_empty() {
-            return match outputs.iter().next() {
-                None => Ok(()),
-                Some(_) => Err(FunctionError::Failed(
-                    "the function has outputs but declares no output topic".to_string(),
-                )),
-            };
-        }
-        let now = now_ms();
-        // Records without a key or partition of one batch go to one partition, the next
-        // batch's to the next (as Kafka's sticky partitioner spreads them).
-        *round_robin = round_robin.wrapping_add(1);
-        // The topic of the last output, resolved: outputs mostly go to one topic.
-        let mut last: Option<(usize, u32)> = None;
-        for output in outputs.iter() {
-            let index = match (output.topic, last) {
-                (None, _) => 0,
-                (Some(topic), Some((index, _))) if topic == self.spec.outputs[index] => index,
-                (Some(topic), _) => self
-                    .spec
-                    .outputs
-                    .iter()
-                    .position(|t| t == topic)
-                    .ok_or_else(|| {
-                        FunctionError::Failed(format!(
-                            "an output names topic `{topic}`, which is not one of the function's outputs ({})",
-                            self.spec.outputs.join(", ")
-                        ))
-                    })?,
-            };
-            let partitions = match last {
-                Some((resolved, partitions)) if resolved == index => partitions,
-                _ => {
-                    let partitions = partitions_of(index)?;
-                    last = Some((index, partitions));
-                    partitions
-                }
-            };
-            let partition = match (output.partition, output.key) {
-                (Some(partition), _) if (partition as u32) < partitions => partition,
-                (Some(partition), _) => {
-                    return Err(FunctionError::Failed(format!(
-                        "an output names partition {partition} of `{}`, which has {partitions}",
-                        self.spec.outputs[index]
-                    )));
-                }
-                (None, Some(key)) => runnel_broker::partitioner::partition_for_key(key, partitions),
-                (None, None) => (*round_robin % partitions) as i32,
-            };
-            routed.push(
-                index,
-                partition,
-                output.timestamp.unwrap_or(now),
-                output.key,
-                output.value,
-                &output.headers,
-            );
-        }
-        Ok(())
+        route(&self.functions, &self.spec, buffer, round_robin, routed)
     }
 
-    /// Writes `batches` (see [`Executor::produce_all`]), retrying with backoff until they
-    /// are written (true) or the executor is stopped (false). Giving up would lose them;
-    /// only a redeploy, pause or delete ends the wait, and the batch is then read again.
     async fn produce_until_done(&self, batches: &[(String, i32, Bytes)], what: &str) -> bool {
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            match self.produce_all(batches).await {
-                Ok(()) => return true,
-                Err(error) => {
-                    tracing::warn!(function = %self.spec.name, %error, what, "writing a function's batch; retrying");
-                    self.status.set_error(&format!("writing {what}: {error}"));
-                    if self.sleep(backoff).await {
-                        return false;
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
+        self.writer().produce_until_done(batches, what).await
     }
 
-    async fn produce_all(&self, batches: &[(String, i32, Bytes)]) -> Result<(), String> {
-        let broker = self.functions.broker();
-        let mut pending = Vec::with_capacity(batches.len());
-        for (topic, partition, batch) in batches {
-            let submitted = broker
-                .submit_produce(topic, *partition, batch.clone(), true)
-                .await
-                .map_err(|e| format!("{topic}-{partition}: {e}"))?;
-            pending.push(submitted);
+    fn writer(&self) -> Writer<'_> {
+        Writer {
+            functions: &self.functions,
+            function: &self.spec.name,
+            status: &self.status,
+            stop: &self.stop,
         }
-        for submitted in pending {
-            submitted.wait().await.map_err(|e| e.to_string())?;
-        }
-        Ok(())
     }
 
     /// A failed batch's records for the dead-letter topic, with why and where from.
@@ -715,36 +595,11 @@ impl Executor {
     /// topic, so they are stored together or not at all.
     async fn write_state(&self, changes: Vec<(Vec<u8>, Option<Vec<u8>>)>, next: u64) -> bool {
         let prefix = state_prefix(STATE_KV, &self.topic, self.partition);
-        let now = now_ms();
-        let mut records: Vec<NewRecord> = changes
-            .into_iter()
-            .map(|(key, value)| {
-                let mut full = prefix.clone();
-                full.extend_from_slice(&key);
-                NewRecord {
-                    timestamp: now,
-                    key: Some(full),
-                    value,
-                    headers: Vec::new(),
-                }
-            })
-            .collect();
-        records.push(NewRecord {
-            timestamp: now,
-            key: Some(state_prefix(STATE_POSITION, &self.topic, self.partition)),
-            value: Some(next.to_le_bytes().to_vec()),
-            headers: Vec::new(),
-        });
-        // One batch, not chunked: the changes and the position are stored together.
-        let batch = match BatchBuilder::default().build(&records) {
-            Ok(batch) => batch.freeze(),
-            Err(error) => {
-                tracing::error!(%error, "cannot encode a function's state");
-                return false;
-            }
-        };
-        let batches = [(state_topic_of(&self.spec.name), 0, batch)];
-        self.produce_until_done(&batches, "state").await
+        let position = (
+            state_prefix(STATE_POSITION, &self.topic, self.partition),
+            next.to_le_bytes().to_vec(),
+        );
+        self.writer().write_state(&prefix, changes, position).await
     }
 
     /// Commits `next` as the group's offset; a failure is only logged (the state topic
@@ -772,6 +627,231 @@ impl Executor {
             tracing::warn!(%group, %error, "committing a function's progress");
         }
     }
+}
+
+/// Resolves each output's topic and partition, refusing an undeclared topic or a
+/// partition it does not have, and encodes it into `routed`.
+pub(crate) fn route(
+    functions: &Functions,
+    spec: &FunctionSpec,
+    buffer: &[u8],
+    round_robin: &mut u32,
+    routed: &mut Outbox,
+) -> Result<(), FunctionError> {
+    let outputs = Outputs::parse(buffer).map_err(FunctionError::BadOutput)?;
+    let metadata = functions.broker().metadata();
+    let partitions_of = |index: usize| {
+        let topic = &spec.outputs[index];
+        match metadata
+            .topics
+            .get(topic)
+            .map_or(0, |t| t.partitions.len() as u32)
+        {
+            0 => Err(FunctionError::Failed(format!(
+                "the output topic `{topic}` does not exist"
+            ))),
+            partitions => Ok(partitions),
+        }
+    };
+    if spec.outputs.is_empty() {
+        return match outputs.iter().next() {
+            None => Ok(()),
+            Some(_) => Err(FunctionError::Failed(
+                "the function has outputs but declares no output topic".to_string(),
+            )),
+        };
+    }
+    let now = now_ms();
+    // Records without a key or partition of one batch go to one partition, the next
+    // batch's to the next (as Kafka's sticky partitioner spreads them).
+    *round_robin = round_robin.wrapping_add(1);
+    // The topic of the last output, resolved: outputs mostly go to one topic.
+    let mut last: Option<(usize, u32)> = None;
+    for output in outputs.iter() {
+        let index = match (output.topic, last) {
+                (None, _) => 0,
+                (Some(topic), Some((index, _))) if topic == spec.outputs[index] => index,
+                (Some(topic), _) => spec
+                    .outputs
+                    .iter()
+                    .position(|t| t == topic)
+                    .ok_or_else(|| {
+                        FunctionError::Failed(format!(
+                            "an output names topic `{topic}`, which is not one of the function's outputs ({})",
+                            spec.outputs.join(", ")
+                        ))
+                    })?,
+            };
+        let partitions = match last {
+            Some((resolved, partitions)) if resolved == index => partitions,
+            _ => {
+                let partitions = partitions_of(index)?;
+                last = Some((index, partitions));
+                partitions
+            }
+        };
+        let partition = match (output.partition, output.key) {
+            (Some(partition), _) if (partition as u32) < partitions => partition,
+            (Some(partition), _) => {
+                return Err(FunctionError::Failed(format!(
+                    "an output names partition {partition} of `{}`, which has {partitions}",
+                    spec.outputs[index]
+                )));
+            }
+            (None, Some(key)) => runnel_broker::partitioner::partition_for_key(key, partitions),
+            (None, None) => (*round_robin % partitions) as i32,
+        };
+        routed.push(
+            index,
+            partition,
+            output.timestamp.unwrap_or(now),
+            output.key,
+            output.value,
+            &output.headers,
+        );
+    }
+    Ok(())
+}
+
+/// A failed call's error, with the outgoing request refused during it (the likely cause,
+/// whatever the component made of it).
+pub(crate) fn with_refusal(error: &FunctionError, refused: Option<String>) -> String {
+    match refused {
+        Some(refusal) => format!("{refusal}; {error}"),
+        None => error.to_string(),
+    }
+}
+
+/// Sleeps `duration`, or less if `stop` is cancelled; whether it was.
+pub(crate) async fn sleep(stop: &CancellationToken, duration: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => stop.is_cancelled(),
+        _ = stop.cancelled() => true,
+    }
+}
+
+/// Writes an executor's batches through the local produce path.
+pub(crate) struct Writer<'a> {
+    pub functions: &'a Functions,
+    pub function: &'a str,
+    pub status: &'a PartitionStatus,
+    pub stop: &'a CancellationToken,
+}
+
+impl Writer<'_> {
+    /// Writes `batches` (see [`Writer::produce_all`]), retrying with backoff until they
+    /// are written (true) or the executor is stopped (false). Giving up would lose them;
+    /// only a redeploy, pause or delete ends the wait, and the batch is then read again.
+    pub(crate) async fn produce_until_done(
+        &self,
+        batches: &[(String, i32, Bytes)],
+        what: &str,
+    ) -> bool {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match self.produce_all(batches).await {
+                Ok(()) => return true,
+                Err(error) => {
+                    tracing::warn!(function = %self.function, %error, what, "writing a function's batch; retrying");
+                    self.status.set_error(&format!("writing {what}: {error}"));
+                    if sleep(self.stop, backoff).await {
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Submits every batch, then waits for all of them to be written durably.
+    async fn produce_all(&self, batches: &[(String, i32, Bytes)]) -> Result<(), String> {
+        let broker = self.functions.broker();
+        let mut pending = Vec::with_capacity(batches.len());
+        for (topic, partition, batch) in batches {
+            let submitted = broker
+                .submit_produce(topic, *partition, batch.clone(), true)
+                .await
+                .map_err(|e| format!("{topic}-{partition}: {e}"))?;
+            pending.push(submitted);
+        }
+        for submitted in pending {
+            submitted.wait().await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Writes kv changes (their keys after `prefix`) and one more record (`last`, the
+    /// position) as one batch of the state topic, so they are stored together or not at
+    /// all.
+    pub(crate) async fn write_state(
+        &self,
+        prefix: &[u8],
+        changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        last: (Vec<u8>, Vec<u8>),
+    ) -> bool {
+        let now = now_ms();
+        let mut records: Vec<NewRecord> = changes
+            .into_iter()
+            .map(|(key, value)| {
+                let mut full = prefix.to_vec();
+                full.extend_from_slice(&key);
+                NewRecord {
+                    timestamp: now,
+                    key: Some(full),
+                    value,
+                    headers: Vec::new(),
+                }
+            })
+            .collect();
+        records.push(NewRecord {
+            timestamp: now,
+            key: Some(last.0),
+            value: Some(last.1),
+            headers: Vec::new(),
+        });
+        // One batch, not chunked: the changes and the position are stored together.
+        let batch = match BatchBuilder::default().build(&records) {
+            Ok(batch) => batch.freeze(),
+            Err(error) => {
+                tracing::error!(%error, "cannot encode a function's state");
+                return false;
+            }
+        };
+        let batches = [(state_topic_of(self.function), 0, batch)];
+        self.produce_until_done(&batches, "state").await
+    }
+}
+
+/// Reads the function's state topic from its start, handing every keyed record's key and
+/// value (`None`: a tombstone) to `visit` in offset order.
+pub(crate) async fn scan_state(
+    functions: &Functions,
+    function: &str,
+    mut visit: impl FnMut(&[u8], Option<&[u8]>),
+) -> Result<(), String> {
+    let state_topic = state_topic_of(function);
+    let log = functions
+        .broker()
+        .leader_log(&state_topic, 0)
+        .map_err(|e| format!("the state topic {state_topic}: {e}"))?;
+    let mut offset = log.log_start();
+    while offset < log.high_watermark() {
+        let read = log
+            .read(offset, 4 << 20)
+            .await
+            .map_err(|e| format!("read {state_topic}: {e}"))?;
+        if read.records.is_empty() {
+            break;
+        }
+        offset = visit_records(&read.records, offset, MAX_SECTION, |record| {
+            if let Some(key) = record.key {
+                visit(key, record.value);
+            }
+            true
+        })
+        .map_err(|e| format!("a record of {state_topic} does not decode: {e}"))?;
+    }
+    Ok(())
 }
 
 /// When the group's offset was last committed, and the position not committed yet.
@@ -823,10 +903,22 @@ enum Processed {
 
 /// Output records encoded as produce batches, by topic (an index into `topics`) and
 /// partition, each partition's in order; a batch holds at most [`OUTPUT_BATCH_RECORDS`]
-/// records and about [`OUTPUT_BATCH_BYTES`].
-struct Outbox {
+/// records and about [`OUTPUT_BATCH_BYTES`]. An idempotent outbox (a source's) stamps its
+/// batches with a producer id and consecutive sequence numbers per partition, and makes
+/// one batch per partition.
+pub(crate) struct Outbox {
     topics: Vec<String>,
     partitions: BTreeMap<(usize, i32), PartitionOutbox>,
+    producer: Option<Producer>,
+}
+
+/// An idempotent producer: its id and epoch, and the next sequence number of each
+/// partition it wrote to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Producer {
+    pub id: i64,
+    pub epoch: i16,
+    pub sequences: BTreeMap<(String, i32), i32>,
 }
 
 struct PartitionOutbox {
@@ -835,11 +927,24 @@ struct PartitionOutbox {
 }
 
 impl Outbox {
-    fn new(topics: Vec<String>) -> Outbox {
+    pub(crate) fn new(topics: Vec<String>) -> Outbox {
         Outbox {
             topics,
             partitions: BTreeMap::new(),
+            producer: None,
         }
+    }
+
+    pub(crate) fn idempotent(topics: Vec<String>, producer: Producer) -> Outbox {
+        Outbox {
+            producer: Some(producer),
+            ..Outbox::new(topics)
+        }
+    }
+
+    /// Records pushed so far.
+    pub(crate) fn len(&self) -> usize {
+        self.partitions.values().map(|p| p.open.len()).sum()
     }
 
     fn push(
@@ -851,6 +956,7 @@ impl Outbox {
         value: Option<&[u8]>,
         headers: &[(&str, Option<&[u8]>)],
     ) {
+        let idempotent = self.producer.is_some();
         let outbox = self
             .partitions
             .entry((topic, partition))
@@ -864,7 +970,8 @@ impl Outbox {
                 .iter()
                 .map(|(k, v)| k.len() + v.map_or(0, <[u8]>::len))
                 .sum::<usize>();
-        if !outbox.open.is_empty()
+        if !idempotent
+            && !outbox.open.is_empty()
             && (outbox.open.len() >= OUTPUT_BATCH_RECORDS
                 || outbox.open.section_len() + size > OUTPUT_BATCH_BYTES)
         {
@@ -876,15 +983,34 @@ impl Outbox {
     }
 
     /// The produce batches, each partition's in order.
-    fn finish(self) -> Vec<(String, i32, Bytes)> {
+    pub(crate) fn finish(self) -> Vec<(String, i32, Bytes)> {
+        self.finish_idempotent().0
+    }
+
+    /// The produce batches, and the producer with its sequences after them.
+    pub(crate) fn finish_idempotent(mut self) -> (Vec<(String, i32, Bytes)>, Option<Producer>) {
         let mut batches = Vec::new();
-        for ((topic, partition), mut outbox) in self.partitions {
+        for ((topic, partition), mut outbox) in std::mem::take(&mut self.partitions) {
+            let name = &self.topics[topic];
+            if let Some(producer) = &mut self.producer {
+                let next = producer
+                    .sequences
+                    .entry((name.clone(), partition))
+                    .or_insert(0);
+                let builder = outbox.open.builder_mut();
+                builder.producer_id = producer.id;
+                builder.producer_epoch = producer.epoch;
+                builder.base_sequence = *next;
+                // Kafka's sequences wrap after i32::MAX to 0.
+                *next = (i64::from(*next) + outbox.open.len() as i64)
+                    .rem_euclid(i64::from(i32::MAX) + 1) as i32;
+            }
             outbox.seal();
             for batch in outbox.sealed {
-                batches.push((self.topics[topic].clone(), partition, batch));
+                batches.push((name.clone(), partition, batch));
             }
         }
-        batches
+        (batches, self.producer)
     }
 }
 

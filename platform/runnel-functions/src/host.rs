@@ -1,13 +1,16 @@
 //! The host side of the worlds: generated bindings, the store's state, and the host
-//! interfaces a function imports (`log`, `config`, `kv`, `metrics`, `produce`).
+//! interfaces a function imports (`log`, `config`, `kv`, `metrics`, `produce`), and for
+//! connectors outgoing HTTP ([`crate::http`]).
 
 use std::collections::{BTreeMap, VecDeque};
 
 use wasmtime::component::{HasSelf, InstancePre, Linker, ResourceTable};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::Kind;
+use crate::http::{HttpAccess, HttpHooks};
 
 mod transform {
     wasmtime::component::bindgen!({
@@ -32,6 +35,33 @@ mod consumer {
     });
 }
 
+mod sink {
+    wasmtime::component::bindgen!({
+        world: "sink",
+        path: "../../schemas/wit",
+        with: {
+            "runnel:functions/log": super::transform::runnel::functions::log,
+            "runnel:functions/config": super::transform::runnel::functions::config,
+            "runnel:functions/kv": super::transform::runnel::functions::kv,
+            "runnel:functions/metrics": super::transform::runnel::functions::metrics,
+        },
+    });
+}
+
+mod source {
+    wasmtime::component::bindgen!({
+        world: "source",
+        path: "../../schemas/wit",
+        with: {
+            "runnel:functions/log": super::transform::runnel::functions::log,
+            "runnel:functions/config": super::transform::runnel::functions::config,
+            "runnel:functions/kv": super::transform::runnel::functions::kv,
+            "runnel:functions/metrics": super::transform::runnel::functions::metrics,
+        },
+    });
+}
+
+pub use source::Polled;
 use transform::runnel::functions::{config, kv, log, metrics};
 
 /// Log lines kept per instance until the executor collects them.
@@ -49,6 +79,8 @@ pub struct LogLine {
 /// What a function's store holds.
 pub struct State {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: HttpHooks,
     table: ResourceTable,
     limits: StoreLimits,
     config: BTreeMap<String, String>,
@@ -70,7 +102,12 @@ pub struct State {
 
 impl Default for State {
     fn default() -> Self {
-        State::new(BTreeMap::new(), BTreeMap::new(), crate::Limits::default())
+        State::new(
+            BTreeMap::new(),
+            BTreeMap::new(),
+            crate::Limits::default(),
+            HttpAccess::none(),
+        )
     }
 }
 
@@ -79,11 +116,17 @@ impl State {
         config: BTreeMap<String, String>,
         kv: BTreeMap<Vec<u8>, Vec<u8>>,
         limits: crate::Limits,
+        http: HttpAccess,
     ) -> State {
         let kv_bytes = kv.iter().map(|(k, v)| k.len() + v.len()).sum();
         State {
             // No files, sockets, environment or arguments: WASI's defaults only.
             wasi: WasiCtx::builder().build(),
+            http: WasiHttpCtx::new(),
+            hooks: HttpHooks {
+                access: http,
+                refused: Vec::new(),
+            },
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes)
@@ -140,6 +183,21 @@ impl State {
 
     pub(crate) fn limits(&mut self) -> &mut StoreLimits {
         &mut self.limits
+    }
+
+    /// The outgoing HTTP requests refused since the last call, each with why.
+    pub fn take_refused_requests(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.hooks.refused)
+    }
+}
+
+impl WasiHttpView for State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
     }
 }
 
@@ -234,7 +292,8 @@ impl consumer::runnel::functions::produce::Host for State {
     }
 }
 
-/// Adds WASI and the imports of `kind`'s world to `linker`.
+/// Adds WASI and the imports of `kind`'s world to `linker`, and for connectors
+/// `wasi:http`.
 pub(crate) fn link(linker: &mut Linker<State>, kind: Kind) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
     match kind {
@@ -242,6 +301,14 @@ pub(crate) fn link(linker: &mut Linker<State>, kind: Kind) -> wasmtime::Result<(
             transform::Transform::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
         }
         Kind::Consumer => consumer::Consumer::add_to_linker::<_, HasSelf<_>>(linker, |state| state),
+        Kind::Sink => {
+            wasmtime_wasi_http::p2::add_only_http_to_linker_sync(linker)?;
+            sink::Sink::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
+        }
+        Kind::Source => {
+            wasmtime_wasi_http::p2::add_only_http_to_linker_sync(linker)?;
+            source::Source::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
+        }
     }
 }
 
@@ -249,6 +316,8 @@ pub(crate) fn link(linker: &mut Linker<State>, kind: Kind) -> wasmtime::Result<(
 pub(crate) enum Pre {
     Transform(transform::TransformPre<State>),
     Consumer(consumer::ConsumerPre<State>),
+    Sink(sink::SinkPre<State>),
+    Source(source::SourcePre<State>),
 }
 
 impl Pre {
@@ -256,6 +325,8 @@ impl Pre {
         Ok(match kind {
             Kind::Transform => Pre::Transform(transform::TransformPre::new(pre)?),
             Kind::Consumer => Pre::Consumer(consumer::ConsumerPre::new(pre)?),
+            Kind::Sink => Pre::Sink(sink::SinkPre::new(pre)?),
+            Kind::Source => Pre::Source(source::SourcePre::new(pre)?),
         })
     }
 
@@ -263,6 +334,8 @@ impl Pre {
         Ok(match self {
             Pre::Transform(pre) => Bindings::Transform(pre.instantiate(store)?),
             Pre::Consumer(pre) => Bindings::Consumer(pre.instantiate(store)?),
+            Pre::Sink(pre) => Bindings::Sink(pre.instantiate(store)?),
+            Pre::Source(pre) => Bindings::Source(pre.instantiate(store)?),
         })
     }
 }
@@ -271,10 +344,12 @@ impl Pre {
 pub(crate) enum Bindings {
     Transform(transform::Transform),
     Consumer(consumer::Consumer),
+    Sink(sink::Sink),
+    Source(source::Source),
 }
 
 impl Bindings {
-    /// `process` on `batch`: the transform's outputs, or nothing for a consumer.
+    /// `process` on `batch`: the transform's outputs, or nothing for a consumer or sink.
     pub(crate) fn process(
         &self,
         store: &mut Store<State>,
@@ -285,6 +360,23 @@ impl Bindings {
             Bindings::Consumer(bindings) => {
                 Ok(bindings.call_process(store, batch)?.map(|()| Vec::new()))
             }
+            Bindings::Sink(bindings) => {
+                Ok(bindings.call_process(store, batch)?.map(|()| Vec::new()))
+            }
+            Bindings::Source(_) => Ok(Err("a source has no `process`".to_string())),
+        }
+    }
+
+    /// A source's `poll`.
+    pub(crate) fn poll(
+        &self,
+        store: &mut Store<State>,
+        cursor: Option<&[u8]>,
+        max_records: u32,
+    ) -> wasmtime::Result<Result<Polled, String>> {
+        match self {
+            Bindings::Source(bindings) => bindings.call_poll(store, cursor, max_records),
+            _ => Ok(Err("only a source has `poll`".to_string())),
         }
     }
 }

@@ -23,7 +23,9 @@
 
 pub mod executor;
 mod host;
+pub mod http;
 pub mod service;
+mod source;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -35,7 +37,8 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store};
 
-pub use host::{LogLine, State};
+pub use host::{LogLine, Polled, State};
+pub use http::HttpAccess;
 pub use service::{
     Deploy, Description, Functions, FunctionsError, FunctionsSettings, LogEntry, PartitionState,
 };
@@ -44,11 +47,14 @@ pub use store::{ComponentStore, ComponentStoreError};
 /// How often the engine's epoch moves; call timeouts are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// The kinds of function (the worlds of `runnel:functions`).
+/// The kinds of function (the worlds of `runnel:functions`): functions, and connectors
+/// (sources and sinks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Transform,
     Consumer,
+    Source,
+    Sink,
 }
 
 impl Kind {
@@ -56,22 +62,33 @@ impl Kind {
         match self {
             Kind::Transform => "transform",
             Kind::Consumer => "consumer",
+            Kind::Source => "source",
+            Kind::Sink => "sink",
         }
+    }
+
+    /// Sources and sinks: they may import `wasi:http`.
+    pub fn is_connector(self) -> bool {
+        matches!(self, Kind::Source | Kind::Sink)
     }
 
     pub fn parse(name: &str) -> Option<Kind> {
         match name {
             "transform" => Some(Kind::Transform),
             "consumer" => Some(Kind::Consumer),
+            "source" => Some(Kind::Source),
+            "sink" => Some(Kind::Sink),
             _ => None,
         }
     }
 
-    /// The host interfaces of the kind's world, every one grantable.
+    /// The host interfaces of the kind's world, every one grantable (`http`:
+    /// `wasi:http/outgoing-handler`).
     pub fn interfaces(self) -> &'static [&'static str] {
         match self {
             Kind::Transform => &["log", "config", "kv", "metrics"],
             Kind::Consumer => &["log", "config", "kv", "metrics", "produce"],
+            Kind::Source | Kind::Sink => &["log", "config", "kv", "metrics", "http"],
         }
     }
 }
@@ -126,6 +143,8 @@ pub struct FunctionHost {
     engine: Engine,
     transform: Linker<State>,
     consumer: Linker<State>,
+    source: Linker<State>,
+    sink: Linker<State>,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -143,6 +162,10 @@ impl FunctionHost {
         host::link(&mut transform, Kind::Transform)?;
         let mut consumer = Linker::new(&engine);
         host::link(&mut consumer, Kind::Consumer)?;
+        let mut source = Linker::new(&engine);
+        host::link(&mut source, Kind::Source)?;
+        let mut sink = Linker::new(&engine);
+        host::link(&mut sink, Kind::Sink)?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticking = engine.weak();
         let stop = stop_ticker.clone();
@@ -161,6 +184,8 @@ impl FunctionHost {
             engine,
             transform,
             consumer,
+            source,
+            sink,
             stop_ticker,
         })
     }
@@ -217,6 +242,8 @@ impl FunctionHost {
         let linker = match kind {
             Kind::Transform => &self.transform,
             Kind::Consumer => &self.consumer,
+            Kind::Source => &self.source,
+            Kind::Sink => &self.sink,
         };
         let pre = linker.instantiate_pre(&component).map_err(invalid)?;
         let pre = host::Pre::new(kind, pre).map_err(invalid)?;
@@ -279,7 +306,7 @@ pub fn digest(bytes: &[u8]) -> String {
 }
 
 /// Refuses a component that imports a host interface of `runnel:functions` not in
-/// `grants`.
+/// `grants`, or `wasi:http` without the grant `http`.
 fn check_grants(
     engine: &Engine,
     component: &Component,
@@ -287,10 +314,13 @@ fn check_grants(
     grants: &[&str],
 ) -> Result<(), FunctionError> {
     for (name, _) in component.component_type().imports(engine) {
-        let Some(interface) = name.strip_prefix("runnel:functions/") else {
+        let interface = if name.starts_with("wasi:http/") {
+            "http"
+        } else if let Some(interface) = name.strip_prefix("runnel:functions/") {
+            interface.split('@').next().unwrap_or(interface)
+        } else {
             continue;
         };
-        let interface = interface.split('@').next().unwrap_or(interface);
         if !grants.contains(&interface) {
             return Err(FunctionError::Invalid {
                 kind: kind.name(),
@@ -341,13 +371,23 @@ impl Function {
     }
 
     /// An instance for one partition, with the function's configuration and (restored)
-    /// kv state.
+    /// kv state, and no outgoing HTTP.
     pub fn instantiate(
         &self,
         config: BTreeMap<String, String>,
         kv: BTreeMap<Vec<u8>, Vec<u8>>,
     ) -> Result<Instance, FunctionError> {
-        let state = State::new(config, kv, self.compiled.limits);
+        self.instantiate_with(config, kv, HttpAccess::none())
+    }
+
+    /// As [`Function::instantiate`], with outgoing HTTP as `http` allows (connectors).
+    pub fn instantiate_with(
+        &self,
+        config: BTreeMap<String, String>,
+        kv: BTreeMap<Vec<u8>, Vec<u8>>,
+        http: HttpAccess,
+    ) -> Result<Instance, FunctionError> {
+        let state = State::new(config, kv, self.compiled.limits, http);
         let mut instance = Instance {
             function: self.compiled.clone(),
             live: None,
@@ -395,8 +435,32 @@ impl Instance {
     }
 
     /// Calls `process` on `batch` (batch encoding). A transform's outputs come back in
-    /// the output encoding, checked; a consumer's are empty.
+    /// the output encoding, checked; a consumer's or sink's are empty.
     pub fn process(&mut self, batch: &[u8]) -> Result<Vec<u8>, FunctionError> {
+        let outputs = self.call(|store, bindings| bindings.process(store, batch))?;
+        if self.function.kind == Kind::Transform {
+            runnel_abi::Outputs::parse(&outputs).map_err(FunctionError::BadOutput)?;
+        }
+        Ok(outputs)
+    }
+
+    /// Calls a source's `poll`: its records (output encoding, checked) and its new
+    /// cursor.
+    pub fn poll(
+        &mut self,
+        cursor: Option<&[u8]>,
+        max_records: u32,
+    ) -> Result<Polled, FunctionError> {
+        let polled = self.call(|store, bindings| bindings.poll(store, cursor, max_records))?;
+        runnel_abi::Outputs::parse(&polled.records).map_err(FunctionError::BadOutput)?;
+        Ok(polled)
+    }
+
+    /// One call of an export, with the call timeout; a trap poisons the instance.
+    fn call<T>(
+        &mut self,
+        call: impl FnOnce(&mut Store<State>, &host::Bindings) -> wasmtime::Result<Result<T, String>>,
+    ) -> Result<T, FunctionError> {
         if self.live.is_none() {
             self.start()?;
         }
@@ -406,14 +470,9 @@ impl Instance {
         };
         store.set_epoch_deadline(self.function.timeout_ticks());
         let started = Instant::now();
-        let result = bindings.process(store, batch);
+        let result = call(store, bindings);
         match result {
-            Ok(Ok(outputs)) => {
-                if self.function.kind == Kind::Transform {
-                    runnel_abi::Outputs::parse(&outputs).map_err(FunctionError::BadOutput)?;
-                }
-                Ok(outputs)
-            }
+            Ok(Ok(value)) => Ok(value),
             Ok(Err(message)) => Err(FunctionError::Failed(message)),
             Err(error) => {
                 // A trapped instance cannot be entered again: keep its state, drop it.

@@ -36,6 +36,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{Executor, dlq_topic_of, group_of, state_topic_of};
+use crate::source::SourceExecutor;
 use crate::store::{ComponentStore, ComponentStoreError};
 use crate::{Function, FunctionError, FunctionHost, Kind, Limits, LogLine};
 
@@ -100,6 +101,10 @@ pub struct Deploy {
     pub on_failure: String,
     /// Deploy without running (until resumed).
     pub paused: bool,
+    /// Connectors: the hosts their outgoing HTTP may reach.
+    pub allow_hosts: Vec<String>,
+    /// Sources: the wait between polls that did not fill a batch (0: the default).
+    pub poll_interval_ms: u64,
 }
 
 /// One executor's state as `describe` shows it.
@@ -125,6 +130,8 @@ pub struct PartitionState {
     /// Failed attempts (each retry counts).
     pub errors: u64,
     pub last_error: Option<String>,
+    /// A source's cursor, shown as text (or hex).
+    pub cursor: Option<String>,
     pub counters: BTreeMap<String, u64>,
     pub gauges: BTreeMap<String, f64>,
 }
@@ -160,6 +167,15 @@ impl PartitionStatus {
         let mut inner = self.lock();
         inner.position = position;
         inner.high_watermark = high_watermark.max(position);
+    }
+
+    pub(crate) fn set_high_watermark(&self, high_watermark: u64) {
+        let mut inner = self.lock();
+        inner.high_watermark = high_watermark.max(inner.position);
+    }
+
+    pub(crate) fn set_cursor(&self, cursor: Option<String>) {
+        self.lock().cursor = cursor;
     }
 
     pub(crate) fn add_processed(&self, records: u64) {
@@ -373,6 +389,8 @@ impl Functions {
             limits: deploy.limits,
             on_failure: deploy.on_failure,
             paused: deploy.paused,
+            allow_hosts: deploy.allow_hosts,
+            poll_interval_ms: deploy.poll_interval_ms,
         };
         let applied = self
             .broker
@@ -505,6 +523,31 @@ impl Functions {
         self.logs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Takes what an instance gathered in a call: its log lines into the function's
+    /// stream, its metrics into `status`, and each outgoing HTTP request it was refused
+    /// as a warning in the stream. The last refusal is returned, for the call's error.
+    pub(crate) fn collect(
+        &self,
+        function: &str,
+        topic: &str,
+        partition: i32,
+        state: &mut crate::State,
+        status: &PartitionStatus,
+    ) -> Option<String> {
+        let mut last = None;
+        for refusal in state.take_refused_requests() {
+            tracing::warn!(%function, %refusal, "a connector's request was refused");
+            state.logs.push_back(LogLine {
+                level: "warn",
+                message: refusal.clone(),
+            });
+            last = Some(refusal);
+        }
+        self.take_logs(function, topic, partition, &mut state.logs);
+        status.set_metrics(&state.counters, &state.gauges);
+        last
+    }
+
     /// Moves an instance's log lines into the function's stream.
     pub(crate) fn take_logs(
         &self,
@@ -606,6 +649,18 @@ impl Functions {
         let node = self.broker.node_id();
         let mut wanted: BTreeMap<ExecutorKey, FunctionSpec> = BTreeMap::new();
         for spec in metadata.functions.values().filter(|s| !s.paused) {
+            if spec.kind == Kind::Source.name() {
+                // A source runs where its state topic is led.
+                let led_here = metadata
+                    .topics
+                    .get(&state_topic_of(&spec.name))
+                    .and_then(|topic| topic.partitions.first())
+                    .is_some_and(|partition| partition.leader == Some(node));
+                if led_here {
+                    wanted.insert((spec.name.clone(), String::new(), 0), spec.clone());
+                }
+                continue;
+            }
             for topic in &spec.inputs {
                 let Some(meta) = metadata.topics.get(topic) else {
                     continue;
@@ -658,7 +713,12 @@ impl Functions {
                 continue;
             }
             // Only once the partition is open here (it may be being created).
-            if self.broker.leader_log(&key.1, key.2).is_err() {
+            let served = if key.1.is_empty() {
+                self.broker.leader_log(&state_topic_of(&key.0), 0)
+            } else {
+                self.broker.leader_log(&key.1, key.2)
+            };
+            if served.is_err() {
                 continue;
             }
             let status = self
@@ -688,19 +748,32 @@ impl Functions {
                 state.state = "starting".to_string();
             }
             let executor_stop = stop.child_token();
-            let executor = Executor {
-                functions: self.clone(),
-                spec: spec.clone(),
-                function,
-                topic: key.1.clone(),
-                partition: key.2,
-                status,
-                stop: executor_stop.clone(),
-            };
             let span = tracing::info_span!("function", function = %spec.name, topic = %key.1, partition = key.2);
+            let ran: std::pin::Pin<Box<dyn Future<Output = _> + Send>> =
+                if spec.kind == Kind::Source.name() {
+                    let executor = SourceExecutor {
+                        functions: self.clone(),
+                        spec: spec.clone(),
+                        function,
+                        status,
+                        stop: executor_stop.clone(),
+                    };
+                    Box::pin(executor.run())
+                } else {
+                    let executor = Executor {
+                        functions: self.clone(),
+                        spec: spec.clone(),
+                        function,
+                        topic: key.1.clone(),
+                        partition: key.2,
+                        status,
+                        stop: executor_stop.clone(),
+                    };
+                    Box::pin(executor.run())
+                };
             let task = tokio::spawn(tracing::Instrument::instrument(
                 async move {
-                    if let Err(end) = executor.run().await {
+                    if let Err(end) = ran.await {
                         tracing::info!(%end, "function executor ended");
                     }
                 },

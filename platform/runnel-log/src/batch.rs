@@ -730,6 +730,12 @@ impl BatchEncoder {
         self.count == 0
     }
 
+    /// The header fields the next [`BatchEncoder::finish`] writes: producer, sequence,
+    /// compression.
+    pub fn builder_mut(&mut self) -> &mut BatchBuilder {
+        &mut self.builder
+    }
+
     /// The uncompressed size of the records pushed so far.
     pub fn section_len(&self) -> usize {
         self.section.len()

@@ -58,6 +58,8 @@ pub enum Command {
     /// Wasm functions: deploy, list, describe, logs, pause, resume, delete; run one
     /// locally over sample records, or start a new one
     Fn(crate::functions::FnArgs),
+    /// Connectors (Wasm sources and sinks): create, list, describe, pause, resume, delete
+    Connector(crate::connectors::ConnectorArgs),
 }
 
 #[derive(Debug, Args)]

@@ -287,6 +287,7 @@ pub fn run(command: crate::cli::Command) -> ExitCode {
             Command::Group(args) => group(args).await,
             Command::Cluster(args) => cluster(args).await,
             Command::Fn(args) => crate::functions::remote(args).await,
+            Command::Connector(args) => crate::connectors::run(args).await,
             Command::Dev(_) | Command::Start(_) => Err(usage("not a client command")),
         }
     });

@@ -293,7 +293,7 @@ pub async fn remote(args: FnArgs) -> Result<(), Failure> {
 }
 
 /// A function's config: the file's KEY=VALUE lines, then the --config flags over them.
-fn function_config(
+pub(crate) fn function_config(
     file: Option<&std::path::Path>,
     flags: &[(String, String)],
 ) -> Result<BTreeMap<String, String>, Failure> {
@@ -315,6 +315,15 @@ fn function_config(
     Ok(config)
 }
 
+/// The policy's name in the API.
+pub(crate) fn failure_policy(policy: FailurePolicy) -> &'static str {
+    match policy {
+        FailurePolicy::Dlq => "dlq",
+        FailurePolicy::Retry => "retry",
+        FailurePolicy::Stop => "stop",
+    }
+}
+
 async fn deploy(args: DeployArgs) -> Result<(), Failure> {
     let component = std::fs::read(&args.wasm)
         .map_err(|e| usage(format!("read {}: {e}", args.wasm.display())))?;
@@ -322,11 +331,7 @@ async fn deploy(args: DeployArgs) -> Result<(), Failure> {
         FnKind::Transform => "transform",
         FnKind::Consumer => "consumer",
     };
-    let on_failure = match args.on_failure {
-        FailurePolicy::Dlq => "dlq",
-        FailurePolicy::Retry => "retry",
-        FailurePolicy::Stop => "stop",
-    };
+    let on_failure = failure_policy(args.on_failure);
     let request = runnel_client::functions::DeployFunctionRequest {
         name: args.name.clone(),
         kind: kind.to_string(),
@@ -346,6 +351,8 @@ async fn deploy(args: DeployArgs) -> Result<(), Failure> {
         }),
         on_failure: on_failure.to_string(),
         paused: args.paused,
+        allow_hosts: Vec::new(),
+        poll_interval_ms: 0,
     };
     let connection = Connection {
         server: args.server,

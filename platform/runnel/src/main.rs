@@ -10,6 +10,7 @@ mod admin;
 mod banner;
 mod cli;
 mod client;
+mod connectors;
 mod functions;
 mod http;
 mod logging;

@@ -21,18 +21,25 @@ fn the_functions_package_has_its_worlds() {
         resolve.packages[package].name.to_string(),
         "runnel:functions@0.1.0"
     );
-    for (world, imports) in [
-        ("transform", vec!["log", "config", "kv", "metrics"]),
+    for (world, export, imports) in [
+        (
+            "transform",
+            "process",
+            vec!["log", "config", "kv", "metrics"],
+        ),
         (
             "consumer",
+            "process",
             vec!["log", "config", "kv", "produce", "metrics"],
         ),
+        ("sink", "process", vec!["log", "config", "kv", "metrics"]),
+        ("source", "poll", vec!["log", "config", "kv", "metrics"]),
     ] {
         let id = resolve
             .select_world(&[package], Some(world))
             .unwrap_or_else(|e| panic!("world {world}: {e}"));
         let world = &resolve.worlds[id];
-        assert_eq!(names(&resolve, &world.exports), vec!["process"]);
+        assert_eq!(names(&resolve, &world.exports), vec![export]);
         let imported = names(&resolve, &world.imports);
         for wanted in imports {
             let full = format!("runnel:functions/{wanted}@0.1.0");

@@ -1,6 +1,6 @@
-//! `#[runnel_sdk::transform]` and `#[runnel_sdk::consumer]`: they keep the function as
-//! written and export the component's `process` calling it, per record or, with
-//! `(batch)`, per batch.
+//! `#[runnel_sdk::transform]`, `#[runnel_sdk::consumer]` and `#[runnel_sdk::sink]`: they
+//! keep the function as written and export the component's `process` calling it, per
+//! record or, with `(batch)`, per batch. `#[runnel_sdk::source]` exports `poll`.
 
 use proc_macro::TokenStream;
 use quote::quote;
@@ -10,6 +10,7 @@ use syn::{Ident, ItemFn, parse_macro_input};
 enum Kind {
     Transform,
     Consumer,
+    Sink,
 }
 
 /// Whether the attribute says `batch`; anything else is a compile error.
@@ -48,6 +49,8 @@ fn expand(kind: Kind, attribute: TokenStream, item: TokenStream) -> TokenStream 
         ),
         (Kind::Consumer, false) => (quote!(consume_records), quote!(()), quote!(export_consumer)),
         (Kind::Consumer, true) => (quote!(consume_batch), quote!(()), quote!(export_consumer)),
+        (Kind::Sink, false) => (quote!(consume_records), quote!(()), quote!(export_sink)),
+        (Kind::Sink, true) => (quote!(consume_batch), quote!(()), quote!(export_sink)),
     };
     quote! {
         #function
@@ -81,4 +84,46 @@ pub fn transform(attribute: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn consumer(attribute: TokenStream, item: TokenStream) -> TokenStream {
     expand(Kind::Consumer, attribute, item)
+}
+
+/// A sink: `fn(Record) -> Result<(), Error>`, or with `#[sink(batch)]`,
+/// `fn(&Batch) -> Result<(), Error>`. The batch's progress is committed only once it
+/// returned `Ok`.
+#[proc_macro_attribute]
+pub fn sink(attribute: TokenStream, item: TokenStream) -> TokenStream {
+    expand(Kind::Sink, attribute, item)
+}
+
+/// A source: `fn(cursor: Option<&[u8]>, max_records: usize) -> Result<Polled, Error>`.
+#[proc_macro_attribute]
+pub fn source(attribute: TokenStream, item: TokenStream) -> TokenStream {
+    if !attribute.is_empty() {
+        return syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "#[source] takes no arguments",
+        )
+        .to_compile_error()
+        .into();
+    }
+    let function = parse_macro_input!(item as ItemFn);
+    let name = &function.sig.ident;
+    quote! {
+        #function
+
+        const _: () = {
+            struct RunnelSource;
+
+            impl ::runnel_sdk::bindings::Guest for RunnelSource {
+                fn poll(
+                    cursor: ::std::option::Option<::std::vec::Vec<u8>>,
+                    max_records: u32,
+                ) -> ::std::result::Result<::runnel_sdk::bindings::Polled, ::std::string::String> {
+                    ::runnel_sdk::__private::poll(cursor, max_records, #name)
+                }
+            }
+
+            ::runnel_sdk::bindings::export_source!(RunnelSource);
+        };
+    }
+    .into()
 }

@@ -26,6 +26,11 @@ pub fn value(record: &Record<'_>) -> Result<Value, Error> {
     }
 }
 
+/// `bytes` (an HTTP body, say) as JSON.
+pub fn from_bytes(bytes: &[u8]) -> Result<Value, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error(format!("not JSON: {e}")))
+}
+
 /// The record's value as a `T`.
 pub fn parse<T: serde::de::DeserializeOwned>(record: &Record<'_>) -> Result<T, Error> {
     let bytes = record.value.unwrap_or(b"null");

@@ -2,7 +2,8 @@
 //! `cargo build --target wasm32-wasip2 --release` into a component the broker runs next to
 //! the partitions it reads (`docs/functions.md`).
 //!
-//! Enable the feature of the function's kind, `transform` or `consumer`, then:
+//! Enable the feature of the function's kind, `transform`, `consumer`, `source` or
+//! `sink` (the last two are connectors, `docs/connectors.md`), then:
 //!
 //! ```ignore
 //! use runnel_sdk::{Error, Output, Record};
@@ -20,18 +21,43 @@
 //! error fails the batch: the broker retries it, then sends it to the function's
 //! dead-letter topic.
 //!
+//! A source is `#[runnel_sdk::source] fn(Option<&[u8]>, usize) -> Result<Polled, Error>`:
+//! given its cursor (none at first) and the most records to return, the records it
+//! brings and its new cursor, which the host stores with them. A sink is written as a
+//! consumer, with `#[runnel_sdk::sink]`.
+//!
 //! The host's services: [`log`], [`config`], [`kv`] (state per partition), [`metrics`]
 //! and, for consumers, [`produce`]. With the `json` feature, [`json`] reads and writes
-//! JSON values.
+//! JSON values; with `http`, connectors make requests with [`http`].
 
 // The generated bindings name this crate by its path, also from inside it.
 extern crate self as runnel_sdk;
 
-#[cfg(all(feature = "transform", feature = "consumer"))]
-compile_error!("enable one of the features `transform` and `consumer`, not both");
+#[cfg(any(
+    all(feature = "transform", feature = "consumer"),
+    all(feature = "transform", feature = "source"),
+    all(feature = "transform", feature = "sink"),
+    all(feature = "consumer", feature = "source"),
+    all(feature = "consumer", feature = "sink"),
+    all(feature = "source", feature = "sink"),
+))]
+compile_error!(
+    "enable one of the features `transform`, `consumer`, `source` and `sink`, not several"
+);
 
 pub use runnel_abi::{Batch, Headers, Record};
-pub use runnel_sdk_macros::{consumer, transform};
+pub use runnel_sdk_macros::{consumer, sink, source, transform};
+
+#[cfg(feature = "http")]
+pub mod http;
+
+/// What a source's poll brought: records for its topics, and its position after them
+/// (`None` keeps the previous one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Polled {
+    pub records: Vec<Output>,
+    pub cursor: Option<Vec<u8>>,
+}
 
 mod output;
 pub use output::Output;
@@ -101,13 +127,43 @@ pub mod bindings {
         default_bindings_module: "::runnel_sdk::bindings",
         runtime_path: "::runnel_sdk::__private::wit_bindgen::rt",
     });
+
+    #[cfg(feature = "sink")]
+    wit_bindgen::generate!({
+        world: "sink",
+        path: "../../schemas/wit",
+        pub_export_macro: true,
+        export_macro_name: "export_sink",
+        default_bindings_module: "::runnel_sdk::bindings",
+        runtime_path: "::runnel_sdk::__private::wit_bindgen::rt",
+    });
+
+    #[cfg(feature = "source")]
+    wit_bindgen::generate!({
+        world: "source",
+        path: "../../schemas/wit",
+        pub_export_macro: true,
+        export_macro_name: "export_source",
+        default_bindings_module: "::runnel_sdk::bindings",
+        runtime_path: "::runnel_sdk::__private::wit_bindgen::rt",
+    });
 }
 
-#[cfg(any(feature = "transform", feature = "consumer"))]
+#[cfg(any(
+    feature = "transform",
+    feature = "consumer",
+    feature = "source",
+    feature = "sink"
+))]
 use bindings::runnel::functions as host;
 
 /// Lines in the function's log stream (`runnel fn logs NAME`).
-#[cfg(any(feature = "transform", feature = "consumer"))]
+#[cfg(any(
+    feature = "transform",
+    feature = "consumer",
+    feature = "source",
+    feature = "sink"
+))]
 pub mod log {
     use super::host::log::{Level, write};
 
@@ -129,7 +185,12 @@ pub mod log {
 }
 
 /// The function's configuration, as given at deploy (`--config key=value`).
-#[cfg(any(feature = "transform", feature = "consumer"))]
+#[cfg(any(
+    feature = "transform",
+    feature = "consumer",
+    feature = "source",
+    feature = "sink"
+))]
 pub mod config {
     pub fn get(key: &str) -> Option<String> {
         super::host::config::get(key)
@@ -141,7 +202,12 @@ pub mod config {
 }
 
 /// State of the function for the partition being processed; it survives restarts.
-#[cfg(any(feature = "transform", feature = "consumer"))]
+#[cfg(any(
+    feature = "transform",
+    feature = "consumer",
+    feature = "source",
+    feature = "sink"
+))]
 pub mod kv {
     pub fn get(key: &[u8]) -> Option<Vec<u8>> {
         super::host::kv::get(key)
@@ -157,7 +223,12 @@ pub mod kv {
 }
 
 /// Counters and gauges on the node's `/metrics`, labelled with the function's name.
-#[cfg(any(feature = "transform", feature = "consumer"))]
+#[cfg(any(
+    feature = "transform",
+    feature = "consumer",
+    feature = "source",
+    feature = "sink"
+))]
 pub mod metrics {
     pub fn counter_add(name: &str, delta: u64) {
         super::host::metrics::counter_add(name, delta)
@@ -262,5 +333,25 @@ pub mod __private {
     ) -> Result<(), String> {
         let batch = parse(batch)?;
         function(&batch).map_err(|e| e.0)
+    }
+
+    /// A source's poll: its records in the output encoding, and its cursor.
+    #[cfg(feature = "source")]
+    pub fn poll(
+        cursor: Option<Vec<u8>>,
+        max_records: u32,
+        function: impl Fn(Option<&[u8]>, usize) -> Result<super::Polled, Error>,
+    ) -> Result<crate::bindings::Polled, String> {
+        let polled = function(cursor.as_deref(), max_records as usize).map_err(|e| e.0)?;
+        if polled.records.len() > max_records as usize {
+            return Err(format!(
+                "the poll returned {} records, more than the {max_records} asked for",
+                polled.records.len()
+            ));
+        }
+        Ok(crate::bindings::Polled {
+            records: encode(polled.records.iter()).map_err(|e| e.0)?,
+            cursor: polled.cursor,
+        })
     }
 }

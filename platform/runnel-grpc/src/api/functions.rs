@@ -44,8 +44,14 @@ impl FunctionsService {
     }
 }
 
-fn limits_of(limits: Option<pb::FunctionLimits>) -> FunctionLimits {
-    let defaults = FunctionLimits::default();
+/// The call timeout of connectors unless asked otherwise: their calls wait on HTTP.
+const CONNECTOR_CALL_TIMEOUT_MS: u64 = 30_000;
+
+fn limits_of(limits: Option<pb::FunctionLimits>, kind: Kind) -> FunctionLimits {
+    let mut defaults = FunctionLimits::default();
+    if kind.is_connector() {
+        defaults.call_timeout_ms = CONNECTOR_CALL_TIMEOUT_MS;
+    }
     let Some(limits) = limits else {
         return defaults;
     };
@@ -83,7 +89,7 @@ impl pb::functions_server::Functions for FunctionsService {
         let name = required(&request.name, "name")?.to_string();
         let kind = Kind::parse(&request.kind).ok_or_else(|| {
             Status::invalid_argument(format!(
-                "kind {:?}: one of transform, consumer",
+                "kind {:?}: one of transform, consumer, source, sink",
                 request.kind
             ))
         })?;
@@ -101,9 +107,11 @@ impl pb::functions_server::Functions for FunctionsService {
             outputs: request.outputs,
             config: request.config.into_iter().collect(),
             grants: (!request.grant_all).then_some(request.grants),
-            limits: limits_of(request.limits),
+            limits: limits_of(request.limits, kind),
             on_failure,
             paused: request.paused,
+            allow_hosts: request.allow_hosts,
+            poll_interval_ms: request.poll_interval_ms,
         };
         let version = self
             .functions()
@@ -162,6 +170,7 @@ impl pb::functions_server::Functions for FunctionsService {
                 last_error: p.last_error.clone().unwrap_or_default(),
                 counters: p.counters.clone().into_iter().collect(),
                 gauges: p.gauges.clone().into_iter().collect(),
+                cursor: p.cursor.clone().unwrap_or_default(),
             })
             .collect();
         let spec = &described.spec;
@@ -185,6 +194,8 @@ impl pb::functions_server::Functions for FunctionsService {
             group: runnel_functions::executor::group_of(&spec.name),
             dead_letter_topic: runnel_functions::executor::dlq_topic_of(&spec.name),
             partitions,
+            allow_hosts: spec.allow_hosts.clone(),
+            poll_interval_ms: spec.poll_interval_ms,
         }))
     }
 

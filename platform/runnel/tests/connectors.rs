@@ -1,0 +1,506 @@
+//! Connectors on a real node: the plugins `http-sink`, `http-source` and `datagen`, built
+//! from source, against an HTTP server the test runs, with Kafka clients producing and
+//! reading.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const CATCH_UP: Duration = Duration::from_secs(90);
+
+/// A small HTTP/1.1 server: it takes POSTed JSON arrays (a sink's batches), serves the
+/// items after `?after=N` (a source's pages), and can be made to fail.
+#[derive(Default)]
+struct Target {
+    /// Every element of every accepted POST, in arrival order.
+    received: Mutex<Vec<serde_json::Value>>,
+    /// Requests of any kind, accepted or not.
+    requests: AtomicUsize,
+    /// Answer 503 to everything.
+    down: AtomicBool,
+    /// The items served (`{"id": N, ...}`), and how many a page holds.
+    items: Mutex<Vec<serde_json::Value>>,
+}
+
+const PAGE: usize = 7;
+
+impl Target {
+    fn start() -> (Arc<Target>, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let target = Arc::new(Target::default());
+        let serving = target.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let target = serving.clone();
+                std::thread::spawn(move || target.serve(stream));
+            }
+        });
+        (target, address)
+    }
+
+    fn serve(&self, stream: TcpStream) {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let mut parts = line.split_whitespace();
+            let method = parts.next().unwrap_or_default().to_string();
+            let target = parts.next().unwrap_or_default().to_string();
+            let mut length = 0;
+            let mut chunked = false;
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                    return;
+                }
+                let header = header.trim_end();
+                if header.is_empty() {
+                    break;
+                }
+                let (name, value) = header.split_once(':').unwrap_or((header, ""));
+                match name.to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.trim().parse().unwrap_or(0),
+                    "transfer-encoding" => chunked = value.contains("chunked"),
+                    _ => {}
+                }
+            }
+            let body = if chunked {
+                read_chunked(&mut reader)
+            } else {
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_err() {
+                    return;
+                }
+                body
+            };
+            self.requests.fetch_add(1, Ordering::SeqCst);
+            let (status, answer) = self.answer(&method, &target, &body);
+            let reply = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                answer.len()
+            );
+            if writer.write_all(reply.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn answer(&self, method: &str, target: &str, body: &[u8]) -> (&'static str, String) {
+        if self.down.load(Ordering::SeqCst) {
+            return (
+                "503 Service Unavailable",
+                "{\"error\":\"down\"}".to_string(),
+            );
+        }
+        match method {
+            "POST" => match serde_json::from_slice::<serde_json::Value>(body) {
+                Ok(serde_json::Value::Array(elements)) => {
+                    self.received.lock().unwrap().extend(elements);
+                    ("200 OK", "{}".to_string())
+                }
+                _ => (
+                    "400 Bad Request",
+                    "{\"error\":\"not an array\"}".to_string(),
+                ),
+            },
+            "GET" => {
+                let after: i64 = target
+                    .split_once("after=")
+                    .and_then(|(_, n)| n.split('&').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                let page: Vec<serde_json::Value> = self
+                    .items
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|item| item["id"].as_i64().unwrap() > after)
+                    .take(PAGE)
+                    .cloned()
+                    .collect();
+                ("200 OK", serde_json::Value::Array(page).to_string())
+            }
+            _ => ("405 Method Not Allowed", "{}".to_string()),
+        }
+    }
+
+    fn add_items(&self, ids: std::ops::RangeInclusive<i64>) {
+        let mut items = self.items.lock().unwrap();
+        for id in ids {
+            items.push(serde_json::json!({"id": id, "name": format!("item-{id}")}));
+        }
+    }
+
+    fn received(&self) -> Vec<serde_json::Value> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+fn read_chunked(reader: &mut impl BufRead) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        if reader.read_line(&mut size).unwrap_or(0) == 0 {
+            return body;
+        }
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        let mut chunk = vec![0; size + 2];
+        if reader.read_exact(&mut chunk).is_err() {
+            return body;
+        }
+        if size == 0 {
+            return body;
+        }
+        body.extend_from_slice(&chunk[..size]);
+    }
+}
+
+fn start_dev(dir: &Path) -> Node {
+    Node::start(dir, &as_strs(&dev_args(&dir.join("data"))))
+}
+
+fn cli(node: &Node, dir: &Path, args: &[&str]) -> String {
+    runnel_cli(node, dir, args, "")
+}
+
+fn describe(node: &Node, dir: &Path, name: &str) -> serde_json::Value {
+    let text = cli(node, dir, &["connector", "describe", name, "-o", "json"]);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// The records the sink delivered, as (key, value), sorted.
+fn delivered(target: &Target) -> Vec<(String, String)> {
+    let mut records: Vec<(String, String)> = target
+        .received()
+        .iter()
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap_or_default().to_string(),
+                r["value"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    records.sort();
+    records
+}
+
+fn expected(range: std::ops::Range<usize>) -> Vec<(String, String)> {
+    let mut records: Vec<(String, String)> = range
+        .map(|i| (format!("k{i}"), format!("record-{i}")))
+        .collect();
+    records.sort();
+    records
+}
+
+#[test]
+fn a_sink_delivers_exactly_the_records_produced_and_waits_out_an_outage() {
+    let sink = build_guest("plugins/http-sink", "http_sink");
+    let (target, address) = Target::start();
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_dev(dir.path());
+    let kafka = node.kafka.unwrap();
+    cli(&node, dir.path(), &["topic", "create", "events", "-p", "2"]);
+    finish(produce_keyed(kafka, "events", 0, 300));
+    let url = format!("http://{address}/ingest");
+    let allow = address.to_string();
+    let wasm = sink.display().to_string();
+    let created = cli(
+        &node,
+        dir.path(),
+        &[
+            "connector",
+            "create",
+            "out",
+            "--kind",
+            "sink",
+            "--wasm",
+            &wasm,
+            "--topic",
+            "events",
+            "--config",
+            &format!("url={url}"),
+            "--allow-host",
+            &allow,
+        ],
+    );
+    assert!(created.contains("created sink out version 1"), "{created}");
+    wait_for(CATCH_UP, "300 records at the target", || {
+        target.received().len() >= 300
+    });
+    assert_eq!(delivered(&target), expected(0..300), "each record once");
+    let first = &target.received()[0];
+    assert_eq!(first["topic"], "events");
+    assert_eq!(first["headers"]["source"], "python", "{first}");
+
+    // The target goes down: the sink retries, and its progress stays put.
+    target.down.store(true, Ordering::SeqCst);
+    let before = target.requests.load(Ordering::SeqCst);
+    finish(produce_keyed(kafka, "events", 300, 500));
+    wait_for(
+        CATCH_UP,
+        "the sink to retry against the failing target",
+        || {
+            let described = describe(&node, dir.path(), "out");
+            described["state"] == "retrying"
+                && described["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("503"))
+                && target.requests.load(Ordering::SeqCst) >= before + 2
+        },
+    );
+    assert_eq!(target.received().len(), 300, "nothing accepted while down");
+    assert!(describe(&node, dir.path(), "out")["lag"].as_u64().unwrap() > 0);
+
+    // Back up: everything arrives, once.
+    target.down.store(false, Ordering::SeqCst);
+    wait_for(CATCH_UP, "500 records at the target", || {
+        target.received().len() >= 500
+    });
+    wait_for(CATCH_UP, "the sink's lag to reach 0", || {
+        describe(&node, dir.path(), "out")["lag"] == 0
+    });
+    assert_eq!(
+        delivered(&target),
+        expected(0..500),
+        "nothing lost or doubled"
+    );
+    let described = describe(&node, dir.path(), "out");
+    assert_eq!(described["state"], "running", "{described}");
+    assert_eq!(described["failed"], 0, "{described}");
+    let listed = cli(&node, dir.path(), &["connector", "list"]);
+    assert!(
+        listed.contains("out") && listed.contains("sink"),
+        "{listed}"
+    );
+}
+
+#[test]
+fn a_source_writes_each_item_once_across_a_crash_and_restart() {
+    let source = build_guest("plugins/http-source", "http_source");
+    let (target, address) = Target::start();
+    target.add_items(1..=40);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut node = start_dev(dir.path());
+    let wasm = source.display().to_string();
+    let url = format!("http://{address}/items");
+    let allow = address.ip().to_string();
+    let created = cli(
+        &node,
+        dir.path(),
+        &[
+            "connector",
+            "create",
+            "feed",
+            "--kind",
+            "source",
+            "--wasm",
+            &wasm,
+            "--config",
+            "topic=items",
+            "--config",
+            &format!("url={url}"),
+            "--config",
+            "cursor.field=id",
+            "--config",
+            "key.field=name",
+            "--allow-host",
+            &allow,
+            "--poll-interval-ms",
+            "100",
+            "--batch-records",
+            "5",
+        ],
+    );
+    assert!(created.contains("created topic items"), "{created}");
+    let kafka = node.kafka.unwrap();
+    wait_for(CATCH_UP, "the first items in the topic", || {
+        kcat_read(kafka, "items").len() >= 10
+    });
+
+    // A crash mid-way: the restarted node resumes from the stored cursor.
+    node.signal(libc::SIGKILL);
+    node.wait_for_exit();
+    drop(node);
+    target.add_items(41..=80);
+    let node = Node::start(dir.path(), &as_strs(&dev_args(&data)));
+    let kafka = node.kafka.unwrap();
+    wait_for(CATCH_UP, "80 items in the topic", || {
+        kcat_read(kafka, "items").len() >= 80
+    });
+    wait_for(CATCH_UP, "the source to reach item 80", || {
+        describe(&node, dir.path(), "feed")["cursor"] == "80"
+    });
+    // A few more polls find nothing new.
+    std::thread::sleep(Duration::from_millis(500));
+    let records = kcat_read(kafka, "items");
+    let ids: Vec<i64> = records
+        .iter()
+        .map(|(_, _, _, value, _)| {
+            serde_json::from_str::<serde_json::Value>(value).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=80).collect::<Vec<_>>(),
+        "each item once, in order"
+    );
+    assert_eq!(records[0].2, "item-1", "keyed by key.field");
+    let described = describe(&node, dir.path(), "feed");
+    assert_eq!(described["kind"], "source");
+    assert_eq!(described["state"], "running", "{described}");
+    let text = cli(&node, dir.path(), &["connector", "describe", "feed"]);
+    assert!(text.contains("position: 80"), "{text}");
+    assert!(text.contains("records written: 80"), "{text}");
+
+    // Pause, resume and delete.
+    cli(&node, dir.path(), &["connector", "pause", "feed"]);
+    assert_eq!(describe(&node, dir.path(), "feed")["state"], "paused");
+    cli(&node, dir.path(), &["connector", "resume", "feed"]);
+    cli(&node, dir.path(), &["connector", "delete", "feed"]);
+    let gone = runnel_cli_output(&node, dir.path(), &["connector", "describe", "feed"]);
+    assert!(!gone.status.success());
+}
+
+#[test]
+fn outgoing_http_off_the_allow_list_is_refused_and_reported() {
+    let sink = build_guest("plugins/http-sink", "http_sink");
+    let (target, address) = Target::start();
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_dev(dir.path());
+    cli(&node, dir.path(), &["topic", "create", "private"]);
+    runnel_cli(&node, dir.path(), &["produce", "private"], "secret\n");
+    let wasm = sink.display().to_string();
+    let url = format!("http://{address}/ingest");
+    cli(
+        &node,
+        dir.path(),
+        &[
+            "connector",
+            "create",
+            "leak",
+            "--kind",
+            "sink",
+            "--wasm",
+            &wasm,
+            "--topic",
+            "private",
+            "--config",
+            &format!("url={url}"),
+            "--allow-host",
+            "api.example.com",
+        ],
+    );
+    wait_for(CATCH_UP, "the refusal in describe", || {
+        describe(&node, dir.path(), "leak")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("allow-list"))
+    });
+    let described = describe(&node, dir.path(), "leak");
+    assert_eq!(described["state"], "retrying", "{described}");
+    assert_eq!(
+        target.requests.load(Ordering::SeqCst),
+        0,
+        "nothing reached it"
+    );
+    let logs = cli(&node, dir.path(), &["fn", "logs", "leak"]);
+    assert!(
+        logs.contains(&format!(
+            "refused outgoing HTTP to {}:{}",
+            address.ip(),
+            address.port()
+        )),
+        "{logs}"
+    );
+
+    // A transform cannot make requests at all: its world has no wasi:http.
+    let refused = runnel_cli_output(
+        &node,
+        dir.path(),
+        &[
+            "fn", "deploy", &wasm, "--name", "sneaky", "--input", "private", "--output", "private",
+        ],
+    );
+    assert!(!refused.status.success());
+    // A connector name is not a function to `runnel connector`, nor the other way.
+    let mixed = runnel_cli_output(&node, dir.path(), &["connector", "describe", "nothing"]);
+    assert!(!mixed.status.success());
+}
+
+#[test]
+fn datagen_produces_at_its_configured_rate() {
+    let datagen = build_guest("plugins/datagen", "datagen");
+    let plugin_dir = datagen.parent().unwrap().display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_dev(dir.path());
+    let created = cli(
+        &node,
+        dir.path(),
+        &[
+            "connector",
+            "create",
+            "gen",
+            "--kind",
+            "source",
+            "--plugin",
+            "datagen",
+            "--plugin-dir",
+            &plugin_dir,
+            "--config",
+            "topic=generated",
+            "--config",
+            "rate=300",
+            "--config",
+            "key=user",
+        ],
+    );
+    assert!(created.contains("created source gen"), "{created}");
+    let written = || -> u64 {
+        let topic: serde_json::Value = serde_json::from_str(&cli(
+            &node,
+            dir.path(),
+            &["topic", "describe", "generated", "-o", "json"],
+        ))
+        .unwrap();
+        topic["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["high_watermark"].as_u64().unwrap())
+            .sum()
+    };
+    wait_for(CATCH_UP, "datagen's first records", || written() > 0);
+    let (start, first) = (Instant::now(), written());
+    std::thread::sleep(Duration::from_secs(6));
+    let (elapsed, last) = (start.elapsed(), written());
+    let rate = (last - first) as f64 / elapsed.as_secs_f64();
+    assert!(
+        (300.0 * 0.75..=300.0 * 1.25).contains(&rate),
+        "datagen wrote {rate:.0} records/s, configured 300"
+    );
+    let kafka = node.kafka.unwrap();
+    let records = kcat_read(kafka, "generated");
+    let mut by_id = BTreeMap::new();
+    for (_, _, key, value, _) in &records {
+        let event: serde_json::Value = serde_json::from_str(value).unwrap();
+        assert_eq!(event["user"], key.as_str());
+        by_id.insert(event["id"].as_u64().unwrap(), ());
+    }
+    assert_eq!(by_id.len(), records.len(), "every id once");
+    assert_eq!(by_id.keys().next(), Some(&0));
+}

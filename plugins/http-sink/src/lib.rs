@@ -1,0 +1,95 @@
+//! `http-sink`: POSTs each batch of records as one JSON array to a URL.
+//!
+//! Config:
+//! - `url`: where to POST (its host must be on the connector's `--allow-host` list);
+//! - `value.format`: `auto` (default: a value that is JSON goes as JSON, any other as a
+//!   string), `json` (a value that is not JSON fails the batch) or `string`;
+//! - `header.NAME`: an extra request header (for example `header.authorization`).
+//!
+//! Each element is `{"topic", "partition", "offset", "timestamp", "key", "value",
+//! "headers"}`; the request carries `x-runnel-batch: TOPIC/PARTITION/FIRST-LAST` so a
+//! receiver can recognise a batch sent again. A response other than 2xx, or no response,
+//! fails the batch: the host retries it with backoff (and, with `--on-failure dlq`,
+//! dead-letters it after its retries); progress moves only past batches that were
+//! accepted.
+
+use runnel_sdk::json::{Map, Value};
+use runnel_sdk::{Batch, Error, Record, config, http, metrics};
+
+#[runnel_sdk::sink(batch)]
+fn http_sink(batch: &Batch<'_>) -> Result<(), Error> {
+    let url = config::get("url").ok_or_else(|| Error::new("config url is missing"))?;
+    let format = config::get("value.format").unwrap_or_else(|| "auto".to_string());
+    let mut elements = Vec::with_capacity(batch.len());
+    let mut first = None;
+    let mut last = 0;
+    for record in batch.records() {
+        first.get_or_insert(record.offset);
+        last = record.offset;
+        elements.push(element(batch, &record, &format)?);
+    }
+    let Some(first) = first else {
+        return Ok(());
+    };
+    let body = Value::Array(elements).to_string();
+    let batch_id = format!("{}/{}/{first}-{last}", batch.topic, batch.partition);
+    let mut headers: Vec<(String, String)> = vec![
+        ("content-type".to_string(), "application/json".to_string()),
+        ("x-runnel-batch".to_string(), batch_id),
+    ];
+    for (key, value) in config::all() {
+        if let Some(name) = key.strip_prefix("header.") {
+            headers.push((name.to_string(), value));
+        }
+    }
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let response = http::send("POST", &url, &headers, Some(body.as_bytes()))?;
+    if !response.is_success() {
+        let text = String::from_utf8_lossy(&response.body);
+        let text: String = text.chars().take(200).collect();
+        return Err(Error(format!(
+            "POST {url} answered {}: {text}",
+            response.status
+        )));
+    }
+    metrics::counter_add("records_sent", batch.len() as u64);
+    metrics::counter_add("requests", 1);
+    Ok(())
+}
+
+fn element(batch: &Batch<'_>, record: &Record<'_>, format: &str) -> Result<Value, Error> {
+    let text = |bytes: &[u8]| Value::String(String::from_utf8_lossy(bytes).into_owned());
+    let value = match (record.value, format) {
+        (None, _) => Value::Null,
+        (Some(bytes), "string") => text(bytes),
+        (Some(bytes), "json") => runnel_sdk::json::value(record).map_err(|e| {
+            Error(format!(
+                "offset {}: the value is not JSON ({e}): {} bytes",
+                record.offset,
+                bytes.len()
+            ))
+        })?,
+        (Some(bytes), "auto") => runnel_sdk::json::value(record).unwrap_or_else(|_| text(bytes)),
+        (_, other) => {
+            return Err(Error(format!(
+                "config value.format={other}: one of auto, json, string"
+            )));
+        }
+    };
+    let mut headers = Map::new();
+    for (key, value) in record.headers.iter() {
+        headers.insert(key.to_string(), value.map_or(Value::Null, text));
+    }
+    let mut object = Map::new();
+    object.insert("topic".into(), Value::String(batch.topic.to_string()));
+    object.insert("partition".into(), batch.partition.into());
+    object.insert("offset".into(), record.offset.into());
+    object.insert("timestamp".into(), record.timestamp.into());
+    object.insert("key".into(), record.key.map_or(Value::Null, text));
+    object.insert("value".into(), value);
+    object.insert("headers".into(), Value::Object(headers));
+    Ok(Value::Object(object))
+}
