@@ -504,3 +504,160 @@ fn datagen_produces_at_its_configured_rate() {
     assert_eq!(by_id.len(), records.len(), "every id once");
     assert_eq!(by_id.keys().next(), Some(&0));
 }
+
+/// A GET of the test S3 server, signed as the sink signs (moto refuses anonymous reads of
+/// the objects); the status and body.
+fn s3_get(s3: &S3Server, path: &str, query: &[(&str, &str)]) -> (u16, String) {
+    let path = runnel_sigv4::encode_path(path);
+    let query = runnel_sigv4::encode_query(query);
+    let host = s3.address.to_string();
+    let signed = runnel_sigv4::sign(&runnel_sigv4::Request {
+        method: "GET",
+        host: &host,
+        path: &path,
+        query: &query,
+        payload: b"",
+        region: "us-east-1",
+        access_key: "AKIDTEST",
+        secret_key: "secret",
+        unix_seconds: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    });
+    let mut stream = TcpStream::connect(s3.address).unwrap();
+    let target = if query.is_empty() {
+        path.clone()
+    } else {
+        format!("{path}?{query}")
+    };
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAuthorization: {}\r\nx-amz-date: {}\r\nx-amz-content-sha256: {}\r\n\r\n",
+        signed.authorization, signed.date, signed.content_sha256
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+/// The records under `prefix` in the test S3 server's bucket `runnel`: each object's
+/// JSON lines, by key.
+fn objects(s3: &S3Server, prefix: &str) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let (status, listing) = s3_get(
+        s3,
+        "/runnel",
+        &[("list-type", "2"), ("max-keys", "1000"), ("prefix", prefix)],
+    );
+    assert_eq!(status, 200, "{listing}");
+    let mut objects = BTreeMap::new();
+    for part in listing.split("<Key>").skip(1) {
+        let key = part.split("</Key>").next().unwrap().to_string();
+        let (status, body) = s3_get(s3, &format!("/runnel/{key}"), &[]);
+        assert_eq!(status, 200, "{key}: {body}");
+        let lines = body
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        objects.insert(key, lines);
+    }
+    objects
+}
+
+#[test]
+fn the_object_store_sink_writes_json_lines_to_a_bucket_through_an_outage() {
+    let sink = build_guest("plugins/object-store-sink", "object_store_sink");
+    let s3 = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_dev(dir.path());
+    let kafka = node.kafka.unwrap();
+    cli(&node, dir.path(), &["topic", "create", "orders"]);
+    finish(produce_keyed(kafka, "orders", 0, 250));
+    let wasm = sink.display().to_string();
+    let endpoint = format!("endpoint=http://{}", s3.address);
+    let allow = s3.address.to_string();
+    cli(
+        &node,
+        dir.path(),
+        &[
+            "connector",
+            "create",
+            "archive",
+            "--kind",
+            "sink",
+            "--wasm",
+            &wasm,
+            "--topic",
+            "orders",
+            "--config",
+            &endpoint,
+            "--config",
+            "bucket=runnel",
+            "--config",
+            "prefix=archive/",
+            "--config",
+            "access.key=AKIDTEST",
+            "--config",
+            "secret.key=secret",
+            "--allow-host",
+            &allow,
+            "--batch-records",
+            "100",
+        ],
+    );
+    let records = |objects: &BTreeMap<String, Vec<serde_json::Value>>| -> Vec<(String, String)> {
+        let mut records: Vec<(String, String)> = objects
+            .values()
+            .flatten()
+            .map(|r| {
+                (
+                    r["key"].as_str().unwrap().to_string(),
+                    r["value"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        records.sort();
+        records
+    };
+    wait_for(CATCH_UP, "250 records in the bucket", || {
+        records(&objects(&s3, "archive/")).len() >= 250
+    });
+    let written = objects(&s3, "archive/");
+    assert_eq!(records(&written), expected(0..250), "each record once");
+    let first_key = written.keys().next().unwrap();
+    assert!(
+        first_key.starts_with("archive/orders/partition=0/00000000000000000000-"),
+        "{first_key}"
+    );
+    assert!(written.values().all(|lines| lines.len() <= 100));
+
+    // The store fails: the sink retries and loses nothing once it is back.
+    s3.fault("error");
+    finish(produce_keyed(kafka, "orders", 250, 400));
+    wait_for(
+        CATCH_UP,
+        "the sink to retry against the failing store",
+        || {
+            let described = describe(&node, dir.path(), "archive");
+            described["state"] == "retrying"
+                && described["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("503"))
+        },
+    );
+    s3.fault("ok");
+    wait_for(CATCH_UP, "400 records in the bucket", || {
+        records(&objects(&s3, "archive/")).len() >= 400
+    });
+    wait_for(CATCH_UP, "the sink's lag to reach 0", || {
+        describe(&node, dir.path(), "archive")["lag"] == 0
+    });
+    assert_eq!(
+        records(&objects(&s3, "archive/")),
+        expected(0..400),
+        "nothing lost or doubled"
+    );
+}

@@ -190,51 +190,6 @@ fn sealed_segments_are_uploaded_as_parquet_that_pyarrow_reads_back_exactly() {
     });
 }
 
-/// moto's S3 server behind the fault-injecting proxy of `s3_server.py`, with the bucket
-/// `runnel`; killed when dropped.
-struct S3Server {
-    child: std::process::Child,
-    address: std::net::SocketAddr,
-}
-
-impl S3Server {
-    fn start() -> S3Server {
-        use std::io::BufRead as _;
-        let mut child = python_client("s3_server.py")
-            .arg("runnel")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("run s3_server.py");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the s3 server's ready line");
-        let port: u16 = line
-            .trim()
-            .strip_prefix("ready ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("s3_server.py said {line:?}"));
-        S3Server {
-            child,
-            address: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        }
-    }
-
-    fn fault(&self, name: &str) {
-        let answer = http_request(self.address, "PUT", &format!("/__fault/{name}"), None);
-        assert_eq!(answer.status, 200, "set fault {name}");
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A counter or gauge of the node's `/metrics`, 0 if absent.
 fn metric(node: &Node, name: &str) -> f64 {
     node.get("/metrics")

@@ -13,8 +13,8 @@
 //! dead-letters it after its retries); progress moves only past batches that were
 //! accepted.
 
-use runnel_sdk::json::{Map, Value};
-use runnel_sdk::{Batch, Error, Record, config, http, metrics};
+use runnel_sdk::json::Value;
+use runnel_sdk::{Batch, Error, config, http, metrics};
 
 #[runnel_sdk::sink(batch)]
 fn http_sink(batch: &Batch<'_>) -> Result<(), Error> {
@@ -26,7 +26,7 @@ fn http_sink(batch: &Batch<'_>) -> Result<(), Error> {
     for record in batch.records() {
         first.get_or_insert(record.offset);
         last = record.offset;
-        elements.push(element(batch, &record, &format)?);
+        elements.push(runnel_sdk::json::record_object(batch, &record, &format)?);
     }
     let Some(first) = first else {
         return Ok(());
@@ -58,38 +58,4 @@ fn http_sink(batch: &Batch<'_>) -> Result<(), Error> {
     metrics::counter_add("records_sent", batch.len() as u64);
     metrics::counter_add("requests", 1);
     Ok(())
-}
-
-fn element(batch: &Batch<'_>, record: &Record<'_>, format: &str) -> Result<Value, Error> {
-    let text = |bytes: &[u8]| Value::String(String::from_utf8_lossy(bytes).into_owned());
-    let value = match (record.value, format) {
-        (None, _) => Value::Null,
-        (Some(bytes), "string") => text(bytes),
-        (Some(bytes), "json") => runnel_sdk::json::value(record).map_err(|e| {
-            Error(format!(
-                "offset {}: the value is not JSON ({e}): {} bytes",
-                record.offset,
-                bytes.len()
-            ))
-        })?,
-        (Some(bytes), "auto") => runnel_sdk::json::value(record).unwrap_or_else(|_| text(bytes)),
-        (_, other) => {
-            return Err(Error(format!(
-                "config value.format={other}: one of auto, json, string"
-            )));
-        }
-    };
-    let mut headers = Map::new();
-    for (key, value) in record.headers.iter() {
-        headers.insert(key.to_string(), value.map_or(Value::Null, text));
-    }
-    let mut object = Map::new();
-    object.insert("topic".into(), Value::String(batch.topic.to_string()));
-    object.insert("partition".into(), batch.partition.into());
-    object.insert("offset".into(), record.offset.into());
-    object.insert("timestamp".into(), record.timestamp.into());
-    object.insert("key".into(), record.key.map_or(Value::Null, text));
-    object.insert("value".into(), value);
-    object.insert("headers".into(), Value::Object(headers));
-    Ok(Value::Object(object))
 }

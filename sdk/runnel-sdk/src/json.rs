@@ -128,3 +128,41 @@ impl From<serde_json::Error> for Error {
         Error(format!("JSON: {error}"))
     }
 }
+
+/// A record as one JSON object, `{"topic", "partition", "offset", "timestamp", "key",
+/// "value", "headers"}`, for sinks that write records out as JSON. Keys and header
+/// values are text (invalid UTF-8 replaced); the value per `value_format`: `auto` (JSON
+/// if it parses, else text), `json` (an error if it does not parse) or `string`.
+pub fn record_object(
+    batch: &crate::Batch<'_>,
+    record: &Record<'_>,
+    value_format: &str,
+) -> Result<Value, Error> {
+    let text = |bytes: &[u8]| Value::String(String::from_utf8_lossy(bytes).into_owned());
+    let value = match (record.value, value_format) {
+        (None, _) => Value::Null,
+        (Some(bytes), "string") => text(bytes),
+        (Some(_), "json") => {
+            value(record).map_err(|e| Error(format!("offset {}: {e}", record.offset)))?
+        }
+        (Some(bytes), "auto") => value(record).unwrap_or_else(|_| text(bytes)),
+        (_, other) => {
+            return Err(Error(format!(
+                "value format `{other}`: one of auto, json, string"
+            )));
+        }
+    };
+    let mut headers = Map::new();
+    for (key, header) in record.headers.iter() {
+        headers.insert(key.to_string(), header.map_or(Value::Null, text));
+    }
+    let mut object = Map::new();
+    object.insert("topic".into(), Value::String(batch.topic.to_string()));
+    object.insert("partition".into(), batch.partition.into());
+    object.insert("offset".into(), record.offset.into());
+    object.insert("timestamp".into(), record.timestamp.into());
+    object.insert("key".into(), record.key.map_or(Value::Null, text));
+    object.insert("value".into(), value);
+    object.insert("headers".into(), Value::Object(headers));
+    Ok(Value::Object(object))
+}

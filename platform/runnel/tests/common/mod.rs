@@ -643,3 +643,49 @@ pub fn two_brokers_with_topic(topic: &str, partitions: u32) -> (Cluster, Vec<u64
     }
     (cluster, leaders)
 }
+
+/// moto's S3 server behind the fault-injecting proxy of `s3_server.py`, with the bucket
+/// `runnel`; killed when dropped.
+pub struct S3Server {
+    child: std::process::Child,
+    pub address: std::net::SocketAddr,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        use std::io::BufRead as _;
+        let mut child = python_client("s3_server.py")
+            .arg("runnel")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("run s3_server.py");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the s3 server's ready line");
+        let port: u16 = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("s3_server.py said {line:?}"));
+        S3Server {
+            child,
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    /// Sets the proxy's fault (`ok`, `error`, `drop`, `truncate`, `stall`).
+    pub fn fault(&self, name: &str) {
+        let answer = http_request(self.address, "PUT", &format!("/__fault/{name}"), None);
+        assert_eq!(answer.status, 200, "set fault {name}");
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
