@@ -362,8 +362,11 @@ impl Functions {
                 return Err(BrokerError::UnknownTopic(topic.clone()).into());
             }
         }
-        self.ensure_topic(&dlq_topic_of(&deploy.name), BTreeMap::new())
-            .await?;
+        // A source has no input records to dead-letter.
+        if deploy.kind != Kind::Source {
+            self.ensure_topic(&dlq_topic_of(&deploy.name), BTreeMap::new())
+                .await?;
+        }
         self.ensure_topic(
             &state_topic_of(&deploy.name),
             BTreeMap::from([

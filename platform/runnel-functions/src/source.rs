@@ -151,6 +151,15 @@ impl SourceExecutor {
                 &mut outbox,
             )
             .map(|()| outbox.len());
+            let routed = routed.and_then(|count| {
+                if count > max_records as usize {
+                    Err(FunctionError::Failed(format!(
+                        "a poll returned {count} records, more than the {max_records} asked for"
+                    )))
+                } else {
+                    Ok(count)
+                }
+            });
             let count = match routed {
                 Ok(count) => count,
                 Err(error) => {

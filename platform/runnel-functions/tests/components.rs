@@ -250,3 +250,70 @@ fn hostile_components_are_contained_and_others_keep_running() {
         Err(FunctionError::Invalid { .. })
     ));
 }
+
+#[test]
+fn connectors_are_checked_against_their_worlds_and_the_http_grant() {
+    let host = FunctionHost::new().unwrap();
+    let sink = build("plugins/http-sink", "http_sink");
+    host.compile(Kind::Sink, &sink, Limits::default())
+        .expect("a sink compiles as a sink");
+    // A transform's world has no wasi:http: the import cannot be satisfied.
+    let refused = host
+        .compile(Kind::Transform, &sink, Limits::default())
+        .err()
+        .expect("a sink is not a transform");
+    assert!(
+        refused.to_string().contains("not a valid transform"),
+        "{refused}"
+    );
+    // Without the grant `http`, a connector importing wasi:http is refused.
+    let refused = host
+        .compile_granted(
+            Kind::Sink,
+            &sink,
+            Limits::default(),
+            &["log", "config", "kv", "metrics"],
+            None,
+        )
+        .err()
+        .expect("http was not granted");
+    assert!(refused.to_string().contains("wasi:http"), "{refused}");
+}
+
+#[test]
+fn the_datagen_source_polls_numbered_records_and_resumes_from_its_cursor() {
+    let host = FunctionHost::new().unwrap();
+    let datagen = build("plugins/datagen", "datagen");
+    let function = host
+        .compile(Kind::Source, &datagen, Limits::default())
+        .unwrap();
+    let settings = BTreeMap::from([
+        ("rate".to_string(), "1000".to_string()),
+        ("shape".to_string(), "counter".to_string()),
+    ]);
+    let mut instance = function
+        .instantiate(settings.clone(), BTreeMap::new())
+        .unwrap();
+    let first = instance.poll(None, 100).unwrap();
+    assert!(
+        values(&first.records).is_empty(),
+        "nothing is due at the start"
+    );
+    let cursor = first.cursor.expect("a cursor");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let second = instance.poll(Some(&cursor), 100).unwrap();
+    // 1000 a second for 300 ms is due; 100 at most per poll.
+    assert_eq!(
+        values(&second.records),
+        (0..100).map(|n| n.to_string()).collect::<Vec<_>>()
+    );
+    // A fresh instance (a restart) goes on from the cursor.
+    let mut restarted = function.instantiate(settings, BTreeMap::new()).unwrap();
+    let third = restarted.poll(second.cursor.as_deref(), 10).unwrap();
+    assert_eq!(
+        values(&third.records),
+        (100..110).map(|n| n.to_string()).collect::<Vec<_>>()
+    );
+    // A source has no `process`.
+    assert!(restarted.process(&batch(&["x"], 0)).is_err());
+}
