@@ -52,8 +52,6 @@ const PROGRESS_VERSION: u8 = 1;
 /// Backoff between failed polls: doubling from the first, up to the last.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// The largest produce batch assumed when a partition's own limit is not known here.
-const DEFAULT_MAX_BATCH: u64 = 1 << 20;
 
 /// Where a source is: what its progress record holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -127,8 +125,8 @@ impl SourceExecutor {
         let mut round_robin: u32 = 0;
         while !self.stop.is_cancelled() {
             self.served()?;
-            let (polled, kv_changes) = match self.poll(&mut instance, &progress).await {
-                Poll::Done(polled, kv_changes) => (polled, kv_changes),
+            let polled = match self.poll(&mut instance, &progress).await {
+                Poll::Done(polled) => polled,
                 Poll::Stopped => break,
                 Poll::Park(reason) => {
                     self.status.set_state("stopped", Some(reason));
@@ -171,13 +169,18 @@ impl SourceExecutor {
                 }
             };
             let (batches, producer) = outbox.finish_idempotent();
-            if let Err(error) = self.check_sizes(&batches) {
+            if let Err(error) = self.check_batches(&batches) {
                 self.failed_poll(&mut instance, &error, None);
                 if sleep(&self.stop, MAX_BACKOFF).await {
                     break;
                 }
                 continue;
             }
+            // The poll is taken: its kv changes go with it (a refused one was rolled back).
+            let kv_changes = instance
+                .state()
+                .map(|state| state.take_kv_changes())
+                .unwrap_or_default();
             let next = Progress {
                 cursor: polled.cursor.or_else(|| progress.cursor.clone()),
                 producer: producer.unwrap_or_default(),
@@ -297,8 +300,8 @@ impl SourceExecutor {
             .map_err(|e| FunctionError::Trap(format!("the instance's thread failed: {e}")))?
     }
 
-    /// Polls until a poll succeeds (or the policy says stop): what it returned, and its
-    /// kv changes.
+    /// Polls until a poll succeeds (or the policy says stop): what it returned. Its kv
+    /// changes stay pending in the instance until the poll is taken or refused.
     async fn poll(&self, instance: &mut Instance, progress: &Progress) -> Poll {
         let mut attempt: u32 = 0;
         loop {
@@ -311,13 +314,7 @@ impl SourceExecutor {
                     .collect(&self.spec.name, "", 0, state, &self.status)
             });
             match result {
-                Ok(polled) => {
-                    let changes = instance
-                        .state()
-                        .map(|state| state.take_kv_changes())
-                        .unwrap_or_default();
-                    return Poll::Done(polled, changes);
-                }
+                Ok(polled) => return Poll::Done(polled),
                 Err(error) => {
                     self.failed_poll(instance, &error, refused);
                     if self.spec.on_failure == "stop" && attempt >= self.spec.limits.retries {
@@ -368,15 +365,21 @@ impl SourceExecutor {
         }
     }
 
-    /// Refuses a poll whose batch for a partition is larger than the partition takes:
-    /// written to the progress record, it would be retried forever.
-    fn check_sizes(&self, batches: &[(String, i32, Bytes)]) -> Result<(), FunctionError> {
+    /// Refuses a poll with a batch this node cannot write: for a partition it does not
+    /// lead (sources write through the local produce path), or larger than the partition
+    /// takes. Written to the progress record, such a batch would be retried forever.
+    fn check_batches(&self, batches: &[(String, i32, Bytes)]) -> Result<(), FunctionError> {
         for (topic, partition, batch) in batches {
-            let max = self
+            let log = self
                 .functions
                 .broker()
                 .leader_log(topic, *partition)
-                .map_or(DEFAULT_MAX_BATCH, |log| log.config().max_message_bytes);
+                .map_err(|error| {
+                    FunctionError::Failed(format!(
+                        "cannot write {topic}-{partition} from this node ({error}): a source writes only to partitions its node leads"
+                    ))
+                })?;
+            let max = log.config().max_message_bytes;
             if batch.len() as u64 > max {
                 return Err(FunctionError::Failed(format!(
                     "a poll returned {} bytes of records for {topic}-{partition}, more than its max.message.bytes of {max}; lower the connector's batch records",
@@ -404,7 +407,7 @@ impl SourceExecutor {
 }
 
 enum Poll {
-    Done(Polled, Vec<(Vec<u8>, Option<Vec<u8>>)>),
+    Done(Polled),
     Stopped,
     Park(String),
 }
