@@ -372,11 +372,21 @@ impl Metadata {
         if !spec.allow_hosts.is_empty() && !matches!(spec.kind.as_str(), "source" | "sink") {
             return invalid("only connectors (sources and sinks) make HTTP requests".to_string());
         }
-        if let Some(host) = spec
-            .allow_hosts
-            .iter()
-            .find(|h| h.is_empty() || h.contains('/') || h.chars().any(char::is_whitespace))
-        {
+        if spec.kind == "source" && spec.on_failure == "dlq" {
+            return invalid(
+                "a source has nothing to dead-letter: on-failure `retry` or `stop`".to_string(),
+            );
+        }
+        let bad_port = |host: &str| match host.rsplit_once(':') {
+            // `[::1]` alone, or a port after a name or a bracketed address.
+            Some((name, port)) if !name.contains(':') || name.ends_with(']') => {
+                port.parse::<u16>().is_err()
+            }
+            _ => false,
+        };
+        if let Some(host) = spec.allow_hosts.iter().find(|h| {
+            h.is_empty() || h.contains('/') || h.chars().any(char::is_whitespace) || bad_port(h)
+        }) {
             return invalid(format!(
                 "allowed host `{host}`: a host name, `host:port` or `*.domain`"
             ));
@@ -798,5 +808,49 @@ mod tests {
         let before = metadata.clone();
         assert!(metadata.validate(&create("t", 1, 1)).is_ok());
         assert_eq!(metadata, before);
+    }
+
+    #[test]
+    fn connector_specs_are_checked_for_their_kind() {
+        let mut metadata = cluster(1);
+        metadata.apply(&create("events", 1, 1)).unwrap();
+        let spec = |kind: &str, inputs: &[&str], outputs: &[&str]| FunctionSpec {
+            name: "c".to_string(),
+            kind: kind.to_string(),
+            digest: "ab".repeat(32),
+            inputs: inputs.iter().map(|t| t.to_string()).collect(),
+            outputs: outputs.iter().map(|t| t.to_string()).collect(),
+            on_failure: "retry".to_string(),
+            allow_hosts: vec!["api.example.com:443".to_string()],
+            ..FunctionSpec::default()
+        };
+        let refused = |spec: FunctionSpec| {
+            metadata
+                .validate(&Command::DeployFunction(spec))
+                .expect_err("refused")
+                .to_string()
+        };
+        assert!(refused(spec("source", &["events"], &["events"])).contains("no input"));
+        assert!(refused(spec("source", &[], &[])).contains("output topic"));
+        assert!(refused(spec("sink", &["events"], &["events"])).contains("no output"));
+        let mut dead_letters = spec("source", &[], &["events"]);
+        dead_letters.on_failure = "dlq".to_string();
+        assert!(refused(dead_letters).contains("nothing to dead-letter"));
+        let mut bad_host = spec("sink", &["events"], &[]);
+        bad_host.allow_hosts = vec!["api.example.com:http".to_string()];
+        assert!(refused(bad_host).contains("allowed host"));
+        let mut transform = spec("transform", &["events"], &[]);
+        transform.outputs = vec![];
+        transform.inputs = vec!["events".to_string()];
+        assert!(refused(transform).contains("output topic"));
+        let mut fetching = spec("consumer", &["events"], &[]);
+        fetching.allow_hosts = vec!["x".to_string()];
+        assert!(refused(fetching).contains("only connectors"));
+        let mut ipv6 = spec("sink", &["events"], &[]);
+        ipv6.allow_hosts = vec!["[::1]:9000".to_string(), "*.internal".to_string()];
+        metadata.apply(&Command::DeployFunction(ipv6)).unwrap();
+        metadata
+            .apply(&Command::DeployFunction(spec("source", &[], &["events"])))
+            .unwrap();
     }
 }

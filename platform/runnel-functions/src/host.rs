@@ -126,6 +126,7 @@ impl State {
             hooks: HttpHooks {
                 access: http,
                 refused: Vec::new(),
+                deadline: None,
             },
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
@@ -158,6 +159,15 @@ impl State {
             .collect()
     }
 
+    /// The bytes the kv changes since the last [`State::take_kv_changes`] would take in
+    /// the state topic (keys and their values now).
+    pub fn pending_kv_bytes(&self) -> usize {
+        self.kv_before
+            .keys()
+            .map(|key| 64 + key.len() + self.kv.get(key).map_or(0, Vec::len))
+            .sum()
+    }
+
     /// Undoes every kv change since the last [`State::take_kv_changes`] (a batch that
     /// failed is retried from the state before it), and drops what it produced.
     pub fn roll_back(&mut self) {
@@ -183,6 +193,11 @@ impl State {
 
     pub(crate) fn limits(&mut self) -> &mut StoreLimits {
         &mut self.limits
+    }
+
+    /// When the call about to start ends: its outgoing HTTP must be done by then.
+    pub(crate) fn set_call_deadline(&mut self, deadline: std::time::Instant) {
+        self.hooks.deadline = Some(deadline);
     }
 
     /// The outgoing HTTP requests refused since the last call, each with why.

@@ -1,10 +1,15 @@
 //! Outgoing HTTP of connectors (`wasi:http/outgoing-handler`): only to the hosts on the
-//! connector's allow-list, every wait bounded by the call timeout, every response body by
-//! a size limit. A refused request fails in the guest with `HTTP-request-denied` and is
+//! connector's allow-list, the whole exchange (connecting, sending, the response and its
+//! body) bounded by the deadline of the call making it, every response body by a size
+//! limit. A refused request fails in the guest with `HTTP-request-denied` and is
 //! recorded, for the connector's log and `describe`.
 
-use std::time::Duration;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -16,7 +21,7 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 << 20;
 pub struct HttpAccess {
     /// `host`, `host:port`, or `*.domain` (any subdomain); empty: no outgoing HTTP.
     pub allow_hosts: Vec<String>,
-    /// The longest wait for a connection, the first byte, and between bytes.
+    /// How long a request may take when no call deadline is set.
     pub timeout: Duration,
     pub max_response_bytes: usize,
 }
@@ -35,7 +40,7 @@ impl HttpAccess {
     pub fn allows(&self, host: &str, port: u16) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         self.allow_hosts.iter().any(|entry| {
-            let entry = entry.to_ascii_lowercase();
+            let entry = entry.trim_end_matches('.').to_ascii_lowercase();
             let (pattern, wanted_port) = match entry.rsplit_once(':') {
                 Some((name, port_text)) if !name.contains(':') || name.ends_with(']') => {
                     match port_text.parse::<u16>() {
@@ -60,13 +65,13 @@ impl HttpAccess {
 pub(crate) struct HttpHooks {
     pub access: HttpAccess,
     pub refused: Vec<String>,
+    /// When the current call ends: every request it makes must be done by then.
+    pub deadline: Option<Instant>,
 }
 
 impl HttpHooks {
-    fn options(&self, asked: Option<RequestOptions>) -> RequestOptions {
-        let cap = |wanted: Option<Duration>| {
-            Some(wanted.map_or(self.access.timeout, |w| w.min(self.access.timeout)))
-        };
+    fn options(&self, asked: Option<RequestOptions>, remaining: Duration) -> RequestOptions {
+        let cap = |wanted: Option<Duration>| Some(wanted.map_or(remaining, |w| w.min(remaining)));
         let asked = asked.unwrap_or_default();
         RequestOptions {
             connect_timeout: cap(asked.connect_timeout),
@@ -109,21 +114,67 @@ impl WasiHttpHooks for HttpHooks {
             self.refused.push(refusal);
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
-        let options = self.options(options);
+        let deadline = self
+            .deadline
+            .unwrap_or_else(|| Instant::now() + self.access.timeout);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Box::new(async { Err(Error::ConnectionTimeout) });
+        }
+        let options = self.options(options, remaining);
         let limit = self.access.max_response_bytes;
         Box::new(async move {
-            let (response, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let deadline = tokio::time::Instant::from_std(deadline);
+            let sent = tokio::time::timeout_at(
+                deadline,
+                wasmtime_wasi_http::default_send_request(request, Some(options)),
+            )
+            .await;
+            let (response, io) = sent.map_err(|_| Error::HttpResponseTimeout)??;
             let response = response.map(|body| {
-                http_body_util::Limited::new(body, limit)
+                let limited = http_body_util::Limited::new(body, limit)
                     .map_err(move |error| match error.downcast::<Error>() {
                         Ok(error) => *error,
                         Err(_) => Error::HttpResponseBodySize(Some(limit as u64)),
                     })
-                    .boxed_unsync()
+                    .boxed_unsync();
+                Deadline {
+                    body: limited,
+                    expiry: Box::pin(tokio::time::sleep_until(deadline)),
+                }
+                .boxed_unsync()
             });
             Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
         })
+    }
+}
+
+/// A response body that fails once the call's deadline has passed.
+struct Deadline {
+    body: WasiBody,
+    expiry: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for Deadline {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        if self.expiry.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(Error::HttpResponseTimeout)));
+        }
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -151,5 +202,6 @@ mod tests {
         assert!(!list.allows("internal", 80));
         assert!(!access(&[]).allows("127.0.0.1", 80));
         assert!(access(&["[::1]:9000"]).allows("[::1]", 9000));
+        assert!(access(&["api.example.com."]).allows("api.example.com", 443));
     }
 }

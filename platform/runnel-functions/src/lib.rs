@@ -470,6 +470,8 @@ impl Instance {
         };
         store.set_epoch_deadline(self.function.timeout_ticks());
         let started = Instant::now();
+        // Epochs do not interrupt the host while it waits on HTTP: the deadline does.
+        store.data_mut().set_call_deadline(started + timeout);
         let result = call(store, bindings);
         match result {
             Ok(Ok(value)) => Ok(value),

@@ -86,7 +86,7 @@ impl SourceExecutor {
             }
         };
         let mut progress = match progress {
-            Some(progress) => {
+            Some(mut progress) => {
                 // The last poll's batches may not all be written: write them again (the
                 // partitions drop the ones they have).
                 if !self
@@ -94,6 +94,19 @@ impl SourceExecutor {
                     .produce_until_done(&progress.batches, "records")
                     .await
                 {
+                    return Ok(());
+                }
+                // A new epoch fences any older instance that may still be writing; it
+                // starts every partition over at sequence 0.
+                progress.producer = match next_epoch(&progress.producer) {
+                    Some(producer) => producer,
+                    None => match self.new_producer().await {
+                        Some(producer) => producer,
+                        None => return Ok(()),
+                    },
+                };
+                progress.batches.clear();
+                if !self.write_progress(Vec::new(), &progress).await {
                     return Ok(());
                 }
                 progress
@@ -117,7 +130,7 @@ impl SourceExecutor {
             }
         };
         self.status.set_state("running", None);
-        let max_records = self.spec.limits.batch_records;
+        let max_records = self.spec.limits.batch_records as usize;
         let interval = Duration::from_millis(match self.spec.poll_interval_ms {
             0 => DEFAULT_POLL_INTERVAL_MS,
             ms => ms,
@@ -125,8 +138,8 @@ impl SourceExecutor {
         let mut round_robin: u32 = 0;
         while !self.stop.is_cancelled() {
             self.served()?;
-            let polled = match self.poll(&mut instance, &progress).await {
-                Poll::Done(polled) => polled,
+            let accepted = match self.poll(&mut instance, &progress, &mut round_robin).await {
+                Poll::Done(accepted) => accepted,
                 Poll::Stopped => break,
                 Poll::Park(reason) => {
                     self.status.set_state("stopped", Some(reason));
@@ -134,59 +147,11 @@ impl SourceExecutor {
                     break;
                 }
             };
-            let mut outbox = Outbox::idempotent(
-                self.spec.outputs.clone(),
-                Producer {
-                    sequences: progress.producer.sequences.clone(),
-                    ..progress.producer.clone()
-                },
-            );
-            let routed = route(
-                &self.functions,
-                &self.spec,
-                &polled.records,
-                &mut round_robin,
-                &mut outbox,
-            )
-            .map(|()| outbox.len());
-            let routed = routed.and_then(|count| {
-                if count > max_records as usize {
-                    Err(FunctionError::Failed(format!(
-                        "a poll returned {count} records, more than the {max_records} asked for"
-                    )))
-                } else {
-                    Ok(count)
-                }
-            });
-            let count = match routed {
-                Ok(count) => count,
-                Err(error) => {
-                    self.failed_poll(&mut instance, &error, None);
-                    if sleep(&self.stop, FIRST_BACKOFF).await {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            let (batches, producer) = outbox.finish_idempotent();
-            if let Err(error) = self.check_batches(&batches) {
-                self.failed_poll(&mut instance, &error, None);
-                if sleep(&self.stop, MAX_BACKOFF).await {
-                    break;
-                }
-                continue;
-            }
-            // The poll is taken: its kv changes go with it (a refused one was rolled back).
-            let kv_changes = instance
-                .state()
-                .map(|state| state.take_kv_changes())
-                .unwrap_or_default();
-            let next = Progress {
-                cursor: polled.cursor.or_else(|| progress.cursor.clone()),
-                producer: producer.unwrap_or_default(),
-                records: progress.records + count as u64,
-                batches,
-            };
+            let Accepted {
+                next,
+                kv_changes,
+                count,
+            } = accepted;
             if next.cursor != progress.cursor || count > 0 || !kv_changes.is_empty() {
                 if !self.write_progress(kv_changes, &next).await {
                     break;
@@ -200,11 +165,21 @@ impl SourceExecutor {
                     break;
                 }
                 self.status.add_processed(count as u64);
-                self.status.set_state("running", None);
                 self.show_progress(&progress);
             }
-            if count < max_records as usize && sleep(&self.stop, interval).await {
-                break;
+            self.status.set_state("running", None);
+            if count < max_records {
+                // Idle until the next poll: first store that the batches are written, so
+                // a restart does not write them again.
+                if !progress.batches.is_empty() {
+                    progress.batches.clear();
+                    if !self.write_progress(Vec::new(), &progress).await {
+                        break;
+                    }
+                }
+                if sleep(&self.stop, interval).await {
+                    break;
+                }
             }
         }
         Ok(())
@@ -300,9 +275,14 @@ impl SourceExecutor {
             .map_err(|e| FunctionError::Trap(format!("the instance's thread failed: {e}")))?
     }
 
-    /// Polls until a poll succeeds (or the policy says stop): what it returned. Its kv
-    /// changes stay pending in the instance until the poll is taken or refused.
-    async fn poll(&self, instance: &mut Instance, progress: &Progress) -> Poll {
+    /// Polls until a poll succeeds and is accepted (or the policy says stop). A poll that
+    /// fails, or returns records that cannot be written, counts as a failed attempt.
+    async fn poll(
+        &self,
+        instance: &mut Instance,
+        progress: &Progress,
+        round_robin: &mut u32,
+    ) -> Poll {
         let mut attempt: u32 = 0;
         loop {
             let result = match self.call(instance, progress.cursor.clone()).await {
@@ -313,8 +293,10 @@ impl SourceExecutor {
                 self.functions
                     .collect(&self.spec.name, "", 0, state, &self.status)
             });
-            match result {
-                Ok(polled) => return Poll::Done(polled),
+            let accepted =
+                result.and_then(|polled| self.accept(instance, progress, polled, round_robin));
+            match accepted {
+                Ok(accepted) => return Poll::Done(accepted),
                 Err(error) => {
                     self.failed_poll(instance, &error, refused);
                     if self.spec.on_failure == "stop" && attempt >= self.spec.limits.retries {
@@ -330,6 +312,66 @@ impl SourceExecutor {
                 }
             }
         }
+    }
+
+    /// Turns a poll into the progress to store: its records routed and encoded as one
+    /// batch per partition, checked to be writable here and to fit, with the state, in
+    /// one batch of the state topic. Only then are its kv changes taken from the instance
+    /// (a refused poll's are rolled back).
+    fn accept(
+        &self,
+        instance: &mut Instance,
+        progress: &Progress,
+        polled: Polled,
+        round_robin: &mut u32,
+    ) -> Result<Accepted, FunctionError> {
+        let max_records = self.spec.limits.batch_records as usize;
+        let mut outbox = Outbox::idempotent(self.spec.outputs.clone(), progress.producer.clone());
+        route(
+            &self.functions,
+            &self.spec,
+            &polled.records,
+            round_robin,
+            &mut outbox,
+        )?;
+        let count = outbox.len();
+        if count > max_records {
+            return Err(FunctionError::Failed(format!(
+                "a poll returned {count} records, more than the {max_records} asked for"
+            )));
+        }
+        let (batches, producer) = outbox.finish_idempotent();
+        self.check_batches(&batches)?;
+        let next = Progress {
+            cursor: polled.cursor.or_else(|| progress.cursor.clone()),
+            producer: producer.unwrap_or_default(),
+            records: progress.records + count as u64,
+            batches,
+        };
+        let state_max = self
+            .functions
+            .broker()
+            .leader_log(&state_topic_of(&self.spec.name), 0)
+            .map_err(|e| FunctionError::Failed(format!("the state topic: {e}")))?
+            .config()
+            .max_message_bytes;
+        let kv_bytes = instance.state().map_or(0, |state| state.pending_kv_bytes());
+        // The state batch: the progress record, the kv changes, and room for headers.
+        let size = encode_progress(&next).len() as u64 + kv_bytes as u64 + 4096;
+        if size > state_max {
+            return Err(FunctionError::Failed(format!(
+                "a poll's records and state come to {size} bytes, more than the state topic's max.message.bytes of {state_max}; lower the connector's batch records"
+            )));
+        }
+        let kv_changes = instance
+            .state()
+            .map(|state| state.take_kv_changes())
+            .unwrap_or_default();
+        Ok(Accepted {
+            next,
+            kv_changes,
+            count,
+        })
     }
 
     /// A poll that cannot be used: its kv changes are undone and the error shown.
@@ -406,10 +448,28 @@ impl SourceExecutor {
     }
 }
 
+/// A poll taken: the progress after it, its kv changes, and its record count.
+struct Accepted {
+    next: Progress,
+    kv_changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    count: usize,
+}
+
 enum Poll {
-    Done(Polled),
+    Done(Accepted),
     Stopped,
     Park(String),
+}
+
+/// The producer's next epoch, which starts every partition at sequence 0 (`None`: the
+/// epochs are used up, a new producer id is needed).
+fn next_epoch(producer: &Producer) -> Option<Producer> {
+    let epoch = producer.epoch.checked_add(1)?;
+    Some(Producer {
+        id: producer.id,
+        epoch,
+        sequences: BTreeMap::new(),
+    })
 }
 
 /// The outgoing HTTP a connector's spec allows, each wait bounded by its call timeout.

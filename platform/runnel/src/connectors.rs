@@ -106,6 +106,7 @@ pub struct CreateArgs {
     pub retries: u32,
     /// What a sink does with a batch that keeps failing: by default it retries until the
     /// target takes it. A source retries a failing poll until it succeeds, unless `stop`
+    /// (`dlq` is refused for sources)
     #[arg(long, value_enum, default_value_t = FailurePolicy::Retry)]
     pub on_failure: FailurePolicy,
     /// Create it paused: it runs once resumed
@@ -285,7 +286,11 @@ async fn create(args: CreateArgs) -> Result<(), Failure> {
         ConnectorKind::Source => {
             // A source's topics are created if missing, with the cluster's defaults.
             for topic in &topics {
-                if client.admin().describe_topic(topic).await.is_err() {
+                let described = client.admin().describe_topic(topic).await;
+                if let Err(error) = described {
+                    if error.code() != tonic::Code::NotFound {
+                        return Err(error.into());
+                    }
                     client.admin().create_topic(topic, 0, &[]).await?;
                     println!("created topic {topic}");
                 }

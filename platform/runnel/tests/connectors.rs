@@ -26,6 +26,8 @@ struct Target {
     requests: AtomicUsize,
     /// Answer 503 to everything.
     down: AtomicBool,
+    /// Answer with a body that never ends: a byte every 200 ms.
+    trickle: AtomicBool,
     /// The items served (`{"id": N, ...}`), and how many a page holds.
     items: Mutex<Vec<serde_json::Value>>,
 }
@@ -87,6 +89,13 @@ impl Target {
                 body
             };
             self.requests.fetch_add(1, Ordering::SeqCst);
+            if self.trickle.load(Ordering::SeqCst) {
+                let _ = writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n");
+                while writer.write_all(b" ").is_ok() {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                return;
+            }
             let (status, answer) = self.answer(&method, &target, &body);
             let reply = format!(
                 "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
@@ -440,6 +449,55 @@ fn outgoing_http_off_the_allow_list_is_refused_and_reported() {
     // A connector name is not a function to `runnel connector`, nor the other way.
     let mixed = runnel_cli_output(&node, dir.path(), &["connector", "describe", "nothing"]);
     assert!(!mixed.status.success());
+}
+
+#[test]
+fn a_call_that_waits_on_a_slow_server_ends_at_its_deadline() {
+    let sink = build_guest("plugins/http-sink", "http_sink");
+    let (target, address) = Target::start();
+    target.trickle.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_dev(dir.path());
+    cli(&node, dir.path(), &["topic", "create", "slow"]);
+    runnel_cli(&node, dir.path(), &["produce", "slow"], "a\nb\n");
+    let wasm = sink.display().to_string();
+    let url = format!("url=http://{address}/ingest");
+    let allow = address.to_string();
+    cli(
+        &node,
+        dir.path(),
+        &[
+            "connector",
+            "create",
+            "patient",
+            "--kind",
+            "sink",
+            "--wasm",
+            &wasm,
+            "--topic",
+            "slow",
+            "--config",
+            &url,
+            "--allow-host",
+            &allow,
+            "--timeout-ms",
+            "1500",
+        ],
+    );
+    // The server never finishes a response: each call fails at its 1.5 s deadline
+    // instead of waiting on it for ever, and is retried.
+    wait_for(CATCH_UP, "calls ended by their deadline", || {
+        let described = describe(&node, dir.path(), "patient");
+        described["instances"][0]["errors"].as_u64().unwrap_or(0) >= 2
+    });
+    assert!(target.requests.load(Ordering::SeqCst) >= 2);
+    let started = Instant::now();
+    cli(&node, dir.path(), &["connector", "pause", "patient"]);
+    cli(&node, dir.path(), &["connector", "delete", "patient"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "a pause and delete wait at most for the call in flight"
+    );
 }
 
 #[test]

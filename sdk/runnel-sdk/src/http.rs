@@ -72,6 +72,9 @@ pub fn send(
             .map_err(|e| Error(format!("header content-length: {e:?}")))?;
     }
     for (name, value) in headers {
+        if body.is_some() && name.eq_ignore_ascii_case("content-length") {
+            continue;
+        }
         fields
             .append(name, value.as_bytes())
             .map_err(|e| Error(format!("header {name}: {e:?}")))?;
@@ -183,12 +186,13 @@ struct Url {
 
 impl Url {
     fn parse(url: &str) -> Result<Url, Error> {
-        let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
-            (Scheme::Http, rest)
-        } else if let Some(rest) = url.strip_prefix("https://") {
-            (Scheme::Https, rest)
-        } else {
-            return Err(Error(format!("{url}: not an http:// or https:// URL")));
+        // A fragment is never sent.
+        let whole = url;
+        let url = url.split('#').next().unwrap_or(url);
+        let (scheme, rest) = match url.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (Scheme::Http, rest),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (Scheme::Https, rest),
+            _ => return Err(Error(format!("{whole}: not an http:// or https:// URL"))),
         };
         let (authority, path) = match rest.find(['/', '?']) {
             Some(at) if rest.as_bytes()[at] == b'?' => (&rest[..at], format!("/{}", &rest[at..])),
@@ -206,16 +210,23 @@ impl Url {
     }
 }
 
-/// `url` with `name=value` added to its query (the value percent-encoded).
+/// `url` with `name=value` added to its query (both percent-encoded).
 pub fn with_query(url: &str, name: &str, value: &str) -> String {
-    let mut encoded = String::new();
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            encoded.push(byte as char);
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
+    let encode = |text: &str| {
+        let mut encoded = String::new();
+        for byte in text.bytes() {
+            if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                encoded.push(byte as char);
+            } else {
+                encoded.push_str(&format!("%{byte:02X}"));
+            }
         }
-    }
+        encoded
+    };
+    let (url, fragment) = match url.split_once('#') {
+        Some((url, fragment)) => (url, format!("#{fragment}")),
+        None => (url, String::new()),
+    };
     let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}{name}={encoded}")
+    format!("{url}{separator}{}={}{fragment}", encode(name), encode(value))
 }

@@ -94,7 +94,8 @@ impl pb::functions_server::Functions for FunctionsService {
             ))
         })?;
         let on_failure = if request.on_failure.is_empty() {
-            "dlq".to_string()
+            // A connector's target being down is no reason to dead-letter records.
+            if kind.is_connector() { "retry" } else { "dlq" }.to_string()
         } else {
             request.on_failure
         };
