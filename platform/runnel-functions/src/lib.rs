@@ -425,13 +425,17 @@ impl Instance {
         store.limiter(|state| state.limits());
         // Instantiating runs the component's start code: it gets a call's time too.
         store.set_epoch_deadline(self.function.timeout_ticks());
-        let bindings = self
-            .function
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| FunctionError::Trap(format!("{e:#}")))?;
-        self.live = Some((store, bindings));
-        Ok(())
+        match self.function.pre.instantiate(&mut store) {
+            Ok(bindings) => {
+                self.live = Some((store, bindings));
+                Ok(())
+            }
+            Err(error) => {
+                // The state (config, kv, allow-list) waits for the next attempt.
+                self.spare = Some(store.into_data());
+                Err(FunctionError::Trap(format!("{error:#}")))
+            }
+        }
     }
 
     /// Calls `process` on `batch` (batch encoding). A transform's outputs come back in
