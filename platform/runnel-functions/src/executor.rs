@@ -383,12 +383,7 @@ impl Executor {
         &self,
         kv: BTreeMap<Vec<u8>, Vec<u8>>,
     ) -> Result<Instance, FunctionError> {
-        let function = self.function.clone();
-        let config = self.spec.config.clone();
-        let http = crate::source::http_access(&self.spec);
-        tokio::task::spawn_blocking(move || function.instantiate_with(config, kv, http))
-            .await
-            .map_err(|e| FunctionError::Trap(format!("the instance's thread failed: {e}")))?
+        start_instance(&self.function, &self.spec, kv).await
     }
 
     /// Up to `batch_records` committed records from `position`, in the batch encoding.
@@ -505,29 +500,17 @@ impl Executor {
         instance: &mut Instance,
         buffer: &Arc<Vec<u8>>,
     ) -> Result<Result<(Vec<u8>, Vec<Vec<u8>>), FunctionError>, String> {
-        // The instance moves to the blocking thread and back; a placeholder of the same
-        // function holds its place (never called).
-        let taken = std::mem::replace(instance, self.function.placeholder());
         let buffer = buffer.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let mut instance = taken;
-            let result = instance.process(&buffer).map(|outputs| {
+        on_blocking_thread(instance, move |instance| {
+            instance.process(&buffer).map(|outputs| {
                 let produced = instance
                     .state()
                     .map(|state| std::mem::take(&mut state.produced))
                     .unwrap_or_default();
                 (outputs, produced)
-            });
-            (instance, result)
+            })
         })
-        .await;
-        match joined {
-            Ok((back, result)) => {
-                *instance = back;
-                Ok(result)
-            }
-            Err(error) => Err(format!("the call's thread failed: {error}")),
-        }
+        .await
     }
 
     fn route(
@@ -719,6 +702,44 @@ pub(crate) fn with_refusal(error: &FunctionError, refused: Option<String>) -> St
     match refused {
         Some(refusal) => format!("{refusal}; {error}"),
         None => error.to_string(),
+    }
+}
+
+/// An instance of `spec`'s function with its config, restored kv state and HTTP access,
+/// started on a blocking thread (its start code runs for up to a call's time).
+pub(crate) async fn start_instance(
+    function: &Function,
+    spec: &FunctionSpec,
+    kv: BTreeMap<Vec<u8>, Vec<u8>>,
+) -> Result<Instance, FunctionError> {
+    let function = function.clone();
+    let config = spec.config.clone();
+    let http = crate::source::http_access(spec);
+    tokio::task::spawn_blocking(move || function.instantiate_with(config, kv, http))
+        .await
+        .map_err(|e| FunctionError::Trap(format!("the instance's thread failed: {e}")))?
+}
+
+/// Runs `call` on `instance` on a blocking thread (a call may take its whole timeout),
+/// the instance moving there and back while a placeholder holds its place. The error:
+/// the thread itself failed and the instance is lost.
+pub(crate) async fn on_blocking_thread<T: Send + 'static>(
+    instance: &mut Instance,
+    call: impl FnOnce(&mut Instance) -> T + Send + 'static,
+) -> Result<T, String> {
+    let taken = std::mem::replace(instance, instance.placeholder());
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut instance = taken;
+        let result = call(&mut instance);
+        (instance, result)
+    })
+    .await;
+    match joined {
+        Ok((back, result)) => {
+            *instance = back;
+            Ok(result)
+        }
+        Err(error) => Err(format!("the call's thread failed: {error}")),
     }
 }
 

@@ -398,18 +398,6 @@ impl Function {
     }
 }
 
-impl Function {
-    /// An instance that is not started: it holds an executor's place while the real one
-    /// is out on a blocking thread.
-    pub(crate) fn placeholder(&self) -> Instance {
-        Instance {
-            function: self.compiled.clone(),
-            live: None,
-            spare: None,
-        }
-    }
-}
-
 /// An instance of a function; it outlives traps by starting afresh.
 pub struct Instance {
     function: Arc<Compiled>,
@@ -419,6 +407,16 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// An instance of the same function that is not started: it holds an executor's
+    /// place while the real one is out on a blocking thread.
+    pub(crate) fn placeholder(&self) -> Instance {
+        Instance {
+            function: self.function.clone(),
+            live: None,
+            spare: None,
+        }
+    }
+
     fn start(&mut self) -> Result<(), FunctionError> {
         let state = self.spare.take().unwrap_or_default();
         let mut store = Store::new(&self.function.engine, state);

@@ -40,8 +40,8 @@ use runnel_controller::{DEFAULT_POLL_INTERVAL_MS, FunctionSpec};
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{
-    ExecutorEnd, Outbox, Producer, STATE_KV, Writer, route, scan_state, sleep, state_prefix,
-    state_topic_of, with_refusal,
+    ExecutorEnd, Outbox, Producer, STATE_KV, Writer, on_blocking_thread, route, scan_state, sleep,
+    start_instance, state_prefix, state_topic_of, with_refusal,
 };
 use crate::service::{Functions, PartitionStatus};
 use crate::{Function, FunctionError, HttpAccess, Instance, Polled};
@@ -106,7 +106,10 @@ impl SourceExecutor {
                     },
                 };
                 progress.batches.clear();
-                if !self.write_progress(Vec::new(), &progress).await {
+                if !self
+                    .write_progress(Vec::new(), encode_progress(&progress))
+                    .await
+                {
                     return Ok(());
                 }
                 progress
@@ -149,11 +152,12 @@ impl SourceExecutor {
             };
             let Accepted {
                 next,
+                encoded,
                 kv_changes,
                 count,
             } = accepted;
             if next.cursor != progress.cursor || count > 0 || !kv_changes.is_empty() {
-                if !self.write_progress(kv_changes, &next).await {
+                if !self.write_progress(kv_changes, encoded).await {
                     break;
                 }
                 progress = next;
@@ -173,7 +177,10 @@ impl SourceExecutor {
                 // a restart does not write them again.
                 if !progress.batches.is_empty() {
                     progress.batches.clear();
-                    if !self.write_progress(Vec::new(), &progress).await {
+                    if !self
+                        .write_progress(Vec::new(), encode_progress(&progress))
+                        .await
+                    {
                         break;
                     }
                 }
@@ -267,12 +274,7 @@ impl SourceExecutor {
         &self,
         kv: BTreeMap<Vec<u8>, Vec<u8>>,
     ) -> Result<Instance, FunctionError> {
-        let function = self.function.clone();
-        let config = self.spec.config.clone();
-        let http = http_access(&self.spec);
-        tokio::task::spawn_blocking(move || function.instantiate_with(config, kv, http))
-            .await
-            .map_err(|e| FunctionError::Trap(format!("the instance's thread failed: {e}")))?
+        start_instance(&self.function, &self.spec, kv).await
     }
 
     /// Polls until a poll succeeds and is accepted (or the policy says stop). A poll that
@@ -357,7 +359,8 @@ impl SourceExecutor {
             .max_message_bytes;
         let kv_bytes = instance.state().map_or(0, |state| state.pending_kv_bytes());
         // The state batch: the progress record, the kv changes, and room for headers.
-        let size = encode_progress(&next).len() as u64 + kv_bytes as u64 + 4096;
+        let encoded = encode_progress(&next);
+        let size = encoded.len() as u64 + kv_bytes as u64 + 4096;
         if size > state_max {
             return Err(FunctionError::Failed(format!(
                 "a poll's records and state come to {size} bytes, more than the state topic's max.message.bytes of {state_max}; lower the connector's batch records"
@@ -369,6 +372,7 @@ impl SourceExecutor {
             .unwrap_or_default();
         Ok(Accepted {
             next,
+            encoded,
             kv_changes,
             count,
         })
@@ -390,21 +394,11 @@ impl SourceExecutor {
         instance: &mut Instance,
         cursor: Option<Vec<u8>>,
     ) -> Result<Result<Polled, FunctionError>, String> {
-        let taken = std::mem::replace(instance, self.function.placeholder());
         let max_records = self.spec.limits.batch_records;
-        let joined = tokio::task::spawn_blocking(move || {
-            let mut instance = taken;
-            let result = instance.poll(cursor.as_deref(), max_records);
-            (instance, result)
+        on_blocking_thread(instance, move |instance| {
+            instance.poll(cursor.as_deref(), max_records)
         })
-        .await;
-        match joined {
-            Ok((back, result)) => {
-                *instance = back;
-                Ok(result)
-            }
-            Err(error) => Err(format!("the poll's thread failed: {error}")),
-        }
+        .await
     }
 
     /// Refuses a poll with a batch this node cannot write: for a partition it does not
@@ -432,17 +426,17 @@ impl SourceExecutor {
         Ok(())
     }
 
-    /// Writes the poll's kv changes and `progress` as one batch of the state topic.
+    /// Writes kv changes and a progress record (encoded) as one batch of the state topic.
     async fn write_progress(
         &self,
         changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-        progress: &Progress,
+        progress: Vec<u8>,
     ) -> bool {
         self.writer()
             .write_state(
                 &state_prefix(STATE_KV, "", 0),
                 changes,
-                (PROGRESS_KEY.to_vec(), encode_progress(progress)),
+                (PROGRESS_KEY.to_vec(), progress),
             )
             .await
     }
@@ -451,6 +445,8 @@ impl SourceExecutor {
 /// A poll taken: the progress after it, its kv changes, and its record count.
 struct Accepted {
     next: Progress,
+    /// `next` as the progress record.
+    encoded: Vec<u8>,
     kv_changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     count: usize,
 }

@@ -28,7 +28,7 @@ fn datagen(cursor: Option<&[u8]>, max_records: usize) -> Result<Polled, Error> {
         None => (now, 0),
     };
     let mut due = settings.rate.saturating_mul(now.saturating_sub(start)) / 1000;
-    if due > emitted + settings.rate * MAX_BACKLOG_SECONDS {
+    if due > emitted.saturating_add(settings.rate.saturating_mul(MAX_BACKLOG_SECONDS)) {
         // Down for a while: go on at the rate from now.
         start = now.saturating_sub(emitted.saturating_mul(1000) / settings.rate.max(1));
         due = emitted;
@@ -37,13 +37,14 @@ fn datagen(cursor: Option<&[u8]>, max_records: usize) -> Result<Polled, Error> {
         due = due.min(count);
     }
     let wanted = due.saturating_sub(emitted).min(max_records as u64);
-    let mut records = Vec::with_capacity(wanted as usize);
-    for sequence in emitted..emitted + wanted {
+    let end = emitted.saturating_add(wanted);
+    let mut records = Vec::with_capacity((end - emitted) as usize);
+    for sequence in emitted..end {
         records.push(settings.record(sequence, now as i64)?);
     }
     Ok(Polled {
         records,
-        cursor: Some(format!("{start},{}", emitted + wanted).into_bytes()),
+        cursor: Some(format!("{start},{end}").into_bytes()),
     })
 }
 

@@ -37,15 +37,7 @@ fn http_sink(batch: &Batch<'_>) -> Result<(), Error> {
         ("content-type".to_string(), "application/json".to_string()),
         ("x-runnel-batch".to_string(), batch_id),
     ];
-    for (key, value) in config::all() {
-        if let Some(name) = key.strip_prefix("header.") {
-            headers.push((name.to_string(), value));
-        }
-    }
-    let headers: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    headers.extend(http::config_headers());
     let response = http::send("POST", &url, &headers, Some(body.as_bytes()))?;
     if !response.is_success() {
         let text = String::from_utf8_lossy(&response.body);

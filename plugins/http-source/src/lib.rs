@@ -33,15 +33,7 @@ fn http_source(cursor: Option<&[u8]>, max_records: usize) -> Result<Polled, Erro
     };
     let mut headers: Vec<(String, String)> =
         vec![("accept".to_string(), "application/json".to_string())];
-    for (key, value) in config::all() {
-        if let Some(name) = key.strip_prefix("header.") {
-            headers.push((name.to_string(), value));
-        }
-    }
-    let headers: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    headers.extend(http::config_headers());
     let response = http::send("GET", &target, &headers, None)?;
     if !response.is_success() {
         return Err(Error(format!("GET {target} answered {}", response.status)));

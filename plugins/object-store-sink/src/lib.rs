@@ -71,10 +71,6 @@ fn object_store_sink(batch: &Batch<'_>) -> Result<(), Error> {
         headers.push(("x-amz-date".to_string(), signed.date));
         headers.push(("x-amz-content-sha256".to_string(), signed.content_sha256));
     }
-    let headers: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
     let response = http::send("PUT", &url, &headers, Some(&body))?;
     if !response.is_success() {
         let text = String::from_utf8_lossy(&response.body);

@@ -47,7 +47,7 @@ impl Response {
 }
 
 pub fn get(url: &str) -> Result<Response, Error> {
-    send("GET", url, &[], None)
+    send::<&str, &str>("GET", url, &[], None)
 }
 
 /// POSTs `body` with the content type given.
@@ -57,10 +57,10 @@ pub fn post(url: &str, content_type: &str, body: &[u8]) -> Result<Response, Erro
 
 /// Sends a request and reads its response. `url` is `http://` or `https://`, a host, an
 /// optional port, and a path with an optional query.
-pub fn send(
+pub fn send<K: AsRef<str>, V: AsRef<str>>(
     method: &str,
     url: &str,
-    headers: &[(&str, &str)],
+    headers: &[(K, V)],
     body: Option<&[u8]>,
 ) -> Result<Response, Error> {
     let target = Url::parse(url)?;
@@ -72,6 +72,7 @@ pub fn send(
             .map_err(|e| Error(format!("header content-length: {e:?}")))?;
     }
     for (name, value) in headers {
+        let (name, value) = (name.as_ref(), value.as_ref());
         if body.is_some() && name.eq_ignore_ascii_case("content-length") {
             continue;
         }
@@ -159,6 +160,15 @@ pub fn send(
         headers,
         body,
     })
+}
+
+/// The extra request headers of the connector's config: each `header.NAME=VALUE` entry.
+#[cfg(any(feature = "source", feature = "sink"))]
+pub fn config_headers() -> Vec<(String, String)> {
+    crate::config::all()
+        .into_iter()
+        .filter_map(|(key, value)| Some((key.strip_prefix("header.")?.to_string(), value)))
+        .collect()
 }
 
 fn failed(url: &str, code: &ErrorCode) -> Error {
