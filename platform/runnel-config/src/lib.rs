@@ -8,8 +8,8 @@ pub mod node;
 pub mod topic;
 
 pub use node::{
-    BrokerSection, ConfigError, ConfigProblem, ControllerSection, ListenerSection, Loaded,
-    LogSection, NODE_CONFIG_KEYS, NodeConfig, NodeSection, TierSection,
+    BrokerSection, ConfigError, ConfigProblem, ControllerSection, FunctionsSection,
+    ListenerSection, Loaded, LogSection, NODE_CONFIG_KEYS, NodeConfig, NodeSection, TierSection,
 };
 pub use topic::{
     CleanupPolicy, TOPIC_CONFIG_KEYS, TimestampType, TopicConfig, TopicConfigError,

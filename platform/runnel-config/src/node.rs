@@ -86,6 +86,10 @@ pub const NODE_CONFIG_KEYS: &[&str] = &[
     "tier.allow_http",
     "tier.request_timeout_ms",
     "tier.cache_bytes",
+    "functions.max_component_bytes",
+    "functions.max_kv_bytes",
+    "functions.compile_timeout_ms",
+    "functions.log_retention_bytes",
 ];
 
 /// The prefix of the environment variables that set node configuration keys.
@@ -181,6 +185,66 @@ pub struct NodeConfig {
     pub log: LogSection,
     /// `[tier]`: the object store of tiered storage.
     pub tier: TierSection,
+    /// `[functions]`: node-wide limits of Wasm functions and connectors.
+    pub functions: FunctionsSection,
+}
+
+/// `[functions]`: the limits this node puts on every Wasm function and connector. A
+/// function's own limits (memory, time per call, records per call) are in its spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FunctionsSection {
+    /// `functions.max_component_bytes`: the largest component a deploy takes; 1 to
+    /// 1073741824. Default `16777216` (16 MiB).
+    pub max_component_bytes: u64,
+    /// `functions.max_kv_bytes`: keys and values of one instance's kv state; a set past it
+    /// fails the call. 1 to 1073741824. Default `67108864` (64 MiB).
+    pub max_kv_bytes: u64,
+    /// `functions.compile_timeout_ms`: how long validating and compiling a component may
+    /// take before the deploy is refused; at least 1. Default `60000`.
+    pub compile_timeout_ms: u64,
+    /// `functions.log_retention_bytes`: the size each function's log topic
+    /// (`__runnel-fn-<name>-logs`) is trimmed to, set when the topic is created; at least
+    /// 1048576. Default `16777216` (16 MiB).
+    pub log_retention_bytes: u64,
+}
+
+impl Default for FunctionsSection {
+    fn default() -> Self {
+        FunctionsSection {
+            max_component_bytes: 16 << 20,
+            max_kv_bytes: 64 << 20,
+            compile_timeout_ms: 60_000,
+            log_retention_bytes: 16 << 20,
+        }
+    }
+}
+
+impl FunctionsSection {
+    fn problems(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        let mut check = |key: &str, value: u64, range: std::ops::RangeInclusive<u64>| {
+            if !range.contains(&value) {
+                problems.push(ConfigProblem {
+                    key: format!("functions.{key}"),
+                    reason: format!("{value} is outside {} to {}", range.start(), range.end()),
+                });
+            }
+        };
+        check("max_component_bytes", self.max_component_bytes, 1..=1 << 30);
+        check("max_kv_bytes", self.max_kv_bytes, 1..=1 << 30);
+        check(
+            "compile_timeout_ms",
+            self.compile_timeout_ms,
+            1..=u64::from(u32::MAX),
+        );
+        check(
+            "log_retention_bytes",
+            self.log_retention_bytes,
+            1 << 20..=i64::MAX as u64,
+        );
+        problems
+    }
 }
 
 /// `[tier]`: where tiered storage (and deployed function components) live. The default is
@@ -637,6 +701,7 @@ impl Default for NodeConfig {
             broker: BrokerSection::default(),
             log: LogSection::default(),
             tier: TierSection::default(),
+            functions: FunctionsSection::default(),
         }
     }
 }
@@ -793,6 +858,7 @@ impl NodeConfig {
 
         problems.extend(self.log.problems());
         problems.extend(self.tier.problems());
+        problems.extend(self.functions.problems());
 
         if let Err(reason) = self.controller.voters() {
             problems.push(ConfigProblem {
@@ -1245,6 +1311,9 @@ mod tests {
         config.log.cleanup_policy = "shred".into();
         config.log.cleaner_interval_ms = 0;
         config.log.producer_id_expiration_ms = 0;
+        config.functions.max_component_bytes = 0;
+        config.functions.compile_timeout_ms = 0;
+        config.functions.log_retention_bytes = 1000;
         let error = config.validate().unwrap_err();
         assert_eq!(
             problem_keys(&error),
@@ -1261,6 +1330,9 @@ mod tests {
                 "log.cleanup_policy",
                 "log.cleaner_interval_ms",
                 "log.producer_id_expiration_ms",
+                "functions.max_component_bytes",
+                "functions.compile_timeout_ms",
+                "functions.log_retention_bytes",
             ]
         );
         let message = error.to_string();
@@ -1274,6 +1346,10 @@ mod tests {
         );
         assert!(
             message.contains("log.segment_bytes: invalid value `3`: must be between 14"),
+            "{message}"
+        );
+        assert!(
+            message.contains("functions.log_retention_bytes: 1000 is outside 1048576 to"),
             "{message}"
         );
     }

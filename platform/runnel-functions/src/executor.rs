@@ -45,7 +45,7 @@ use runnel_log::batch::visit_records;
 use runnel_log::{BatchBuilder, BatchEncoder, NewRecord, PartitionLog};
 use tokio_util::sync::CancellationToken;
 
-use crate::service::{Functions, LogEntry, PartitionStatus};
+use crate::service::{Functions, PartitionStatus};
 use crate::{Function, FunctionError, Instance};
 
 /// The most bytes read from the log for one batch.
@@ -1053,17 +1053,4 @@ pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-impl LogEntry {
-    pub(crate) fn new(topic: &str, partition: i32, line: crate::LogLine) -> LogEntry {
-        LogEntry {
-            sequence: 0,
-            timestamp_ms: now_ms(),
-            topic: topic.to_string(),
-            partition,
-            level: line.level,
-            message: line.message,
-        }
-    }
 }

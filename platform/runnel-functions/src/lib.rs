@@ -24,6 +24,7 @@
 pub mod executor;
 mod host;
 pub mod http;
+pub mod logs;
 pub mod service;
 mod source;
 pub mod store;
@@ -39,8 +40,9 @@ use wasmtime::{Config, Engine, Store};
 
 pub use host::{LogLine, Polled, State};
 pub use http::HttpAccess;
+pub use logs::{LogEntry, logs_topic_of};
 pub use service::{
-    Deploy, Description, Functions, FunctionsError, FunctionsSettings, LogEntry, PartitionState,
+    Deploy, Description, Functions, FunctionsError, FunctionsSettings, PartitionState,
 };
 pub use store::{ComponentStore, ComponentStoreError};
 

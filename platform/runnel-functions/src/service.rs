@@ -19,9 +19,9 @@
 //! so the new version resumes at the committed position.
 //!
 //! # What it keeps in memory
-//! Per executor: state, position, counts and the last error ([`PartitionStatus`]). Per
-//! function: its last [`LOG_LINES`] log lines. Both are lost on restart (the counts start
-//! again; the position and kv state are in the state topic).
+//! Per executor: state, position, counts and the last error ([`PartitionStatus`]), lost
+//! on restart (the counts start again; the position and kv state are in the state topic).
+//! Log lines go to the function's log topic ([`crate::logs`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -32,16 +32,14 @@ use bytes::Bytes;
 use runnel_broker::groups::GroupService;
 use runnel_broker::{Broker, BrokerError};
 use runnel_controller::{Command, ControllerError, FunctionLimits, FunctionSpec, MetadataError};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{Executor, dlq_topic_of, group_of, state_topic_of};
+use crate::logs::{FLUSH_INTERVAL, LogBuffer, LogEntry, logs_topic_of};
 use crate::source::SourceExecutor;
 use crate::store::{ComponentStore, ComponentStoreError};
 use crate::{Function, FunctionError, FunctionHost, Kind, Limits, LogLine};
 
-/// Log lines kept per function.
-pub const LOG_LINES: usize = 10_000;
 /// How often the executors are checked against the metadata without a change.
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -84,6 +82,8 @@ pub struct FunctionsSettings {
     pub max_kv_bytes: usize,
     /// How long a component may take to compile.
     pub compile_timeout: Duration,
+    /// The size each function's log topic is trimmed to.
+    pub log_retention_bytes: u64,
 }
 
 /// What a deploy asks for.
@@ -197,24 +197,6 @@ impl PartitionStatus {
     }
 }
 
-/// One line of a function's log stream.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogEntry {
-    /// Counts up from 1 per function, for following the stream.
-    pub sequence: u64,
-    pub timestamp_ms: i64,
-    pub topic: String,
-    pub partition: i32,
-    pub level: &'static str,
-    pub message: String,
-}
-
-#[derive(Default)]
-struct LogRing {
-    next: u64,
-    lines: VecDeque<LogEntry>,
-}
-
 /// A function as `describe` shows it.
 #[derive(Debug, Clone)]
 pub struct Description {
@@ -260,8 +242,7 @@ pub struct Functions {
     store: ComponentStore,
     settings: FunctionsSettings,
     status: Mutex<BTreeMap<ExecutorKey, Arc<PartitionStatus>>>,
-    logs: Mutex<HashMap<String, LogRing>>,
-    logged: Notify,
+    logs: LogBuffer,
 }
 
 impl Functions {
@@ -279,8 +260,7 @@ impl Functions {
             store,
             settings,
             status: Mutex::new(BTreeMap::new()),
-            logs: Mutex::new(HashMap::new()),
-            logged: Notify::new(),
+            logs: LogBuffer::default(),
         })
     }
 
@@ -379,6 +359,7 @@ impl Functions {
             ]),
         )
         .await?;
+        self.ensure_logs_topic(&deploy.name).await?;
         let spec = FunctionSpec {
             name: deploy.name,
             kind: deploy.kind.name().to_string(),
@@ -406,6 +387,22 @@ impl Functions {
                 "unexpected answer to a deploy".to_string(),
             )),
         }
+    }
+
+    /// Creates the function's log topic if it does not exist: trimmed by size, never
+    /// tiered.
+    async fn ensure_logs_topic(&self, function: &str) -> Result<(), FunctionsError> {
+        let retention = self.settings.log_retention_bytes;
+        let segment = (retention / 4).clamp(1 << 20, i32::MAX as u64);
+        self.ensure_topic(
+            &logs_topic_of(function),
+            BTreeMap::from([
+                ("retention.bytes".to_string(), retention.to_string()),
+                ("segment.bytes".to_string(), segment.to_string()),
+                ("remote.storage.enable".to_string(), "false".to_string()),
+            ]),
+        )
+        .await
     }
 
     /// Creates a one-partition topic if it does not exist.
@@ -501,18 +498,19 @@ impl Functions {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let state_topic = state_topic_of(name);
-        if self.broker.metadata().topics.contains_key(&state_topic) {
-            self.broker
-                .admin(Command::DeleteTopic { name: state_topic }, false)
-                .await?;
+        for topic in [state_topic_of(name), logs_topic_of(name)] {
+            if self.broker.metadata().topics.contains_key(&topic) {
+                self.broker
+                    .admin(Command::DeleteTopic { name: topic }, false)
+                    .await?;
+            }
         }
         if let Err(error) = self.groups.delete(&group_of(name)).await {
             tracing::info!(function = %name, %error, "deleting the function's group");
         }
         self.lock_status()
             .retain(|(function, _, _), _| function != name);
-        self.lock_logs().remove(name);
+        self.logs.forget(name);
         Ok(())
     }
 
@@ -520,10 +518,6 @@ impl Functions {
         &self,
     ) -> std::sync::MutexGuard<'_, BTreeMap<ExecutorKey, Arc<PartitionStatus>>> {
         self.status.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lock_logs(&self) -> std::sync::MutexGuard<'_, HashMap<String, LogRing>> {
-        self.logs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes what an instance gathered in a call: its log lines into the function's
@@ -559,27 +553,12 @@ impl Functions {
         partition: i32,
         lines: &mut VecDeque<LogLine>,
     ) {
-        if lines.is_empty() {
-            return;
-        }
-        {
-            let mut logs = self.lock_logs();
-            let ring = logs.entry(function.to_string()).or_default();
-            for line in lines.drain(..) {
-                ring.next += 1;
-                let mut entry = LogEntry::new(topic, partition, line);
-                entry.sequence = ring.next;
-                if ring.lines.len() == LOG_LINES {
-                    ring.lines.pop_front();
-                }
-                ring.lines.push_back(entry);
-            }
-        }
-        self.logged.notify_waiters();
+        self.logs.push(function, topic, partition, lines);
     }
 
-    /// The function's log lines after `after` (a sequence number; 0: all kept), waiting
-    /// up to `wait` for one if there is none yet.
+    /// The function's log lines after `after` (a sequence number; 0: from the oldest
+    /// kept), as many as one read of its log topic holds, waiting up to `wait` for one if
+    /// there is none yet.
     pub async fn logs(
         &self,
         name: &str,
@@ -589,28 +568,75 @@ impl Functions {
         if !self.broker.metadata().functions.contains_key(name) {
             return Err(FunctionsError::UnknownFunction(name.to_string()));
         }
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let notified = self.logged.notified();
-            let lines: Vec<LogEntry> = self
-                .lock_logs()
-                .get(name)
-                .map(|ring| {
-                    ring.lines
-                        .iter()
-                        .filter(|l| l.sequence > after)
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
-            if !lines.is_empty() || tokio::time::Instant::now() >= deadline {
-                return Ok(lines);
+        let topic = logs_topic_of(name);
+        let log = match self.broker.leader_log(&topic, 0) {
+            Ok(log) => log,
+            // Deployed by a version that kept logs in memory: no line yet.
+            Err(BrokerError::UnknownTopic(_)) => {
+                tokio::time::sleep(wait).await;
+                return Ok(Vec::new());
             }
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep_until(deadline) => {}
+            Err(error) => return Err(error.into()),
+        };
+        let from = after.max(log.log_start());
+        if log.high_watermark() <= from {
+            log.wait_for_data(from, wait).await;
+            if log.high_watermark() <= from {
+                return Ok(Vec::new());
             }
         }
+        let read = log
+            .read(from, crate::logs::READ_BYTES)
+            .await
+            .map_err(|e| FunctionsError::Broker(e.into()))?;
+        crate::logs::decode(&read.records, from).map_err(FunctionsError::Invalid)
+    }
+
+    /// Log lines dropped on this node because the log topic could not take them.
+    pub fn dropped_log_lines(&self) -> u64 {
+        self.logs.dropped()
+    }
+
+    /// Appends pending log lines to the functions' log topics until `stop`, then once
+    /// more.
+    async fn write_logs(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let stopping = tokio::select! {
+                () = self.logs.ready() => false,
+                () = stop.cancelled() => true,
+            };
+            if !stopping {
+                // Gather what else is logged meanwhile into the same batches.
+                tokio::time::sleep(FLUSH_INTERVAL).await;
+            }
+            for (function, lines) in self.logs.take() {
+                if let Err(error) = self.append_logs(&function, &lines).await {
+                    tracing::warn!(%function, %error, "cannot append to a function's log topic; the lines wait");
+                    self.logs.put_back(function, lines);
+                }
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    async fn append_logs(
+        &self,
+        function: &str,
+        lines: &VecDeque<LogEntry>,
+    ) -> Result<(), FunctionsError> {
+        if lines.is_empty() || !self.broker.metadata().functions.contains_key(function) {
+            return Ok(());
+        }
+        self.ensure_logs_topic(function).await?;
+        let batch = crate::logs::encode(lines).map_err(FunctionsError::Invalid)?;
+        self.broker
+            .submit_produce(&logs_topic_of(function), 0, batch, false)
+            .await?
+            .wait()
+            .await?;
+        Ok(())
     }
 
     /// Every executor's status (for `/metrics`), with its function's name.
@@ -626,6 +652,8 @@ impl Functions {
         let mut metadata = self.broker.controller().subscribe();
         let mut running: HashMap<ExecutorKey, Running> = HashMap::new();
         let mut compiled: HashMap<(String, u64), Function> = HashMap::new();
+        let stop_logs = CancellationToken::new();
+        let logs = tokio::spawn(self.clone().write_logs(stop_logs.clone()));
         loop {
             self.reconcile(&mut running, &mut compiled, &stop).await;
             tokio::select! {
@@ -639,6 +667,14 @@ impl Functions {
             if let Err(error) = executor.task.await {
                 tracing::warn!(%error, "a function executor failed");
             }
+        }
+        // The executors' last lines, if the log topics still take them.
+        stop_logs.cancel();
+        if tokio::time::timeout(Duration::from_secs(2), logs)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the functions' last log lines were not all appended");
         }
     }
 

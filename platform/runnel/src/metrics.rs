@@ -346,6 +346,17 @@ impl Collector for FunctionMetrics {
             let labels = [("function", function.clone()), ("name", name.clone())];
             family.encode_family(&labels)?.encode_gauge(value)?;
         }
+        encoder
+            .encode_descriptor(
+                "runnel_function_log_lines_dropped",
+                "Function log lines dropped because their log topic could not take them in time",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+                &functions.dropped_log_lines(),
+                None,
+            )?;
         Ok(())
     }
 }

@@ -226,7 +226,7 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
         Arc::new(cache),
         stop_maintenance.clone(),
     );
-    let functions = start_functions(&data_dir, &objects, &broker, &groups)?;
+    let functions = start_functions(&config.functions, &data_dir, &objects, &broker, &groups)?;
     let _ = functions_slot.set(functions.clone());
     let functions_task = tokio::spawn(functions.clone().run(stop_maintenance.clone()));
     let api = runnel_grpc::api::ApiServer::start(
@@ -606,6 +606,7 @@ fn start_uploads(
 /// The functions service: components in the node's object store, compiled ones cached in
 /// `<data dir>/functions/cache`.
 fn start_functions(
+    limits: &runnel_config::FunctionsSection,
     data_dir: &std::path::Path,
     objects: &Arc<dyn object_store::ObjectStore>,
     broker: &Arc<Broker>,
@@ -614,7 +615,7 @@ fn start_functions(
     let host = runnel_functions::FunctionHost::new()
         .map_err(|e| anyhow::anyhow!("start the wasm engine: {e:#}"))?;
     let store = runnel_functions::ComponentStore::new(objects.clone());
-    let limits = runnel_functions::Limits::default();
+    let bytes = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
     Ok(runnel_functions::Functions::new(
         broker.clone(),
         groups.clone(),
@@ -622,10 +623,10 @@ fn start_functions(
         store,
         runnel_functions::FunctionsSettings {
             cache_dir: data_dir.join("functions").join("cache"),
-            max_component_bytes: limits.component_bytes,
-            max_kv_bytes: limits.kv_bytes,
-            // A 16 MiB component compiles in seconds; 18 MB from componentize-py took ~21 s.
-            compile_timeout: Duration::from_secs(60),
+            max_component_bytes: bytes(limits.max_component_bytes),
+            max_kv_bytes: bytes(limits.max_kv_bytes),
+            compile_timeout: Duration::from_millis(limits.compile_timeout_ms),
+            log_retention_bytes: limits.log_retention_bytes,
         },
     ))
 }

@@ -267,6 +267,37 @@ fn describe(node: &Node, dir: &Path, name: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
+/// The word count's `counted N words` log lines once they add up to `words`.
+fn counted_lines(node: &Node, dir: &Path, words: usize) -> Vec<String> {
+    let lines = std::cell::RefCell::new(Vec::new());
+    wait_for(
+        CATCH_UP,
+        &format!("log lines counting {words} words"),
+        || {
+            let logs = cli(node, dir, &["fn", "logs", "wc"]);
+            let counted: Vec<String> = logs
+                .lines()
+                .filter(|l| l.contains("[info] counted"))
+                .map(str::to_string)
+                .collect();
+            let total: usize = counted
+                .iter()
+                .filter_map(|l| {
+                    l.split("counted ")
+                        .nth(1)?
+                        .split(' ')
+                        .next()?
+                        .parse::<usize>()
+                        .ok()
+                })
+                .sum();
+            *lines.borrow_mut() = counted;
+            total >= words
+        },
+    );
+    lines.into_inner()
+}
+
 /// kcat's records of `topic` once there are at least `count`.
 fn read_at_least(
     kafka: SocketAddr,
@@ -382,6 +413,7 @@ fn word_counts_kept_in_kv_survive_a_restart_exactly() {
     );
     let kafka = node.kafka.unwrap();
     read_at_least(kafka, "counts", 6);
+    let before = counted_lines(&node, dir.path(), 6);
 
     node.signal(libc::SIGTERM);
     assert!(node.wait_for_exit().success());
@@ -396,6 +428,18 @@ fn word_counts_kept_in_kv_survive_a_restart_exactly() {
     );
     let counts = read_at_least(kafka, "counts", 9);
     assert_eq!(counts.len(), 9, "no batch counted twice: {counts:?}");
+    // The log stream is kept in the function's log topic: the lines from before the
+    // restart are still there, then the new one.
+    let after = counted_lines(&node, dir.path(), 9);
+    assert_eq!(after.len(), before.len() + 1, "{after:?}");
+    assert_eq!(after[..before.len()], before[..]);
+    assert!(after[before.len()].contains("[info] counted 3 words in 1 records"));
+    let kafka_lines = kcat_read(kafka, "__runnel-fn-wc-logs");
+    assert_eq!(
+        kafka_lines.len(),
+        after.len(),
+        "a Kafka client reads the same lines"
+    );
     let mut last: std::collections::BTreeMap<String, u64> = Default::default();
     for (_, _, word, count, _) in &counts {
         let count: u64 = count.parse().unwrap();
@@ -408,6 +452,29 @@ fn word_counts_kept_in_kv_survive_a_restart_exactly() {
             .map(|(w, c)| (w.to_string(), c))
             .collect();
     assert_eq!(last, expected);
+}
+
+#[test]
+fn the_node_config_sets_the_component_size_limit() {
+    let uppercase = build_guest("examples/functions/uppercase", "uppercase");
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = dev_args(&dir.path().join("data"));
+    args.extend(["--set".into(), "functions.max_component_bytes=1000".into()]);
+    let node = Node::start(dir.path(), &as_strs(&args));
+    cli(&node, dir.path(), &["topic", "create", "in"]);
+    let wasm = uppercase.display().to_string();
+    let refused = runnel_cli_output(
+        &node,
+        dir.path(),
+        &[
+            "fn", "deploy", &wasm, "--name", "up", "--input", "in", "--output", "in",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("more than the limit of 1000"), "{stderr}");
+    let listed = cli(&node, dir.path(), &["fn", "list", "-o", "json"]);
+    assert_eq!(listed.trim(), "[]", "nothing deployed");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! function's kv state, and produces each word's running count, keyed by the word, to the
 //! first output topic. Build: `cargo build --target wasm32-wasip2 --release`.
 
-use runnel_sdk::{Batch, Error, Output, kv, produce};
+use runnel_sdk::{Batch, Error, Output, kv, log, produce};
 
 #[runnel_sdk::consumer(batch)]
 fn word_count(batch: &Batch<'_>) -> Result<(), Error> {
@@ -19,5 +19,10 @@ fn word_count(batch: &Batch<'_>) -> Result<(), Error> {
             counts.push(Output::new().key(word).value(count.to_string()));
         }
     }
+    log::info(&format!(
+        "counted {} words in {} records",
+        counts.len(),
+        batch.len()
+    ));
     produce::send(&counts)
 }

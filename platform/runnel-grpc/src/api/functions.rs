@@ -256,6 +256,8 @@ impl pb::functions_server::Functions for FunctionsService {
             let mut lines = first;
             let mut after = 0;
             loop {
+                // Without follow, the stream ends when every kept line was sent.
+                let caught_up = lines.is_empty();
                 for line in lines {
                     after = line.sequence;
                     let line = pb::FunctionLogLine {
@@ -270,10 +272,11 @@ impl pb::functions_server::Functions for FunctionsService {
                         return;
                     }
                 }
-                if !follow || sender.is_closed() {
+                if (!follow && caught_up) || sender.is_closed() {
                     return;
                 }
-                lines = match functions.logs(&name, after, FOLLOW_WAIT).await {
+                let wait = if follow { FOLLOW_WAIT } else { Duration::ZERO };
+                lines = match functions.logs(&name, after, wait).await {
                     Ok(lines) => lines,
                     Err(error) => {
                         let _ = sender.send(Err(Status::not_found(error.to_string()))).await;
