@@ -92,6 +92,12 @@ pub const NODE_CONFIG_KEYS: &[&str] = &[
     "functions.log_retention_bytes",
 ];
 
+/// `RUNNEL_` variables the binary reads for something else than node configuration: the
+/// CLI's server and plugin directory, and the crash points of tests. They are not
+/// unknown keys.
+pub const OTHER_RUNNEL_VARIABLES: &[&str] =
+    &["RUNNEL_SERVER", "RUNNEL_PLUGIN_DIR", "RUNNEL_CRASH_AT"];
+
 /// The prefix of the environment variables that set node configuration keys.
 const ENV_PREFIX: &str = "RUNNEL";
 /// Separates the section from the key in an environment variable name.
@@ -760,6 +766,9 @@ impl NodeConfig {
             let Some(key) = env_var_key(&name) else {
                 continue;
             };
+            if OTHER_RUNNEL_VARIABLES.contains(&name.to_ascii_uppercase().as_str()) {
+                continue;
+            }
             if value.is_empty() {
                 continue;
             }
@@ -1265,6 +1274,7 @@ mod tests {
         let env = pairs(&[
             ("RUNNEL_KAFKA__LISEN", "127.0.0.1:1234"),
             ("RUNNEL_LOG", "debug"),
+            ("RUNNEL_SERVER", "127.0.0.1:1"),
             ("RUNNEL_LOG__SEGMENT_BYTES__MAX", "1"),
             ("PATH", "/usr/bin"),
             ("KAFKA__LISTEN", "127.0.0.1:1234"),

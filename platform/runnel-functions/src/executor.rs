@@ -313,6 +313,7 @@ impl Executor {
         {
             return false;
         }
+        crate::crash::point("function-outputs-written");
         if !self.write_state(writes.kv, writes.next).await {
             return false;
         }

@@ -21,6 +21,7 @@
 //! this node leads ([`executor`]), with kv state and progress in a compacted topic and
 //! failed batches in a dead-letter topic (see `docs/functions.md`).
 
+mod crash;
 pub mod executor;
 mod host;
 pub mod http;

@@ -161,6 +161,7 @@ impl SourceExecutor {
                     break;
                 }
                 progress = next;
+                crate::crash::point("source-progress-stored");
                 if !self
                     .writer()
                     .produce_until_done(&progress.batches, "records")

@@ -297,6 +297,71 @@ fn a_sink_delivers_exactly_the_records_produced_and_waits_out_an_outage() {
 }
 
 #[test]
+fn a_crash_after_a_poll_is_stored_and_before_its_records_are_written_loses_nothing() {
+    let source = build_guest("plugins/http-source", "http_source");
+    let (target, address) = Target::start();
+    target.add_items(1..=40);
+    let dir = tempfile::tempdir().unwrap();
+    let args = dev_args(&dir.path().join("data"));
+    // Abort once the third poll (items 11 to 15) is stored with its batch, before the
+    // batch is written to the topic.
+    let mut node = Node::start_with_env(
+        dir.path(),
+        &as_strs(&args),
+        &[("RUNNEL_CRASH_AT", "source-progress-stored@3")],
+    );
+    let wasm = source.display().to_string();
+    let url = format!("http://{address}/items");
+    let allow = address.ip().to_string();
+    cli(
+        &node,
+        dir.path(),
+        &[
+            "connector",
+            "create",
+            "feed",
+            "--kind",
+            "source",
+            "--wasm",
+            &wasm,
+            "--config",
+            "topic=items",
+            "--config",
+            &format!("url={url}"),
+            "--config",
+            "cursor.field=id",
+            "--allow-host",
+            &allow,
+            "--poll-interval-ms",
+            "100",
+            "--batch-records",
+            "5",
+        ],
+    );
+    node.wait_for_crash(CATCH_UP);
+    drop(node);
+
+    let node = Node::start(dir.path(), &as_strs(&args));
+    let kafka = node.kafka.unwrap();
+    wait_for(CATCH_UP, "the source to reach item 40", || {
+        describe(&node, dir.path(), "feed")["cursor"] == "40"
+    });
+    let ids: Vec<i64> = kcat_read(kafka, "items")
+        .iter()
+        .map(|(_, _, _, value, _)| {
+            serde_json::from_str::<serde_json::Value>(value).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=40).collect::<Vec<_>>(),
+        "each item once, in order"
+    );
+}
+
+#[test]
 fn a_source_writes_each_item_once_across_a_crash_and_restart() {
     let source = build_guest("plugins/http-source", "http_source");
     let (target, address) = Target::start();

@@ -455,6 +455,72 @@ fn word_counts_kept_in_kv_survive_a_restart_exactly() {
 }
 
 #[test]
+fn a_crash_between_a_batchs_outputs_and_its_state_repeats_only_that_batch() {
+    let uppercase = build_guest("examples/functions/uppercase", "uppercase");
+    let dir = tempfile::tempdir().unwrap();
+    let args = dev_args(&dir.path().join("data"));
+    // Abort once the third batch's outputs are written, before its position is.
+    let mut node = Node::start_with_env(
+        dir.path(),
+        &as_strs(&args),
+        &[("RUNNEL_CRASH_AT", "function-outputs-written@3")],
+    );
+    cli(&node, dir.path(), &["topic", "create", "in"]);
+    cli(&node, dir.path(), &["topic", "create", "out"]);
+    let input: String = (0..500).map(|i| format!("record-{i}\n")).collect();
+    runnel_cli(&node, dir.path(), &["produce", "in"], &input);
+    let wasm = uppercase.display().to_string();
+    cli(
+        &node,
+        dir.path(),
+        &[
+            "fn",
+            "deploy",
+            &wasm,
+            "--name",
+            "up",
+            "--input",
+            "in",
+            "--output",
+            "out",
+            "--batch-records",
+            "100",
+        ],
+    );
+    node.wait_for_crash(CATCH_UP);
+    drop(node);
+
+    let node = Node::start(dir.path(), &as_strs(&args));
+    let kafka = node.kafka.unwrap();
+    read_at_least(kafka, "out", 600);
+    wait_for(CATCH_UP, "lag 0", || {
+        describe(&node, dir.path(), "up")["lag"] == 0
+    });
+    let output = kcat_read(kafka, "out");
+    let mut seen = std::collections::BTreeMap::<usize, usize>::new();
+    for (_, _, _, value, _) in &output {
+        let index: usize = value
+            .strip_prefix("RECORD-")
+            .and_then(|i| i.parse().ok())
+            .unwrap_or_else(|| panic!("{value}"));
+        *seen.entry(index).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 500, "no record lost");
+    let twice: Vec<usize> = seen
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(
+        twice,
+        (200..300).collect::<Vec<_>>(),
+        "only the third batch, whose position was not stored, is repeated"
+    );
+    assert!(seen.values().all(|n| *n <= 2));
+    assert_eq!(output.len(), 600);
+}
+
+#[test]
 fn the_node_config_sets_the_component_size_limit() {
     let uppercase = build_guest("examples/functions/uppercase", "uppercase");
     let dir = tempfile::tempdir().unwrap();

@@ -235,12 +235,24 @@ impl Node {
         node
     }
 
+    /// Like [`Node::start`], with more environment variables.
+    pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Node {
+        let mut node = Node::spawn_with_env(dir, args, env);
+        node.read_banner();
+        node
+    }
+
     /// Starts `runnel <args>` in `dir` without waiting for it to be ready.
     pub fn spawn(dir: &Path, args: &[&str]) -> Node {
+        Node::spawn_with_env(dir, args, &[])
+    }
+
+    fn spawn_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Node {
         let stderr_path = dir.join("runnel.stderr");
         let stderr = std::fs::File::create(&stderr_path).expect("create the stderr file");
         let mut child = runnel(dir)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -338,6 +350,26 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits up to `timeout` for the node to abort at the crash point it was started
+    /// with (`RUNNEL_CRASH_AT`), failing the test if it exits any other way.
+    pub fn wait_for_crash(&mut self, timeout: Duration) {
+        use std::os::unix::process::ExitStatusExt as _;
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "runnel did not reach its crash point within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = self.stderr();
+        assert_eq!(status.signal(), Some(libc::SIGABRT), "{status}: {stderr}");
+        assert!(stderr.contains("RUNNEL_CRASH_AT: aborting at"), "{stderr}");
     }
 
     pub fn stderr(&self) -> String {
