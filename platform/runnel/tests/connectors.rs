@@ -566,6 +566,80 @@ fn a_call_that_waits_on_a_slow_server_ends_at_its_deadline() {
 }
 
 #[test]
+fn a_failing_poll_stops_or_retries_as_its_policy_says_and_an_oversized_one_writes_nothing() {
+    let datagen = build_guest("plugins/datagen", "datagen");
+    let plugin_dir = datagen.parent().unwrap().display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_dev(dir.path());
+    let create = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "connector",
+            "create",
+            name,
+            "--kind",
+            "source",
+            "--plugin",
+            "datagen",
+            "--plugin-dir",
+            &plugin_dir,
+            "--poll-interval-ms",
+            "50",
+        ];
+        args.extend_from_slice(extra);
+        cli(&node, dir.path(), &args)
+    };
+    let settles = |name: &str, state: &str, error: &str| {
+        wait_for(CATCH_UP, &format!("{name} {state} with `{error}`"), || {
+            let described = describe(&node, dir.path(), name);
+            described["state"] == state
+                && described["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(error))
+        });
+    };
+    // datagen refuses rate=0 on every poll: `stop` parks the source with the error.
+    create(
+        "broken",
+        &[
+            "--config",
+            "topic=a",
+            "--config",
+            "rate=0",
+            "--on-failure",
+            "stop",
+            "--retries",
+            "1",
+        ],
+    );
+    settles("broken", "stopped", "at least 1 record per second");
+    // A poll whose batch is over the topic's max.message.bytes is refused and retried;
+    // nothing of it is written.
+    create(
+        "huge",
+        &[
+            "--config",
+            "topic=b",
+            "--config",
+            "shape=bytes:1048576",
+            "--config",
+            "rate=100",
+            "--batch-records",
+            "2",
+        ],
+    );
+    settles("huge", "retrying", "max.message.bytes");
+    for topic in ["a", "b"] {
+        let described: serde_json::Value = serde_json::from_str(&cli(
+            &node,
+            dir.path(),
+            &["topic", "describe", topic, "-o", "json"],
+        ))
+        .unwrap();
+        assert_eq!(described["partitions"][0]["high_watermark"], 0, "{topic}");
+    }
+}
+
+#[test]
 fn datagen_produces_at_its_configured_rate() {
     let datagen = build_guest("plugins/datagen", "datagen");
     let plugin_dir = datagen.parent().unwrap().display().to_string();
