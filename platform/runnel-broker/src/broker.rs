@@ -15,6 +15,8 @@ use runnel_config::TopicConfig;
 use runnel_controller::{Applied, Command, Controller, ControllerError, Metadata, NodeId};
 use runnel_log::{LogError, LogManager, PartitionLog, PendingAppend, ReadResult, TopicPartition};
 
+use crate::peers::{OffsetCommit, Peers};
+
 /// How long topic creation waits for this node to open the new partitions.
 pub const ADMIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -62,6 +64,15 @@ pub enum BrokerError {
     NotAvailable { topic: String, partition: i32 },
     #[error("transactional batches are not supported yet")]
     TransactionsUnsupported,
+    /// A call forwarded to another node failed there or on the way.
+    #[error("node {node}: {message}")]
+    Peer {
+        node: NodeId,
+        message: String,
+        /// Worth trying again (the node is unreachable, or answered with a retriable
+        /// error).
+        retriable: bool,
+    },
     #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]
@@ -82,6 +93,8 @@ pub struct Broker {
     settings: BrokerSettings,
     /// The rest of the block of producer ids taken from the controller.
     producer_ids: tokio::sync::Mutex<Range<i64>>,
+    /// Other nodes, for writes and reads of partitions they lead (set once at startup).
+    peers: std::sync::OnceLock<Arc<dyn Peers>>,
 }
 
 impl Broker {
@@ -97,7 +110,135 @@ impl Broker {
             controller,
             settings,
             producer_ids: tokio::sync::Mutex::new(0..0),
+            peers: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Lets this broker forward writes and reads to other nodes; set once (a second call
+    /// is ignored). Without it, a partition led elsewhere is [`BrokerError::NotLeader`].
+    pub fn set_peers(&self, peers: Arc<dyn Peers>) {
+        let _ = self.peers.set(peers);
+    }
+
+    /// Where to forward a call for something `leader` holds: the peers and its cluster
+    /// address.
+    fn peer(
+        &self,
+        leader: NodeId,
+        refused: BrokerError,
+    ) -> Result<(&dyn Peers, String), BrokerError> {
+        let Some(peers) = self.peers.get() else {
+            return Err(refused);
+        };
+        let address = self
+            .metadata()
+            .nodes
+            .get(&leader)
+            .map(|node| node.cluster.clone())
+            .ok_or(BrokerError::Peer {
+                node: leader,
+                message: "no cluster address is known for it".to_string(),
+                retriable: true,
+            })?;
+        Ok((peers.as_ref(), address))
+    }
+
+    /// Writes `records` (whole batches) to a partition this node leads and waits until
+    /// they are appended; never forwarded (what a forwarded write is served with).
+    pub async fn produce_here(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: Bytes,
+        durable: bool,
+    ) -> Result<(), BrokerError> {
+        self.submit_produce(topic, partition, records, durable)
+            .await?
+            .wait()
+            .await?;
+        Ok(())
+    }
+
+    /// Writes `records` (whole batches) to a partition wherever it is led: through the
+    /// local log when this node leads it, else forwarded to its leader. Returns once they
+    /// are appended (fsynced, with `durable`).
+    pub async fn produce_anywhere(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: Bytes,
+        durable: bool,
+    ) -> Result<(), BrokerError> {
+        match self
+            .submit_produce(topic, partition, records.clone(), durable)
+            .await
+        {
+            Ok(pending) => {
+                pending.wait().await?;
+                Ok(())
+            }
+            Err(BrokerError::NotLeader {
+                leader: Some(leader),
+                topic,
+                partition,
+            }) => {
+                let refused = BrokerError::NotLeader {
+                    topic: topic.clone(),
+                    partition,
+                    leader: Some(leader),
+                };
+                let (peers, address) = self.peer(leader, refused)?;
+                peers
+                    .produce(leader, address, topic, partition, records, durable)
+                    .await
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Reads whole batches from `offset` (or the log start, if that is later) of a
+    /// partition wherever it is led.
+    pub async fn read_anywhere(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<ReadResult, BrokerError> {
+        match self.leader_log(topic, partition) {
+            Ok(log) => Ok(log.read(offset.max(log.log_start()), max_bytes).await?),
+            Err(BrokerError::NotLeader {
+                leader: Some(leader),
+                topic,
+                partition,
+            }) => {
+                let refused = BrokerError::NotLeader {
+                    topic: topic.clone(),
+                    partition,
+                    leader: Some(leader),
+                };
+                let (peers, address) = self.peer(leader, refused)?;
+                peers
+                    .read(leader, address, topic, partition, offset, max_bytes)
+                    .await
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Sends an offset commit to `coordinator`, another node.
+    pub async fn commit_offset_at(
+        &self,
+        coordinator: NodeId,
+        commit: OffsetCommit,
+    ) -> Result<(), BrokerError> {
+        let refused = BrokerError::Peer {
+            node: coordinator,
+            message: "this node cannot reach other nodes".to_string(),
+            retriable: false,
+        };
+        let (peers, address) = self.peer(coordinator, refused)?;
+        peers.commit_offset(coordinator, address, commit).await
     }
 
     pub fn node_id(&self) -> NodeId {

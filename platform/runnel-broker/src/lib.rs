@@ -10,6 +10,7 @@
 pub mod broker;
 pub mod groups;
 pub mod partitioner;
+pub mod peers;
 pub mod reconcile;
 
 pub use broker::{Broker, BrokerError, BrokerSettings, PendingProduce, Produced, TopicConfigs};

@@ -39,7 +39,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use runnel_abi::{BatchWriter, Outputs};
-use runnel_broker::groups::CommittedOffset;
+use runnel_broker::BrokerError;
+use runnel_broker::groups::{CommittedOffset, GroupServiceError};
+use runnel_broker::peers::OffsetCommit;
 use runnel_controller::FunctionSpec;
 use runnel_log::batch::visit_records;
 use runnel_log::{BatchBuilder, BatchEncoder, NewRecord, PartitionLog};
@@ -366,13 +368,15 @@ impl Executor {
         })
         .await?;
         let group = group_of(&self.spec.name);
-        let committed = self
-            .functions
-            .groups()
-            .committed(&group)
-            .map_err(|e| format!("the committed offsets of {group}: {e}"))?
-            .get(&(self.topic.clone(), self.partition))
-            .map(|c| c.offset.max(0) as u64);
+        // The state topic holds the position; the group's offset counts too when this
+        // node coordinates the group (it is only ever behind the state topic's).
+        let committed = match self.functions.groups().committed(&group) {
+            Ok(offsets) => offsets
+                .get(&(self.topic.clone(), self.partition))
+                .map(|c| c.offset.max(0) as u64),
+            Err(GroupServiceError::NotCoordinator) => None,
+            Err(error) => return Err(format!("the committed offsets of {group}: {error}")),
+        };
         let position = match (stored_position, committed) {
             (Some(a), Some(b)) => a.max(b),
             (a, b) => a.or(b).unwrap_or(0),
@@ -596,7 +600,7 @@ impl Executor {
             metadata: format!("{} v{}", self.spec.name, self.spec.version),
             commit_ms: now_ms(),
         };
-        let committed = self
+        let committed = match self
             .functions
             .groups()
             .commit(
@@ -604,12 +608,40 @@ impl Executor {
                 "",
                 None,
                 -1,
-                vec![(self.topic.clone(), self.partition, commit)],
+                vec![(self.topic.clone(), self.partition, commit.clone())],
             )
-            .await;
+            .await
+        {
+            Err(GroupServiceError::NotCoordinator) => self.commit_elsewhere(&group, commit).await,
+            other => other.map_err(|e| e.to_string()),
+        };
         if let Err(error) = committed {
             tracing::warn!(%group, %error, "committing a function's progress");
         }
+    }
+
+    /// Sends the commit to the group's coordinator on another node.
+    async fn commit_elsewhere(&self, group: &str, commit: CommittedOffset) -> Result<(), String> {
+        let coordinator = self
+            .functions
+            .groups()
+            .coordinator_of(group)
+            .ok_or_else(|| format!("{group} has no coordinator now"))?;
+        self.functions
+            .broker()
+            .commit_offset_at(
+                coordinator.id,
+                OffsetCommit {
+                    group: group.to_string(),
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    offset: commit.offset,
+                    metadata: commit.metadata,
+                    commit_ms: commit.commit_ms,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -785,16 +817,30 @@ impl Writer<'_> {
         }
     }
 
-    /// Submits every batch, then waits for all of them to be written durably.
+    /// Submits every batch for partitions led here, sends the others to their leaders
+    /// (in order, so a partition's batches stay in order), then waits for all of them to
+    /// be written durably.
     async fn produce_all(&self, batches: &[(String, i32, Bytes)]) -> Result<(), String> {
         let broker = self.functions.broker();
         let mut pending = Vec::with_capacity(batches.len());
+        let mut elsewhere = Vec::new();
         for (topic, partition, batch) in batches {
-            let submitted = broker
+            match broker
                 .submit_produce(topic, *partition, batch.clone(), true)
                 .await
+            {
+                Ok(submitted) => pending.push(submitted),
+                Err(BrokerError::NotLeader {
+                    leader: Some(_), ..
+                }) => elsewhere.push((topic, *partition, batch)),
+                Err(error) => return Err(format!("{topic}-{partition}: {error}")),
+            }
+        }
+        for (topic, partition, batch) in elsewhere {
+            broker
+                .produce_anywhere(topic, partition, batch.clone(), true)
+                .await
                 .map_err(|e| format!("{topic}-{partition}: {e}"))?;
-            pending.push(submitted);
         }
         for submitted in pending {
             submitted.wait().await.map_err(|e| e.to_string())?;
@@ -852,17 +898,16 @@ pub(crate) async fn scan_state(
     mut visit: impl FnMut(&[u8], Option<&[u8]>),
 ) -> Result<(), String> {
     let state_topic = state_topic_of(function);
-    let log = functions
-        .broker()
-        .leader_log(&state_topic, 0)
-        .map_err(|e| format!("the state topic {state_topic}: {e}"))?;
-    let mut offset = log.log_start();
-    while offset < log.high_watermark() {
-        let read = log
-            .read(offset, 4 << 20)
+    let broker = functions.broker();
+    let mut offset = 0;
+    loop {
+        // Here or on the node that leads the state topic.
+        let read = broker
+            .read_anywhere(&state_topic, 0, offset, 4 << 20)
             .await
-            .map_err(|e| format!("read {state_topic}: {e}"))?;
-        if read.records.is_empty() {
+            .map_err(|e| format!("read the state topic {state_topic}: {e}"))?;
+        offset = offset.max(read.log_start);
+        if read.records.is_empty() || offset >= read.high_watermark {
             break;
         }
         offset = visit_records(&read.records, offset, MAX_SECTION, |record| {

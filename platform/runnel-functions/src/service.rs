@@ -569,27 +569,25 @@ impl Functions {
             return Err(FunctionsError::UnknownFunction(name.to_string()));
         }
         let topic = logs_topic_of(name);
-        let log = match self.broker.leader_log(&topic, 0) {
-            Ok(log) => log,
+        if !self.broker.metadata().topics.contains_key(&topic) {
             // Deployed by a version that kept logs in memory: no line yet.
-            Err(BrokerError::UnknownTopic(_)) => {
-                tokio::time::sleep(wait).await;
-                return Ok(Vec::new());
-            }
-            Err(error) => return Err(error.into()),
-        };
-        let from = after.max(log.log_start());
-        if log.high_watermark() <= from {
-            log.wait_for_data(from, wait).await;
-            if log.high_watermark() <= from {
-                return Ok(Vec::new());
-            }
+            tokio::time::sleep(wait).await;
+            return Ok(Vec::new());
         }
-        let read = log
-            .read(from, crate::logs::READ_BYTES)
-            .await
-            .map_err(|e| FunctionsError::Broker(e.into()))?;
-        crate::logs::decode(&read.records, from).map_err(FunctionsError::Invalid)
+        if let Ok(log) = self.broker.leader_log(&topic, 0) {
+            // Led here: wait for a line without polling.
+            log.wait_for_data(after.max(log.log_start()), wait).await;
+        }
+        let read = self
+            .broker
+            .read_anywhere(&topic, 0, after, crate::logs::READ_BYTES)
+            .await?;
+        let lines = crate::logs::decode(&read.records, after).map_err(FunctionsError::Invalid)?;
+        if lines.is_empty() && self.broker.leader_log(&topic, 0).is_err() {
+            // Led elsewhere: look again after a while.
+            tokio::time::sleep(wait.min(Duration::from_millis(500))).await;
+        }
+        Ok(lines)
     }
 
     /// Log lines dropped on this node because the log topic could not take them.
@@ -632,9 +630,7 @@ impl Functions {
         self.ensure_logs_topic(function).await?;
         let batch = crate::logs::encode(lines).map_err(FunctionsError::Invalid)?;
         self.broker
-            .submit_produce(&logs_topic_of(function), 0, batch, false)
-            .await?
-            .wait()
+            .produce_anywhere(&logs_topic_of(function), 0, batch, false)
             .await?;
         Ok(())
     }

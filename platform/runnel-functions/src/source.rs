@@ -402,21 +402,20 @@ impl SourceExecutor {
         .await
     }
 
-    /// Refuses a poll with a batch this node cannot write: for a partition it does not
-    /// lead (sources write through the local produce path), or larger than the partition
-    /// takes. Written to the progress record, such a batch would be retried forever.
+    /// Refuses a poll with a batch larger than its partition takes: written to the
+    /// progress record, such a batch would be retried forever. Partitions led by other
+    /// nodes are written there ([`Broker::produce_anywhere`]).
+    ///
+    /// [`Broker::produce_anywhere`]: runnel_broker::Broker::produce_anywhere
     fn check_batches(&self, batches: &[(String, i32, Bytes)]) -> Result<(), FunctionError> {
         for (topic, partition, batch) in batches {
-            let log = self
+            let max = self
                 .functions
                 .broker()
-                .leader_log(topic, *partition)
-                .map_err(|error| {
-                    FunctionError::Failed(format!(
-                        "cannot write {topic}-{partition} from this node ({error}): a source writes only to partitions its node leads"
-                    ))
-                })?;
-            let max = log.config().max_message_bytes;
+                .topic_configs(topic)
+                .map_err(|error| FunctionError::Failed(format!("{topic}: {error}")))?
+                .effective
+                .max_message_bytes;
             if batch.len() as u64 > max {
                 return Err(FunctionError::Failed(format!(
                     "a poll returned {} bytes of records for {topic}-{partition}, more than its max.message.bytes of {max}; lower the connector's batch records",

@@ -34,15 +34,39 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
+use bytes::Bytes;
+use runnel_broker::groups::{CommittedOffset, GroupService, GroupServiceError};
+use runnel_broker::peers::{OffsetCommit, PeerFuture, Peers};
+use runnel_broker::{Broker, BrokerError};
+use runnel_log::ReadResult;
+
 use crate::proto::cluster_client::ClusterClient;
 use crate::proto::cluster_server::{Cluster, ClusterServer};
-use crate::proto::{RaftReply, RaftRequest};
+use crate::proto::{
+    PartitionData, PartitionProduce, PartitionProduced, PartitionRead, RaftReply, RaftRequest,
+};
 
 /// Raft messages larger than this are refused (snapshots travel in chunks far below it).
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The largest metadata snapshot a node accepts.
 const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
+
+/// The most bytes one forwarded read returns.
+const MAX_READ_BYTES: usize = 16 << 20;
+/// How long a forwarded write, read or commit may take.
+const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An offset commit as `CommitOffset` carries it.
+#[derive(Serialize, serde::Deserialize)]
+struct WireCommit {
+    group: String,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    metadata: String,
+    commit_ms: i64,
+}
 
 /// What a forwarded proposal answers: the outcome and its log index, or why it failed.
 type ForwardReply = Result<(Response, u64), String>;
@@ -55,11 +79,24 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
     serde_json::from_slice(bytes).map_err(|e| Status::invalid_argument(format!("decode: {e}")))
 }
 
-/// The server side: answers peers' Raft messages and forwarded proposals.
+/// This node's broker and group coordinator, for calls forwarded from other nodes; set
+/// once they are started (the cluster RPC starts before them).
+#[derive(Clone)]
+pub struct LocalPartitions {
+    pub broker: Arc<Broker>,
+    pub groups: Arc<GroupService>,
+}
+
+/// Where [`LocalPartitions`] are put once started.
+pub type LocalPartitionsSlot = Arc<std::sync::OnceLock<LocalPartitions>>;
+
+/// The server side: answers peers' Raft messages, forwarded proposals, and forwarded
+/// writes, reads and offset commits.
 pub struct ClusterService {
     node_id: NodeId,
     raft: Raft<TypeConfig>,
     heartbeats: Heartbeats,
+    local: LocalPartitionsSlot,
 }
 
 impl ClusterService {
@@ -67,24 +104,36 @@ impl ClusterService {
         node_id: NodeId,
         raft: Raft<TypeConfig>,
         heartbeats: Heartbeats,
+        local: LocalPartitionsSlot,
     ) -> ClusterServer<ClusterService> {
         ClusterServer::new(ClusterService {
             node_id,
             raft,
             heartbeats,
+            local,
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     fn check_target(&self, request: &RaftRequest) -> Result<(), Status> {
-        if request.target != self.node_id {
+        self.check_node(request.target)
+    }
+
+    fn check_node(&self, target: NodeId) -> Result<(), Status> {
+        if target != self.node_id {
             return Err(Status::failed_precondition(format!(
                 "this is node {}, not node {}",
-                self.node_id, request.target
+                self.node_id, target
             )));
         }
         Ok(())
+    }
+
+    fn local(&self) -> Result<&LocalPartitions, Status> {
+        self.local
+            .get()
+            .ok_or_else(|| Status::unavailable(format!("node {} is starting", self.node_id)))
     }
 }
 
@@ -186,6 +235,79 @@ impl Cluster for ClusterService {
     async fn join(&self, request: Request<RaftRequest>) -> Served {
         self.serve(request, |join: JoinRequest| self.add_learner(join))
             .await
+    }
+
+    async fn produce(
+        &self,
+        request: Request<PartitionProduce>,
+    ) -> Result<tonic::Response<PartitionProduced>, Status> {
+        let request = request.into_inner();
+        self.check_node(request.target)?;
+        let broker = &self.local()?.broker;
+        broker
+            .produce_here(
+                &request.topic,
+                request.partition,
+                Bytes::from(request.records),
+                request.durable,
+            )
+            .await
+            .map_err(|e| crate::api::broker_status(broker, e))?;
+        Ok(tonic::Response::new(PartitionProduced {}))
+    }
+
+    async fn read(
+        &self,
+        request: Request<PartitionRead>,
+    ) -> Result<tonic::Response<PartitionData>, Status> {
+        let request = request.into_inner();
+        self.check_node(request.target)?;
+        let broker = &self.local()?.broker;
+        let max_bytes = (request.max_bytes as usize).min(MAX_READ_BYTES);
+        let status = |e: BrokerError| crate::api::broker_status(broker, e);
+        let log = broker
+            .leader_log(&request.topic, request.partition)
+            .map_err(status)?;
+        let read = log
+            .read(request.offset.max(log.log_start()), max_bytes)
+            .await
+            .map_err(|e| status(e.into()))?;
+        Ok(tonic::Response::new(PartitionData {
+            records: read.records.to_vec(),
+            high_watermark: read.high_watermark,
+            log_start: read.log_start,
+        }))
+    }
+
+    async fn commit_offset(&self, request: Request<RaftRequest>) -> Served {
+        let request = request.into_inner();
+        self.check_target(&request)?;
+        let commit: WireCommit = decode(&request.payload)?;
+        let groups = &self.local()?.groups;
+        let offset = CommittedOffset {
+            offset: commit.offset,
+            leader_epoch: -1,
+            metadata: commit.metadata,
+            commit_ms: commit.commit_ms,
+        };
+        groups
+            .commit(
+                &commit.group,
+                "",
+                None,
+                -1,
+                vec![(commit.topic, commit.partition, offset)],
+            )
+            .await
+            .map_err(|e| match e {
+                GroupServiceError::NotCoordinator | GroupServiceError::Loading => {
+                    Status::unavailable(e.to_string())
+                }
+                other => Status::failed_precondition(other.to_string()),
+            })?;
+        Ok(tonic::Response::new(RaftReply {
+            payload: Vec::new(),
+        }))
     }
 
     async fn propose(&self, request: Request<RaftRequest>) -> Served {
@@ -478,4 +600,155 @@ impl Forwarder for ClusterForwarder {
 /// The forwarder as the controller takes it.
 pub fn forwarder() -> Arc<dyn Forwarder> {
     Arc::new(ClusterForwarder)
+}
+
+/// Forwards a node's writes, reads and offset commits to the nodes that hold the
+/// partition or group, one lazily connected client per node.
+#[derive(Default)]
+pub struct ClusterPeers {
+    clients: std::sync::Mutex<BTreeMap<NodeId, (String, ClusterClient<Channel>)>>,
+}
+
+impl ClusterPeers {
+    pub fn new() -> Arc<ClusterPeers> {
+        Arc::new(ClusterPeers::default())
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, (String, ClusterClient<Channel>)>> {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The client of `node` at `address`, connected lazily (a new address replaces it).
+    fn client(&self, node: NodeId, address: &str) -> Result<ClusterClient<Channel>, BrokerError> {
+        let mut clients = self.lock();
+        if let Some((known, client)) = clients.get(&node)
+            && known == address
+        {
+            return Ok(client.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| BrokerError::Peer {
+                node,
+                message: format!("bad cluster address {address}: {e}"),
+                retriable: false,
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let client = ClusterClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        clients.insert(node, (address.to_string(), client.clone()));
+        Ok(client)
+    }
+}
+
+/// A peer's answer as a broker error: statuses a retry may cure are retriable.
+fn peer_error(node: NodeId, status: Status) -> BrokerError {
+    use tonic::Code;
+    let retriable = matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::FailedPrecondition
+            | Code::ResourceExhausted
+            | Code::Unknown
+            | Code::Cancelled
+    );
+    BrokerError::Peer {
+        node,
+        message: status.message().to_string(),
+        retriable,
+    }
+}
+
+impl Peers for ClusterPeers {
+    fn produce(
+        &self,
+        node: NodeId,
+        address: String,
+        topic: String,
+        partition: i32,
+        records: Bytes,
+        durable: bool,
+    ) -> PeerFuture<()> {
+        let client = self.client(node, &address);
+        Box::pin(async move {
+            let mut request = Request::new(PartitionProduce {
+                target: node,
+                topic,
+                partition,
+                records: records.to_vec(),
+                durable,
+            });
+            request.set_timeout(PEER_CALL_TIMEOUT);
+            client?
+                .produce(request)
+                .await
+                .map_err(|status| peer_error(node, status))?;
+            Ok(())
+        })
+    }
+
+    fn read(
+        &self,
+        node: NodeId,
+        address: String,
+        topic: String,
+        partition: i32,
+        offset: u64,
+        max_bytes: usize,
+    ) -> PeerFuture<ReadResult> {
+        let client = self.client(node, &address);
+        Box::pin(async move {
+            let mut request = Request::new(PartitionRead {
+                target: node,
+                topic,
+                partition,
+                offset,
+                max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
+            });
+            request.set_timeout(PEER_CALL_TIMEOUT);
+            let data = client?
+                .read(request)
+                .await
+                .map_err(|status| peer_error(node, status))?
+                .into_inner();
+            Ok(ReadResult {
+                records: Bytes::from(data.records),
+                high_watermark: data.high_watermark,
+                log_start: data.log_start,
+            })
+        })
+    }
+
+    fn commit_offset(&self, node: NodeId, address: String, commit: OffsetCommit) -> PeerFuture<()> {
+        let client = self.client(node, &address);
+        Box::pin(async move {
+            let wire = WireCommit {
+                group: commit.group,
+                topic: commit.topic,
+                partition: commit.partition,
+                offset: commit.offset,
+                metadata: commit.metadata,
+                commit_ms: commit.commit_ms,
+            };
+            let payload = serde_json::to_vec(&wire).map_err(|e| BrokerError::Peer {
+                node,
+                message: format!("encode: {e}"),
+                retriable: false,
+            })?;
+            let mut request = Request::new(RaftRequest {
+                target: node,
+                payload,
+            });
+            request.set_timeout(PEER_CALL_TIMEOUT);
+            client?
+                .commit_offset(request)
+                .await
+                .map_err(|status| peer_error(node, status))?;
+            Ok(())
+        })
+    }
 }

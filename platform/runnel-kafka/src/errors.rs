@@ -91,6 +91,10 @@ pub fn code(error: &BrokerError) -> i16 {
         BrokerError::NotLeader { .. } => NOT_LEADER_OR_FOLLOWER,
         BrokerError::NotAvailable { .. } => LEADER_NOT_AVAILABLE,
         BrokerError::TransactionsUnsupported => INVALID_REQUEST,
+        BrokerError::Peer {
+            retriable: true, ..
+        } => REQUEST_TIMED_OUT,
+        BrokerError::Peer { .. } => UNKNOWN_SERVER_ERROR,
         BrokerError::Log(error) => log_code(error),
         BrokerError::Controller(error) => controller_code(error),
     }

@@ -149,15 +149,18 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
         kafka: kafka_address,
         grpc: grpc_address,
     };
-    let started_controller = match start_controller(&config, &data_dir, addresses, &shutdown).await
-    {
-        Ok(started) => started,
-        Err(error) => {
-            log.close_all().await.ok();
-            http.stop().await.ok();
-            return Err(error);
-        }
-    };
+    // Filled once the broker and groups are up: the cluster RPC serves forwarded writes
+    // from then on.
+    let local: runnel_grpc::cluster::LocalPartitionsSlot = Arc::default();
+    let started_controller =
+        match start_controller(&config, &data_dir, addresses, &shutdown, local.clone()).await {
+            Ok(started) => started,
+            Err(error) => {
+                log.close_all().await.ok();
+                http.stop().await.ok();
+                return Err(error);
+            }
+        };
     let StartedController {
         controller,
         cluster_server,
@@ -202,6 +205,11 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     );
     // Set once, right here; nothing else sets it.
     let _ = groups_slot.set(groups.clone());
+    broker.set_peers(runnel_grpc::cluster::ClusterPeers::new());
+    let _ = local.set(runnel_grpc::cluster::LocalPartitions {
+        broker: broker.clone(),
+        groups: groups.clone(),
+    });
     let objects = match open_objects(&config, &data_dir).await {
         Ok(objects) => objects,
         Err(error) => {
@@ -342,6 +350,7 @@ async fn start_controller(
     data_dir: &std::path::Path,
     bound: BoundAddresses,
     shutdown: &CancellationToken,
+    local: runnel_grpc::cluster::LocalPartitionsSlot,
 ) -> anyhow::Result<StartedController> {
     let voters = config
         .controller
@@ -394,8 +403,13 @@ async fn start_controller(
         .with_context(|| format!("start the controller in {}", dir.display()))?,
     );
     let heartbeats = Heartbeats::default();
-    let server =
-        ClusterServer::start(config.cluster.listen, &controller, heartbeats.clone()).await?;
+    let server = ClusterServer::start(
+        config.cluster.listen,
+        &controller,
+        heartbeats.clone(),
+        local,
+    )
+    .await?;
     // Liveness: heartbeats to the leader, and fencing while this node leads.
     tokio::spawn(runnel_grpc::cluster::run_heartbeats(
         controller.clone(),
@@ -462,6 +476,7 @@ impl ClusterServer {
         listen: std::net::SocketAddr,
         controller: &Controller,
         heartbeats: Heartbeats,
+        local: runnel_grpc::cluster::LocalPartitionsSlot,
     ) -> anyhow::Result<ClusterServer> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -475,6 +490,7 @@ impl ClusterServer {
             controller.node_id(),
             controller.raft(),
             heartbeats,
+            local,
         );
         let stop = CancellationToken::new();
         let signal = stop.clone().cancelled_owned();

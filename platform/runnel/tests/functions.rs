@@ -521,6 +521,146 @@ fn a_crash_between_a_batchs_outputs_and_its_state_repeats_only_that_batch() {
 }
 
 #[test]
+fn functions_and_sources_on_two_nodes_forward_writes_state_and_commits_to_leaders() {
+    let uppercase = build_guest("examples/functions/uppercase", "uppercase");
+    // The nodes share one component store: an S3 bucket.
+    let s3 = S3Server::start();
+    let tier = format!(
+        "[tier]\nurl = \"s3://runnel/functions\"\nendpoint = \"http://{}\"\n\
+         allow_http = true\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n\
+         region = \"us-east-1\"\n",
+        s3.address
+    );
+    let mut cluster = Cluster::new(2, 1).with_config(&tier);
+    cluster.spawn(1);
+    cluster.spawn(2);
+    cluster.read_banners(&[1, 2]);
+    cluster.wait_alive(2);
+    let dir = tempfile::tempdir().unwrap();
+    let on = |id: usize, args: &[&str]| cli(cluster.node(id), dir.path(), args);
+    on(1, &["topic", "create", "in", "-p", "2"]);
+    on(1, &["topic", "create", "out", "-p", "2"]);
+    let wasm = uppercase.display().to_string();
+    on(
+        2,
+        &[
+            "fn",
+            "deploy",
+            &wasm,
+            "--name",
+            "up",
+            "--input",
+            "in",
+            "--output",
+            "out",
+            "--batch-records",
+            "50",
+        ],
+    );
+    let leaders = |topic: &str| -> Vec<u64> {
+        let described: serde_json::Value =
+            serde_json::from_str(&on(1, &["topic", "describe", topic, "-o", "json"])).unwrap();
+        described["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["leader"].as_u64().unwrap())
+            .collect()
+    };
+    // Each node leads one input and one output partition, and one of them the state
+    // topic: the other's executor writes its state, and half its outputs, over there.
+    let mut input_leaders = leaders("in");
+    input_leaders.sort();
+    assert_eq!(input_leaders, [1, 2]);
+    let mut output_leaders = leaders("out");
+    output_leaders.sort();
+    assert_eq!(output_leaders, [1, 2]);
+    assert_eq!(leaders("__runnel-fn-up-state").len(), 1);
+
+    let kafka = cluster.node(1).kafka.unwrap();
+    finish(produce_keyed(kafka, "in", 0, 400));
+    let output = read_at_least(kafka, "out", 400);
+    let mut got: Vec<(String, String)> = output
+        .iter()
+        .map(|(partition, _, key, value, _)| {
+            assert_eq!(
+                *partition,
+                runnel_broker::partitioner::partition_for_key(key.as_bytes(), 2),
+                "{key}"
+            );
+            (key.clone(), value.clone())
+        })
+        .collect();
+    got.sort();
+    let mut expected: Vec<(String, String)> = (0..400)
+        .map(|i| (format!("k{i}"), format!("RECORD-{i}")))
+        .collect();
+    expected.sort();
+    assert_eq!(got, expected, "every record once, upper-cased");
+
+    // The group's coordinator, on one of the nodes, has both partitions at their end.
+    wait_for(
+        CATCH_UP,
+        "runnel-fn-up committed at the end of `in`",
+        || {
+            (1..=2).any(|id| {
+                let described = runnel_cli_output(
+                    cluster.node(id),
+                    dir.path(),
+                    &["group", "describe", "runnel-fn-up", "-o", "json"],
+                );
+                if !described.status.success() {
+                    return false;
+                }
+                let group: serde_json::Value =
+                    serde_json::from_slice(&described.stdout).unwrap_or_default();
+                let offsets = group["offsets"].as_array().cloned().unwrap_or_default();
+                let committed: i64 = offsets
+                    .iter()
+                    .filter_map(|o| o["committed_offset"].as_i64())
+                    .sum();
+                offsets.len() == 2 && committed == 400
+            })
+        },
+    );
+
+    // A source (datagen, keyed by id) writes to partitions of both nodes, from the one
+    // node it runs on.
+    let datagen = build_guest("plugins/datagen", "datagen");
+    on(1, &["topic", "create", "generated", "-p", "2"]);
+    let datagen = datagen.display().to_string();
+    on(
+        1,
+        &[
+            "connector",
+            "create",
+            "gen",
+            "--kind",
+            "source",
+            "--wasm",
+            &datagen,
+            "--config",
+            "topic=generated",
+            "--config",
+            "rate=1000",
+            "--config",
+            "count=300",
+            "--config",
+            "key=id",
+            "--config",
+            "shape=counter",
+        ],
+    );
+    let generated = read_at_least(kafka, "generated", 300);
+    let mut values: Vec<u64> = generated.iter().map(|r| r.3.parse().unwrap()).collect();
+    values.sort();
+    assert_eq!(values, (0..300).collect::<Vec<_>>(), "every record once");
+    let partitions: std::collections::BTreeSet<i32> = generated.iter().map(|r| r.0).collect();
+    assert_eq!(partitions.len(), 2, "both nodes' partitions");
+    cluster.stop_all();
+}
+
+#[test]
 fn the_node_config_sets_the_component_size_limit() {
     let uppercase = build_guest("examples/functions/uppercase", "uppercase");
     let dir = tempfile::tempdir().unwrap();

@@ -159,6 +159,10 @@ pub fn broker_status(broker: &Broker, error: BrokerError) -> Status {
         }
         BrokerError::NotAvailable { .. } => Code::Unavailable,
         BrokerError::TransactionsUnsupported => Code::InvalidArgument,
+        BrokerError::Peer {
+            retriable: true, ..
+        } => Code::Unavailable,
+        BrokerError::Peer { .. } => Code::Internal,
         BrokerError::Log(log) => match log {
             LogError::BatchTooLarge { .. } => Code::ResourceExhausted,
             LogError::InvalidBatch(_) | LogError::InvalidTopicName(_) => Code::InvalidArgument,

@@ -503,6 +503,8 @@ pub struct Cluster {
     voters: String,
     ports: Vec<u16>,
     nodes: Vec<Option<Node>>,
+    /// More TOML for every node's config file.
+    extra: String,
 }
 
 impl Cluster {
@@ -522,7 +524,14 @@ impl Cluster {
             voters,
             ports,
             nodes: (0..nodes).map(|_| None).collect(),
+            extra: String::new(),
         }
+    }
+
+    /// Adds `toml` (whole sections) to every node's config file.
+    pub fn with_config(mut self, toml: &str) -> Cluster {
+        self.extra = toml.to_string();
+        self
     }
 
     pub fn dir(&self, id: usize) -> PathBuf {
@@ -538,15 +547,27 @@ impl Cluster {
              [kafka]\nlisten = \"127.0.0.1:0\"\n[grpc]\nlisten = \"127.0.0.1:0\"\n\
              [http]\nlisten = \"127.0.0.1:0\"\n\
              [cluster]\nlisten = \"127.0.0.1:{port}\"\n\
-             [controller]\nvoters = \"{voters}\"\n",
+             [controller]\nvoters = \"{voters}\"\n{extra}",
             data = dir.join("data").display(),
             port = self.ports[id - 1],
             voters = self.voters,
+            extra = self.extra,
         );
         let file = dir.join("runnel.toml");
         std::fs::write(&file, config).unwrap();
         let file = file.display().to_string();
         self.nodes[id - 1] = Some(Node::spawn(&dir, &["start", "--config", &file]));
+    }
+
+    /// Waits until node `id` (a learner) is registered and alive as node 1 sees it.
+    pub fn wait_alive(&self, id: usize) {
+        wait_until(
+            || {
+                self.node_info(1, id)
+                    .is_some_and(|n| n["alive"] == serde_json::Value::Bool(true))
+            },
+            &format!("node {id} registered and alive"),
+        );
     }
 
     pub fn node(&self, id: usize) -> &Node {
@@ -644,14 +665,7 @@ pub fn two_brokers_with_topic(topic: &str, partitions: u32) -> (Cluster, Vec<u64
     cluster.spawn(1);
     cluster.spawn(2);
     cluster.read_banners(&[1, 2]);
-    wait_until(
-        || {
-            cluster
-                .node_info(1, 2)
-                .is_some_and(|n| n["alive"] == serde_json::Value::Bool(true))
-        },
-        "node 2 registered and alive",
-    );
+    cluster.wait_alive(2);
     let body = format!(r#"{{"name": "{topic}", "partitions": {partitions}}}"#);
     let created = cluster.node(1).request("POST", "/v1/topics", Some(&body));
     assert_eq!(created.status, 201, "{}", created.body);
