@@ -10,7 +10,8 @@
 //!    notifier when there is nothing new.
 //! 3. Call the component (on a blocking thread: a call may run for its whole timeout).
 //! 4. On success, write the outputs (a transform's results, a consumer's `produce`
-//!    calls) through the local produce path, durably; then write the batch's kv changes
+//!    calls) through the produce path, durably (forwarded to the leader of a partition
+//!    led elsewhere, see `runnel_broker::peers`); then write the batch's kv changes
 //!    and the new position to the state topic as one record batch; then commit the
 //!    position as the group's offset, so lag shows in every Kafka tool (while busy at
 //!    most every [`COMMIT_INTERVAL`], at once when caught up or stopping). These writes
@@ -784,7 +785,8 @@ pub(crate) async fn sleep(stop: &CancellationToken, duration: Duration) -> bool 
     }
 }
 
-/// Writes an executor's batches through the local produce path.
+/// Writes an executor's batches: locally where this node leads the partition, else
+/// forwarded to the leader.
 pub(crate) struct Writer<'a> {
     pub functions: &'a Functions,
     pub function: &'a str,
