@@ -177,19 +177,22 @@ impl Broker {
                 pending.wait().await?;
                 Ok(())
             }
-            Err(BrokerError::NotLeader {
-                leader: Some(leader),
-                topic,
-                partition,
-            }) => {
-                let refused = BrokerError::NotLeader {
-                    topic: topic.clone(),
-                    partition,
+            Err(
+                refused @ BrokerError::NotLeader {
                     leader: Some(leader),
-                };
+                    ..
+                },
+            ) => {
                 let (peers, address) = self.peer(leader, refused)?;
                 peers
-                    .produce(leader, address, topic, partition, records, durable)
+                    .produce(
+                        leader,
+                        address,
+                        topic.to_string(),
+                        partition,
+                        records,
+                        durable,
+                    )
                     .await
             }
             Err(error) => Err(error),
@@ -207,19 +210,22 @@ impl Broker {
     ) -> Result<ReadResult, BrokerError> {
         match self.leader_log(topic, partition) {
             Ok(log) => Ok(log.read(offset.max(log.log_start()), max_bytes).await?),
-            Err(BrokerError::NotLeader {
-                leader: Some(leader),
-                topic,
-                partition,
-            }) => {
-                let refused = BrokerError::NotLeader {
-                    topic: topic.clone(),
-                    partition,
+            Err(
+                refused @ BrokerError::NotLeader {
                     leader: Some(leader),
-                };
+                    ..
+                },
+            ) => {
                 let (peers, address) = self.peer(leader, refused)?;
                 peers
-                    .read(leader, address, topic, partition, offset, max_bytes)
+                    .read(
+                        leader,
+                        address,
+                        topic.to_string(),
+                        partition,
+                        offset,
+                        max_bytes,
+                    )
                     .await
             }
             Err(error) => Err(error),

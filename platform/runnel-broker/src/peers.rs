@@ -19,7 +19,7 @@ use crate::BrokerError;
 /// A boxed future of a peer call.
 pub type PeerFuture<T> = Pin<Box<dyn Future<Output = Result<T, BrokerError>> + Send>>;
 
-/// A write, read or offset commit for a partition or group another node holds.
+/// An offset commit sent to the group's coordinator on another node.
 #[derive(Debug, Clone)]
 pub struct OffsetCommit {
     pub group: String,

@@ -187,6 +187,7 @@ impl LogManager {
     /// Checks the appends of every partition, open now or created later, against
     /// `space`'s free-disk floor. Set once; a second call is ignored.
     pub fn set_disk_space(&self, space: Arc<crate::DiskSpace>) {
+        space.report_to(&self.metrics);
         if self.space.set(space.clone()).is_ok() {
             for (_, log) in self.partitions() {
                 log.set_disk_space(space.clone());

@@ -16,6 +16,11 @@ pub struct LogMetrics {
     pub fsync_seconds: Histogram,
     pub segments: Gauge,
     pub partitions: Gauge,
+    /// The free-disk floor ([`crate::space`]): free bytes at the last look, the floor,
+    /// and appends refused under it.
+    pub disk_free_bytes: Gauge,
+    pub disk_floor_bytes: Gauge,
+    pub appends_refused_disk_full: Counter,
 }
 
 impl Default for LogMetrics {
@@ -29,6 +34,9 @@ impl Default for LogMetrics {
             fsync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             segments: Gauge::default(),
             partitions: Gauge::default(),
+            disk_free_bytes: Gauge::default(),
+            disk_floor_bytes: Gauge::default(),
+            appends_refused_disk_full: Counter::default(),
         }
     }
 }
@@ -66,5 +74,22 @@ impl LogMetrics {
         );
         log.register("segments", "Segments on disk", self.segments.clone());
         log.register("partitions", "Partitions open", self.partitions.clone());
+        log.register_with_unit(
+            "disk_free",
+            "Free bytes of the data directory's disk at the last look (every 250 ms)",
+            Unit::Bytes,
+            self.disk_free_bytes.clone(),
+        );
+        log.register_with_unit(
+            "disk_floor",
+            "The free-disk floor (log.min_free_bytes) under which appends are refused",
+            Unit::Bytes,
+            self.disk_floor_bytes.clone(),
+        );
+        log.register(
+            "appends_refused_disk_full",
+            "Appends refused because the disk was under the free-disk floor",
+            self.appends_refused_disk_full.clone(),
+        );
     }
 }

@@ -28,6 +28,8 @@ pub struct DiskSpace {
     /// Bytes free at the last look, less what was accepted since.
     free: AtomicU64,
     probe: Probe,
+    /// Where the free bytes and refusals are reported, once attached.
+    metrics: std::sync::OnceLock<crate::LogMetrics>,
 }
 
 impl DiskSpace {
@@ -52,7 +54,16 @@ impl DiskSpace {
             floor,
             free: AtomicU64::new(free),
             probe,
+            metrics: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Reports the free bytes, the floor and refused appends to `metrics` from now on.
+    /// Set once; a second call is ignored.
+    pub fn report_to(&self, metrics: &crate::LogMetrics) {
+        metrics.disk_floor_bytes.set(gauge_value(self.floor));
+        metrics.disk_free_bytes.set(gauge_value(self.free()));
+        let _ = self.metrics.set(metrics.clone());
     }
 
     pub fn floor(&self) -> u64 {
@@ -67,7 +78,12 @@ impl DiskSpace {
     /// Looks up the free space again. A failed look keeps the last estimate.
     pub fn refresh(&self) {
         match (self.probe)(&self.dir) {
-            Ok(free) => self.free.store(free, Ordering::Relaxed),
+            Ok(free) => {
+                self.free.store(free, Ordering::Relaxed);
+                if let Some(metrics) = self.metrics.get() {
+                    metrics.disk_free_bytes.set(gauge_value(free));
+                }
+            }
             Err(error) => {
                 tracing::warn!(dir = %self.dir.display(), %error, "cannot find the free disk space")
             }
@@ -86,10 +102,15 @@ impl DiskSpace {
             });
         match taken {
             Ok(_) => Ok(()),
-            Err(free) => Err(LogError::DiskFull {
-                free,
-                floor: self.floor,
-            }),
+            Err(free) => {
+                if let Some(metrics) = self.metrics.get() {
+                    metrics.appends_refused_disk_full.inc();
+                }
+                Err(LogError::DiskFull {
+                    free,
+                    floor: self.floor,
+                })
+            }
         }
     }
 
@@ -108,6 +129,10 @@ impl DiskSpace {
             }
         })
     }
+}
+
+fn gauge_value(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 /// The bytes an unprivileged writer may still use on the file system holding `dir`.

@@ -486,6 +486,20 @@ fn below_the_free_disk_floor_produce_fails_retriably_and_resumes_when_space_is_f
     ))
     .unwrap();
     assert_eq!(described["partitions"][0]["high_watermark"], 100);
+    // /metrics shows the floor, the free bytes under it, and the refusals.
+    let metrics = node.get("/metrics").body;
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert_eq!(value("runnel_log_disk_floor_bytes"), floor);
+    assert!(value("runnel_log_disk_free_bytes") < floor, "{metrics}");
+    assert!(
+        value("runnel_log_appends_refused_disk_full_total") >= 1,
+        "{metrics}"
+    );
     // Space freed: the producer's retries go through, every record exactly once (retries
     // of a producer without idempotence may reorder them).
     drop(filler);
