@@ -60,6 +60,9 @@ pub fn is_safe_topic_name(topic: &str) -> bool {
 /// Ends the name of a partition directory being deleted.
 const TOMBSTONE_SUFFIX: &str = ".deleted";
 
+/// The least time between two retention passes started by refused appends.
+const LOW_DISK_PASS: Duration = Duration::from_secs(1);
+
 /// What one maintenance pass did over all partitions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MaintenanceReport {
@@ -375,17 +378,36 @@ impl LogManager {
             let mut cleaner = tokio::time::interval_at(start + cleaner_interval, cleaner_interval);
             retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             cleaner.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Under the free-disk floor, retention runs at once (and then at most once
+            // per LOW_DISK_PASS), since local deletion after tiering may free space.
+            let mut last_low_pass: Option<tokio::time::Instant> = None;
             loop {
                 let compact = tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = retention.tick() => false,
                     _ = cleaner.tick() => true,
+                    () = manager.appends_refused() => {
+                        if last_low_pass.is_some_and(|at| at.elapsed() < LOW_DISK_PASS) {
+                            continue;
+                        }
+                        last_low_pass = Some(tokio::time::Instant::now());
+                        tracing::info!("an append was refused under the free-disk floor: running retention now");
+                        false
+                    }
                 };
                 manager
                     .run_maintenance(compact, producer_id_expiration)
                     .await;
             }
         })
+    }
+
+    /// Waits until an append is refused under the free-disk floor (forever without one).
+    async fn appends_refused(&self) {
+        match self.space.get() {
+            Some(space) => space.refused().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// Flushes and closes every partition; the first error is returned after all were tried.

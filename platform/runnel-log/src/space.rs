@@ -30,6 +30,9 @@ pub struct DiskSpace {
     probe: Probe,
     /// Where the free bytes and refusals are reported, once attached.
     metrics: std::sync::OnceLock<crate::LogMetrics>,
+    /// Signalled when an append is refused, so retention runs now rather than at its
+    /// next interval.
+    low: tokio::sync::Notify,
 }
 
 impl DiskSpace {
@@ -55,6 +58,7 @@ impl DiskSpace {
             free: AtomicU64::new(free),
             probe,
             metrics: std::sync::OnceLock::new(),
+            low: tokio::sync::Notify::new(),
         })
     }
 
@@ -106,12 +110,18 @@ impl DiskSpace {
                 if let Some(metrics) = self.metrics.get() {
                     metrics.appends_refused_disk_full.inc();
                 }
+                self.low.notify_one();
                 Err(LogError::DiskFull {
                     free,
                     floor: self.floor,
                 })
             }
         }
+    }
+
+    /// Waits until an append is refused (at once if one was since the last wait).
+    pub async fn refused(&self) {
+        self.low.notified().await;
     }
 
     /// Refreshes every [`REFRESH_INTERVAL`] for as long as anything else holds `self`.

@@ -541,3 +541,52 @@ async fn expired_producers_are_forgotten_and_others_kept_across_a_reopen() {
             .duplicate
     );
 }
+
+#[tokio::test]
+async fn an_append_refused_under_the_free_disk_floor_runs_retention_at_once() {
+    use runnel_log::{DiskSpace, LogManager, MaintenanceSchedule, TopicPartition};
+    let dir = tempfile::tempdir().unwrap();
+    let manager = Arc::new(
+        LogManager::open(dir.path(), config(), Arc::new(LogMetrics::default()))
+            .await
+            .unwrap(),
+    );
+    let mut cfg = config();
+    cfg.retention_bytes = Some(250);
+    let log = manager
+        .create(&TopicPartition::new("t", 0), cfg)
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        log.append(simple_batch(1, 40, 1)).await.unwrap();
+        log.roll().await.unwrap();
+    }
+    let segments = log.segments().len();
+    // 100 bytes free against a floor of 1000: every append is refused.
+    let space = DiskSpace::with_probe(dir.path(), 1000, Box::new(|_| Ok(100))).unwrap();
+    manager.set_disk_space(Arc::new(space));
+    // Retention's own schedule would not come for an hour.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let maintenance = manager.spawn_maintenance(
+        MaintenanceSchedule {
+            retention_interval: Duration::from_secs(3600),
+            cleaner_interval: Duration::from_secs(3600),
+            producer_id_expiration: Duration::from_secs(3600),
+        },
+        cancel.clone(),
+    );
+    assert!(matches!(
+        log.append(simple_batch(1, 40, 1)).await,
+        Err(LogError::DiskFull { .. })
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while log.segments().len() == segments {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention did not run after the refusal"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cancel.cancel();
+    maintenance.await.unwrap();
+}
