@@ -3,8 +3,8 @@
 //! # The loop
 //! 1. Restore: the function's kv state for the partition and its position are read from
 //!    the function's state topic (`__runnel-fn-<name>-state`, compacted); the position is
-//!    the later of that and the group `runnel-fn-<name>`'s committed offset, else the log
-//!    start.
+//!    the later of that and the group `runnel-fn-<name>`'s committed offset (when this node
+//!    coordinates the group), else the log start.
 //! 2. Read committed records (below the high watermark) from the local log, at most
 //!    `limits.batch_records` of them, into one batch buffer; wait on the partition's
 //!    notifier when there is nothing new.
@@ -826,15 +826,28 @@ impl Writer<'_> {
         let broker = self.functions.broker();
         let mut pending = Vec::with_capacity(batches.len());
         let mut elsewhere = Vec::new();
+        // Where each partition's first batch went, its others go too: were leadership to
+        // arrive here mid-call, a later batch must not overtake one sent to the leader.
+        let mut forwarded: BTreeMap<(&str, i32), bool> = BTreeMap::new();
         for (topic, partition, batch) in batches {
+            if forwarded.get(&(topic.as_str(), *partition)) == Some(&true) {
+                elsewhere.push((topic, *partition, batch));
+                continue;
+            }
             match broker
                 .submit_produce(topic, *partition, batch.clone(), true)
                 .await
             {
-                Ok(submitted) => pending.push(submitted),
+                Ok(submitted) => {
+                    forwarded.insert((topic, *partition), false);
+                    pending.push(submitted);
+                }
                 Err(BrokerError::NotLeader {
                     leader: Some(_), ..
-                }) => elsewhere.push((topic, *partition, batch)),
+                }) if !forwarded.contains_key(&(topic.as_str(), *partition)) => {
+                    forwarded.insert((topic, *partition), true);
+                    elsewhere.push((topic, *partition, batch));
+                }
                 Err(error) => return Err(format!("{topic}-{partition}: {error}")),
             }
         }
@@ -912,13 +925,20 @@ pub(crate) async fn scan_state(
         if read.records.is_empty() || offset >= read.high_watermark {
             break;
         }
-        offset = visit_records(&read.records, offset, MAX_SECTION, |record| {
+        let next = visit_records(&read.records, offset, MAX_SECTION, |record| {
             if let Some(key) = record.key {
                 visit(key, record.value);
             }
             true
         })
         .map_err(|e| format!("a record of {state_topic} does not decode: {e}"))?;
+        if next <= offset {
+            // A cut-short or unparsable batch: reading it again would give the same.
+            return Err(format!(
+                "the state topic {state_topic} does not decode at offset {offset}"
+            ));
+        }
+        offset = next;
     }
     Ok(())
 }

@@ -46,8 +46,10 @@ use crate::proto::{
     PartitionData, PartitionProduce, PartitionProduced, PartitionRead, RaftReply, RaftRequest,
 };
 
-/// Raft messages larger than this are refused (snapshots travel in chunks far below it).
-const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Messages larger than this are refused. Snapshots travel in chunks far below it; a
+/// forwarded function state batch is at most twice `functions.max_kv_bytes` plus 1 MiB
+/// (129 MiB by default).
+const MAX_MESSAGE_BYTES: usize = 256 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The largest metadata snapshot a node accepts.
 const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
