@@ -183,20 +183,35 @@ impl Broker {
                     ..
                 },
             ) => {
-                let (peers, address) = self.peer(leader, refused)?;
-                peers
-                    .produce(
-                        leader,
-                        address,
-                        topic.to_string(),
-                        partition,
-                        records,
-                        durable,
-                    )
+                self.forward_produce(leader, refused, topic, partition, records, durable)
                     .await
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// Sends `records` to `leader`, which [`Broker::submit_produce`] named in `refused`;
+    /// without peers the refusal is the answer.
+    pub async fn forward_produce(
+        &self,
+        leader: NodeId,
+        refused: BrokerError,
+        topic: &str,
+        partition: i32,
+        records: Bytes,
+        durable: bool,
+    ) -> Result<(), BrokerError> {
+        let (peers, address) = self.peer(leader, refused)?;
+        peers
+            .produce(
+                leader,
+                address,
+                topic.to_string(),
+                partition,
+                records,
+                durable,
+            )
+            .await
     }
 
     /// Reads whole batches from `offset` (or the log start, if that is later) of a

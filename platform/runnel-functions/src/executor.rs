@@ -43,7 +43,7 @@ use runnel_abi::{BatchWriter, Outputs};
 use runnel_broker::BrokerError;
 use runnel_broker::groups::{CommittedOffset, GroupServiceError};
 use runnel_broker::peers::OffsetCommit;
-use runnel_controller::FunctionSpec;
+use runnel_controller::{FunctionSpec, NodeId};
 use runnel_log::batch::visit_records;
 use runnel_log::{BatchBuilder, BatchEncoder, NewRecord, PartitionLog};
 use tokio_util::sync::CancellationToken;
@@ -826,12 +826,14 @@ impl Writer<'_> {
         let broker = self.functions.broker();
         let mut pending = Vec::with_capacity(batches.len());
         let mut elsewhere = Vec::new();
-        // Where each partition's first batch went, its others go too: were leadership to
-        // arrive here mid-call, a later batch must not overtake one sent to the leader.
-        let mut forwarded: BTreeMap<(&str, i32), bool> = BTreeMap::new();
+        // Where each partition's first batch went (`None`: here), its others go too: were
+        // leadership to arrive here mid-call, a later batch must not overtake one sent to
+        // the leader.
+        let mut leaders: BTreeMap<(&str, i32), Option<NodeId>> = BTreeMap::new();
         for (topic, partition, batch) in batches {
-            if forwarded.get(&(topic.as_str(), *partition)) == Some(&true) {
-                elsewhere.push((topic, *partition, batch));
+            let key = (topic.as_str(), *partition);
+            if let Some(Some(leader)) = leaders.get(&key) {
+                elsewhere.push((*leader, topic, *partition, batch));
                 continue;
             }
             match broker
@@ -839,21 +841,27 @@ impl Writer<'_> {
                 .await
             {
                 Ok(submitted) => {
-                    forwarded.insert((topic, *partition), false);
+                    leaders.insert(key, None);
                     pending.push(submitted);
                 }
                 Err(BrokerError::NotLeader {
-                    leader: Some(_), ..
-                }) if !forwarded.contains_key(&(topic.as_str(), *partition)) => {
-                    forwarded.insert((topic, *partition), true);
-                    elsewhere.push((topic, *partition, batch));
+                    leader: Some(leader),
+                    ..
+                }) if !leaders.contains_key(&key) => {
+                    leaders.insert(key, Some(leader));
+                    elsewhere.push((leader, topic, *partition, batch));
                 }
                 Err(error) => return Err(format!("{topic}-{partition}: {error}")),
             }
         }
-        for (topic, partition, batch) in elsewhere {
+        for (leader, topic, partition, batch) in elsewhere {
+            let refused = BrokerError::NotLeader {
+                topic: topic.clone(),
+                partition,
+                leader: Some(leader),
+            };
             broker
-                .produce_anywhere(topic, partition, batch.clone(), true)
+                .forward_produce(leader, refused, topic, partition, batch.clone(), true)
                 .await
                 .map_err(|e| format!("{topic}-{partition}: {e}"))?;
         }

@@ -21,45 +21,28 @@ mod transform {
     });
 }
 
-mod consumer {
-    wasmtime::component::bindgen!({
-        world: "consumer",
-        path: "../../schemas/wit",
-        // The interfaces both worlds import are the transform bindings' ones.
-        with: {
-            "runnel:functions/log": super::transform::runnel::functions::log,
-            "runnel:functions/config": super::transform::runnel::functions::config,
-            "runnel:functions/kv": super::transform::runnel::functions::kv,
-            "runnel:functions/metrics": super::transform::runnel::functions::metrics,
-        },
-    });
+/// Bindings of a world whose shared interfaces are the transform bindings' ones, so one
+/// `State` implements them for every world.
+macro_rules! world_sharing_transform_imports {
+    ($module:ident, $world:literal) => {
+        mod $module {
+            wasmtime::component::bindgen!({
+                world: $world,
+                path: "../../schemas/wit",
+                with: {
+                    "runnel:functions/log": super::transform::runnel::functions::log,
+                    "runnel:functions/config": super::transform::runnel::functions::config,
+                    "runnel:functions/kv": super::transform::runnel::functions::kv,
+                    "runnel:functions/metrics": super::transform::runnel::functions::metrics,
+                },
+            });
+        }
+    };
 }
 
-mod sink {
-    wasmtime::component::bindgen!({
-        world: "sink",
-        path: "../../schemas/wit",
-        with: {
-            "runnel:functions/log": super::transform::runnel::functions::log,
-            "runnel:functions/config": super::transform::runnel::functions::config,
-            "runnel:functions/kv": super::transform::runnel::functions::kv,
-            "runnel:functions/metrics": super::transform::runnel::functions::metrics,
-        },
-    });
-}
-
-mod source {
-    wasmtime::component::bindgen!({
-        world: "source",
-        path: "../../schemas/wit",
-        with: {
-            "runnel:functions/log": super::transform::runnel::functions::log,
-            "runnel:functions/config": super::transform::runnel::functions::config,
-            "runnel:functions/kv": super::transform::runnel::functions::kv,
-            "runnel:functions/metrics": super::transform::runnel::functions::metrics,
-        },
-    });
-}
+world_sharing_transform_imports!(consumer, "consumer");
+world_sharing_transform_imports!(sink, "sink");
+world_sharing_transform_imports!(source, "source");
 
 pub use source::Polled;
 use transform::runnel::functions::{config, kv, log, metrics};

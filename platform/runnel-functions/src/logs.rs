@@ -101,9 +101,14 @@ impl LogBuffer {
         }
     }
 
-    /// Waits until lines are pushed.
+    /// Waits until lines are pushed (or [`LogBuffer::wake`] is called).
     pub(crate) async fn ready(&self) {
         self.ready.notified().await;
+    }
+
+    /// Wakes the writer, to try lines put back again.
+    pub(crate) fn wake(&self) {
+        self.ready.notify_one();
     }
 
     /// Every function's pending lines.

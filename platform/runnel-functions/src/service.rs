@@ -42,6 +42,8 @@ use crate::{Function, FunctionError, FunctionHost, Kind, Limits, LogLine};
 
 /// How often the executors are checked against the metadata without a change.
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long log lines that could not be appended wait before the next try.
+const LOG_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FunctionsError {
@@ -574,7 +576,8 @@ impl Functions {
             tokio::time::sleep(wait).await;
             return Ok(Vec::new());
         }
-        if let Ok(log) = self.broker.leader_log(&topic, 0) {
+        let local = self.broker.leader_log(&topic, 0).ok();
+        if let Some(log) = &local {
             // Led here: wait for a line without polling.
             log.wait_for_data(after.max(log.log_start()), wait).await;
             if after > log.high_watermark() {
@@ -587,7 +590,7 @@ impl Functions {
             .read_anywhere(&topic, 0, after, crate::logs::READ_BYTES)
             .await?;
         let lines = crate::logs::decode(&read.records, after).map_err(FunctionsError::Invalid)?;
-        if lines.is_empty() && self.broker.leader_log(&topic, 0).is_err() {
+        if lines.is_empty() && local.is_none() {
             // Led elsewhere: look again after a while.
             tokio::time::sleep(wait.min(Duration::from_millis(500))).await;
         }
@@ -611,14 +614,23 @@ impl Functions {
                 // Gather what else is logged meanwhile into the same batches.
                 tokio::time::sleep(FLUSH_INTERVAL).await;
             }
+            let mut failed = false;
             for (function, lines) in self.logs.take() {
                 if let Err(error) = self.append_logs(&function, &lines).await {
                     tracing::warn!(%function, %error, "cannot append to a function's log topic; the lines wait");
                     self.logs.put_back(function, lines);
+                    failed = true;
                 }
             }
             if stopping {
                 return;
+            }
+            if failed {
+                // Try the waiting lines again after a while, even if nothing new is logged.
+                tokio::select! {
+                    () = tokio::time::sleep(LOG_RETRY) => self.logs.wake(),
+                    () = stop.cancelled() => {}
+                }
             }
         }
     }
