@@ -1,4 +1,4 @@
-//! A segment's record batches as one Parquet file, and back.
+//! A segment's record batches as one Parquet file (read back by [`crate::rebuild`]).
 //!
 //! One row per record, in offset order, with the columns of `schemas/parquet/README.md`:
 //! what a data-lake reader wants (`offset`, `timestamp`, `key`, `value`, `headers`) and, on
@@ -16,20 +16,14 @@ use arrow_array::builder::{
     BinaryBuilder, Int16Builder, Int32Builder, Int64Builder, StringBuilder,
     TimestampMillisecondBuilder,
 };
-use arrow_array::{
-    Array, ArrayRef, BinaryArray, Int16Array, Int32Array, Int64Array, ListArray, RecordBatch,
-    StringArray, StructArray, TimestampMillisecondArray,
-};
+use arrow_array::{ArrayRef, ListArray, RecordBatch, StructArray};
 use arrow_buffer::{OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::file::statistics::Statistics;
-use runnel_log::BatchAppender;
-use runnel_log::batch::{BatchHeader, Records, batch_positions, records_section};
+use runnel_log::batch::{Records, batch_positions, records_section};
 
 use crate::TierError;
 
@@ -263,41 +257,6 @@ pub fn encode(batches: &[u8]) -> Result<EncodedSegment, TierError> {
     })
 }
 
-/// The indexes of the row groups holding offsets at or after `from`, by their statistics.
-fn row_groups_from(builder: &ParquetRecordBatchReaderBuilder<Bytes>, from: u64) -> Vec<usize> {
-    let metadata = builder.metadata();
-    (0..metadata.num_row_groups())
-        .filter(|&index| {
-            let group = metadata.row_group(index);
-            match group.column(0).statistics() {
-                Some(Statistics::Int64(stats)) => {
-                    stats.max_opt().is_none_or(|max| *max >= from as i64)
-                }
-                // Without statistics, read it.
-                _ => true,
-            }
-        })
-        .collect()
-}
-
-/// Rebuilds the record batches of a segment file from offset `from` on, whole batches
-/// (the first may start before `from`), stopping once about `max_bytes` are rebuilt (at
-/// least one batch if there is any). The batches are concatenated.
-pub fn decode(parquet: Bytes, from: u64, max_bytes: usize) -> Result<BytesMut, TierError> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(parquet)?;
-    check_schema(builder.schema())?;
-    let groups = row_groups_from(&builder, from);
-    let reader = builder.with_row_groups(groups).build()?;
-    let mut rebuilt = Rebuilder::default();
-    for batch in reader {
-        let batch = batch?;
-        if !rebuilt.add(&batch, from, max_bytes)? {
-            break;
-        }
-    }
-    rebuilt.finish()
-}
-
 pub(crate) fn check_schema(schema: &SchemaRef) -> Result<(), TierError> {
     match schema.metadata().get(SCHEMA_VERSION_KEY) {
         Some(version) if version == SCHEMA_VERSION => Ok(()),
@@ -310,152 +269,12 @@ pub(crate) fn check_schema(schema: &SchemaRef) -> Result<(), TierError> {
     }
 }
 
-/// Batches being rebuilt from rows, into one buffer.
-#[derive(Default)]
-pub(crate) struct Rebuilder {
-    done: BytesMut,
-    open: Option<(BatchHeader, BatchAppender)>,
-}
-
-fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, TierError> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<T>())
-        .ok_or_else(|| TierError::Format(format!("the column `{name}` is missing or mistyped")))
-}
-
-impl Rebuilder {
-    /// Adds the rows of `batch` at or after `from`'s batch; false once `max_bytes` are
-    /// rebuilt.
-    pub(crate) fn add(
-        &mut self,
-        batch: &RecordBatch,
-        from: u64,
-        max_bytes: usize,
-    ) -> Result<bool, TierError> {
-        let offset = column::<Int64Array>(batch, "offset")?;
-        let key = column::<BinaryArray>(batch, "key")?;
-        let value = column::<BinaryArray>(batch, "value")?;
-        let headers = column::<ListArray>(batch, "headers")?;
-        let header_struct = headers
-            .values()
-            .as_any()
-            .downcast_ref::<StructArray>()
-            .ok_or_else(|| TierError::Format("the headers column holds no structs".into()))?;
-        let header_keys = header_struct
-            .column(0)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| TierError::Format("header keys are not strings".into()))?;
-        let header_values = header_struct
-            .column(1)
-            .as_any()
-            .downcast_ref::<BinaryArray>()
-            .ok_or_else(|| TierError::Format("header values are not binary".into()))?;
-        let timestamp_delta = column::<Int64Array>(batch, "timestamp_delta")?;
-        let base_offset = column::<Int64Array>(batch, "batch_base_offset")?;
-        let last_offset_delta = column::<Int32Array>(batch, "batch_last_offset_delta")?;
-        let base_timestamp = column::<Int64Array>(batch, "batch_base_timestamp")?;
-        let max_timestamp = column::<Int64Array>(batch, "batch_max_timestamp")?;
-        let leader_epoch = column::<Int32Array>(batch, "batch_leader_epoch")?;
-        let attributes = column::<Int16Array>(batch, "batch_attributes")?;
-        let producer_id = column::<Int64Array>(batch, "producer_id")?;
-        let producer_epoch = column::<Int16Array>(batch, "producer_epoch")?;
-        let base_sequence = column::<Int32Array>(batch, "base_sequence")?;
-        // The timestamp column is for readers of the table; batches rebuild from deltas.
-        let _ = column::<TimestampMillisecondArray>(batch, "timestamp")?;
-        let header_offsets = headers.value_offsets();
-        for row in 0..batch.num_rows() {
-            let header = BatchHeader {
-                base_offset: base_offset.value(row),
-                batch_length: 0,
-                partition_leader_epoch: leader_epoch.value(row),
-                magic: 2,
-                crc: 0,
-                attributes: attributes.value(row),
-                last_offset_delta: last_offset_delta.value(row),
-                base_timestamp: base_timestamp.value(row),
-                max_timestamp: max_timestamp.value(row),
-                producer_id: producer_id.value(row),
-                producer_epoch: producer_epoch.value(row),
-                base_sequence: base_sequence.value(row),
-                records_count: 0,
-            };
-            // A batch wholly before `from` is skipped.
-            if header.last_offset() < from as i64 {
-                continue;
-            }
-            let same = self
-                .open
-                .as_ref()
-                .is_some_and(|(open, _)| open.base_offset == header.base_offset);
-            if !same {
-                self.seal()?;
-                if self.done.len() >= max_bytes {
-                    return Ok(false);
-                }
-                self.open = Some((header, BatchAppender::begin(&mut self.done)));
-            }
-            let Some((open, appender)) = self.open.as_mut() else {
-                continue;
-            };
-            let delta = offset.value(row) - open.base_offset;
-            let delta = i32::try_from(delta).map_err(|_| {
-                TierError::Format(format!(
-                    "offset {} lies outside its batch at {}",
-                    offset.value(row),
-                    open.base_offset
-                ))
-            })?;
-            let (start, end) = (
-                header_offsets[row] as usize,
-                header_offsets[row + 1] as usize,
-            );
-            let entries = (start..end).map(|i| {
-                (
-                    header_keys.value(i),
-                    header_values.is_valid(i).then(|| header_values.value(i)),
-                )
-            });
-            appender.push_encoded(
-                &mut self.done,
-                delta,
-                timestamp_delta.value(row),
-                key.is_valid(row).then(|| key.value(row)),
-                value.is_valid(row).then(|| value.value(row)),
-                entries,
-            );
-        }
-        Ok(true)
-    }
-
-    /// A rebuilder writing into `buffer` (from its end on).
-    pub(crate) fn into_buffer(buffer: BytesMut) -> Rebuilder {
-        Rebuilder {
-            done: buffer,
-            open: None,
-        }
-    }
-
-    /// Closes the open batch.
-    fn seal(&mut self) -> Result<(), TierError> {
-        if let Some((header, appender)) = self.open.take() {
-            appender.finish(&mut self.done, &header)?;
-        }
-        Ok(())
-    }
-
-    /// The rebuilt batches, concatenated.
-    pub(crate) fn finish(mut self) -> Result<BytesMut, TierError> {
-        self.seal()?;
-        Ok(self.done)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runnel_log::batch::{StoredRecord, stamp_offsets, visit_records};
+    use crate::rebuild::decode;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use runnel_log::batch::{BatchHeader, StoredRecord, stamp_offsets, visit_records};
     use runnel_log::{BatchBuilder, NewRecord};
 
     /// Batches as a log stores them: `sizes[i]` records in batch i, offsets stamped from
@@ -562,7 +381,6 @@ mod tests {
         let builder = ParquetRecordBatchReaderBuilder::try_new(encoded.parquet.clone()).unwrap();
         let groups = builder.metadata().num_row_groups();
         assert_eq!(groups, 40_000usize.div_ceil(ROW_GROUP_ROWS));
-        assert_eq!(row_groups_from(&builder, 35_000).len(), 1);
         let rebuilt = decode(encoded.parquet, 35_500, usize::MAX).unwrap();
         // Whole batches: from the one holding 35,500.
         assert_eq!(headers_of(&rebuilt)[0].base_offset, 35_000);

@@ -1,8 +1,9 @@
 //! Tiered storage: sealed log segments in an object store, as Parquet files, listed by
 //! per-partition manifests (DESIGN §4).
 //!
-//! - [`columnar`]: a segment's batches as one Parquet file and back (the row layout is
-//!   `schemas/parquet/README.md`).
+//! - [`columnar`]: a segment's batches as one Parquet file (the row layout is
+//!   `schemas/parquet/README.md`); [`rebuild`]: a row group of such a file back into
+//!   record batches, straight from its column pages.
 //! - [`manifest`]: which files hold a partition's history, as numbered versions written
 //!   create-only, so a deposed leader cannot overwrite a newer one.
 //! - [`upload`]: the leader's loop that uploads each sealed segment at or below the high
@@ -27,6 +28,7 @@
 pub mod columnar;
 pub mod manifest;
 pub mod read;
+pub mod rebuild;
 pub mod store;
 pub mod upload;
 

@@ -25,9 +25,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt as _};
-use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
-};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::file::metadata::ParquetMetaDataReader;
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::statistics::Statistics;
@@ -36,7 +34,7 @@ use runnel_log::{LogError, RemoteFind, RemoteLog, RemoteRead};
 use tokio::sync::OnceCell;
 
 use crate::manifest::{Manifest, RemoteSegment};
-use crate::{TierError, columnar};
+use crate::{TierError, columnar, rebuild};
 
 /// Footers kept in memory at most (a few KiB each).
 const MAX_FOOTERS: usize = 1024;
@@ -49,6 +47,9 @@ const MEMORY_CAP: u64 = 128 << 20;
 const READ_AHEAD: usize = 2;
 /// The most room reserved up front for a rebuilt row group, whatever its footer claims.
 const MAX_GROUP_GUESS: usize = 256 << 20;
+/// Bytes reserved per record beyond its uncompressed columns when a group is rebuilt: the
+/// record's length, attributes, deltas and header count as varints, with room to spare.
+const RECORD_FRAMING: usize = 32;
 /// Buffers of evicted groups kept for reuse at most.
 const MAX_SPARE: usize = 4;
 
@@ -612,18 +613,20 @@ impl TierReader {
             file_size: segment.size,
         };
         let footer = footer.clone();
-        // Rebuilt batches are about as large as the group's uncompressed columns.
-        let capacity = usize::try_from(metadata.total_byte_size()).unwrap_or(0);
+        // Rebuilt batches hold the group's keys, values and headers (most of its
+        // uncompressed columns) plus each record's framing; reserving short of that would
+        // make the buffer grow once more near the end, copying the whole group.
+        let capacity = usize::try_from(metadata.total_byte_size())
+            .unwrap_or(0)
+            .saturating_add(
+                usize::try_from(metadata.num_rows())
+                    .unwrap_or(0)
+                    .saturating_mul(RECORD_FRAMING),
+            );
         let buffer = self.cache.buffer(capacity.min(MAX_GROUP_GUESS));
         let rebuilt = tokio::task::spawn_blocking(move || -> Result<Bytes, TierError> {
-            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(chunk, footer)
-                .with_row_groups(vec![group])
-                .build()?;
-            let mut rebuilt = columnar::Rebuilder::into_buffer(buffer);
-            for batch in reader {
-                rebuilt.add(&batch?, 0, usize::MAX)?;
-            }
-            let batches = rebuilt.finish()?;
+            let batches =
+                rebuild::rebuild_row_group(&Arc::new(chunk), footer.metadata(), group, buffer)?;
             check_dense(&batches, low, high)?;
             Ok(batches.freeze())
         })
