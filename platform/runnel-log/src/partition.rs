@@ -452,6 +452,13 @@ impl PartitionLog {
         self.shared.global_start(self.local_log_start())
     }
 
+    /// The start DeleteRecords last recorded (0 if it never ran): nothing below it is
+    /// served from either tier. Tiered storage records it in the partition's manifest, so
+    /// it outlives the local data.
+    pub fn deleted_below(&self) -> u64 {
+        self.shared.deleted_below.load(Ordering::Acquire)
+    }
+
     /// The first offset held on local disk (Kafka's local log start).
     pub fn local_log_start(&self) -> u64 {
         self.shared

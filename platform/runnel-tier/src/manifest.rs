@@ -48,6 +48,11 @@ pub struct Manifest {
     /// segment (0 in manifests written before it existed).
     #[serde(default)]
     pub end: u64,
+    /// The log start DeleteRecords moved the partition to (0 if it never did): nothing
+    /// below it is served, and files wholly below it are dropped. Kept here so a node
+    /// whose local data is lost does not serve deleted records again.
+    #[serde(default)]
+    pub start: u64,
 }
 
 /// Another writer recorded this version first.
@@ -63,6 +68,7 @@ impl Manifest {
             topic_id,
             segments: Vec::new(),
             end: 0,
+            start: 0,
         }
     }
 
@@ -72,6 +78,16 @@ impl Manifest {
             .last()
             .map_or(0, |s| s.last_offset + 1)
             .max(self.end)
+    }
+
+    /// The offsets the remote serves, `start..end`: from the first file's base offset, or
+    /// from where DeleteRecords moved the start if that is later, to the uploaded end. The
+    /// end is never below [`Manifest::start`], so a partition restored from the manifest
+    /// never hands out a deleted offset again; the range is empty when nothing is served.
+    pub fn served(&self) -> (u64, u64) {
+        let end = self.uploaded_end().max(self.start);
+        let first = self.segments.first().map_or(end, |s| s.base_offset);
+        (first.max(self.start).min(end), end)
     }
 
     /// The highest version stored under `paths`, or `None` if there is none.
@@ -133,5 +149,45 @@ impl Manifest {
             Err(object_store::Error::AlreadyExists { .. }) => Ok(Err(ManifestConflict)),
             Err(error) => Err(error.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_files(files: &[(u64, u64)], start: u64) -> Manifest {
+        let mut manifest = Manifest::empty("t", 0, None);
+        for &(base_offset, last_offset) in files {
+            manifest.segments.push(RemoteSegment {
+                base_offset,
+                last_offset,
+                leader_epoch: 0,
+                key: format!("{base_offset}"),
+                size: 1,
+                segment_size: 1,
+                records: last_offset - base_offset + 1,
+                max_timestamp: 0,
+            });
+        }
+        manifest.end = manifest.uploaded_end();
+        manifest.start = start;
+        manifest
+    }
+
+    #[test]
+    fn the_served_range_starts_where_delete_records_moved_it() {
+        assert_eq!(with_files(&[], 0).served(), (0, 0));
+        assert_eq!(with_files(&[(0, 99), (100, 199)], 0).served(), (0, 200));
+        // Inside the first file: the rest of it is served.
+        assert_eq!(with_files(&[(100, 199)], 150).served(), (150, 200));
+        // Past everything uploaded: nothing is served, and the end moves up so a restored
+        // log does not hand out a deleted offset again.
+        assert_eq!(with_files(&[(100, 199)], 250).served(), (250, 250));
+        // An older manifest without `start` reads as 0.
+        let old =
+            r#"{"version":3,"topic":"t","partition":0,"topic_id":null,"segments":[],"end":40}"#;
+        let parsed: Manifest = serde_json::from_str(old).unwrap();
+        assert_eq!((parsed.start, parsed.served()), (0, (40, 40)));
     }
 }

@@ -16,7 +16,9 @@
 //! until then) and again after every change, so fetches below the local log start are
 //! served from the files it lists and local retention may delete what it holds. Then
 //! `retention.ms` and `retention.bytes`, which span both tiers, drop the oldest remote
-//! segments from the manifest (a new version first, the files after).
+//! segments from the manifest (a new version first, the files after). A log start moved by
+//! DeleteRecords is recorded in the manifest at the next pass, and the files wholly below
+//! it dropped the same way, so records deleted stay deleted when the local data is lost.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -169,8 +171,7 @@ impl Uploader {
 
     /// Tells the log what the remote holds at `manifest`.
     async fn attach(&self, target: &UploadTarget, manifest: &Manifest) -> Result<(), TierError> {
-        let end = manifest.uploaded_end();
-        let start = manifest.segments.first().map_or(end, |s| s.base_offset);
+        let (start, end) = manifest.served();
         let reader = TierReader::new(
             self.store.clone(),
             Arc::new(manifest.clone()),
@@ -233,6 +234,7 @@ impl Uploader {
                 .is_some_and(|at| Instant::now() < at);
             if !waiting {
                 let passed = async {
+                    self.record_deleted_records(target).await?;
                     self.upload_ready(target).await?;
                     self.expire(target, runnel_log::now_ms()).await
                 }
@@ -393,17 +395,48 @@ impl Uploader {
         let dropped: Vec<RemoteSegment> = next.segments.drain(..expired).collect();
         next.end = uploaded_end;
         self.commit_manifest(target, &key, next).await?;
-        for segment in &dropped {
-            let path = object_store::path::Path::from(segment.key.as_str());
-            if let Err(error) = self.store.delete(&path).await {
-                tracing::warn!(key = %segment.key, %error, "deleting an expired tiered segment failed; it is no longer referenced");
-            }
-        }
+        self.delete_files(&dropped).await;
         self.metrics
             .expired_segments
             .fetch_add(expired as u64, Ordering::Relaxed);
         tracing::info!(topic = %target.topic, partition = target.partition, segments = expired, "tiered segments expired");
         Ok(expired)
+    }
+
+    /// Records in the manifest the log start DeleteRecords moved `target` to, if the
+    /// manifest does not have it yet, and drops the files wholly below it (a new version
+    /// first, the files after). How many files were dropped.
+    pub async fn record_deleted_records(&self, target: &UploadTarget) -> Result<usize, TierError> {
+        let deleted_below = target.log.deleted_below();
+        let key = (target.topic.clone(), target.partition);
+        let manifest = self.manifest(target, &key).await?;
+        if deleted_below <= manifest.start {
+            return Ok(0);
+        }
+        let mut next = manifest;
+        next.end = next.uploaded_end();
+        next.start = deleted_below;
+        let below = next
+            .segments
+            .iter()
+            .take_while(|s| s.last_offset < deleted_below)
+            .count();
+        let dropped: Vec<RemoteSegment> = next.segments.drain(..below).collect();
+        self.commit_manifest(target, &key, next).await?;
+        self.delete_files(&dropped).await;
+        tracing::info!(topic = %target.topic, partition = target.partition, log_start = deleted_below, segments = dropped.len(), "deleted records recorded in the tiered manifest");
+        Ok(dropped.len())
+    }
+
+    /// Deletes the files of segments a committed manifest no longer lists; a file left by
+    /// a failed delete is only unreferenced.
+    async fn delete_files(&self, dropped: &[RemoteSegment]) {
+        for segment in dropped {
+            let path = object_store::path::Path::from(segment.key.as_str());
+            if let Err(error) = self.store.delete(&path).await {
+                tracing::warn!(key = %segment.key, %error, "deleting a dropped tiered segment failed; it is no longer referenced");
+            }
+        }
     }
 
     /// Stores `next` as the manifest version after the one it was made from, then caches

@@ -281,6 +281,44 @@ fn offset_for_time(kafka: std::net::SocketAddr, topic: &str, timestamp: i64) -> 
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
+/// Creates `topic` with tiny segments and nothing kept locally once uploaded, produces
+/// records `0..records` to it in rounds of 500 (see `produce_keyed`), and waits until they
+/// are uploaded and deleted locally up to past offset `past`.
+fn tiered_and_trimmed_locally(
+    node: &Node,
+    dir: &Path,
+    data: &Path,
+    topic: &str,
+    records: usize,
+    past: u64,
+) {
+    cli(
+        node,
+        dir,
+        &[
+            "topic",
+            "create",
+            topic,
+            "--config",
+            "segment.bytes=4096",
+            "--config",
+            "local.retention.bytes=0",
+        ],
+    );
+    let kafka = node.kafka.unwrap();
+    for first in (0..records).step_by(500) {
+        finish(produce_keyed(
+            kafka,
+            topic,
+            first,
+            (first + 500).min(records),
+        ));
+    }
+    wait_for(UPLOADED, "uploaded segments deleted locally", || {
+        first_local_base(data, topic, 0) > past
+    });
+}
+
 #[test]
 fn a_partition_tiered_to_s3_is_served_from_offset_0_through_faults_and_a_wipe() {
     let s3 = S3Server::start();
@@ -314,32 +352,7 @@ fn a_partition_tiered_to_s3_is_served_from_offset_0_through_faults_and_a_wipe() 
 
     let mut node = Node::start(dir.path(), &as_strs(&args));
     let kafka = node.kafka.unwrap();
-    // Tiny segments, and nothing kept locally once uploaded.
-    cli(
-        &node,
-        dir.path(),
-        &[
-            "topic",
-            "create",
-            "history",
-            "--config",
-            "segment.bytes=4096",
-            "--config",
-            "local.retention.bytes=0",
-        ],
-    );
-    for round in 0..4 {
-        finish(produce_keyed(
-            kafka,
-            "history",
-            round * 500,
-            (round + 1) * 500,
-        ));
-    }
-    // Uploaded, then deleted locally: the local log now starts well past offset 0.
-    wait_for(UPLOADED, "uploaded segments deleted locally", || {
-        first_local_base(&data, "history", 0) > 1000
-    });
+    tiered_and_trimmed_locally(&node, dir.path(), &data, "history", 2000, 1000);
     // A Kafka client reading from offset 0 gets every record, from the tier.
     let timestamps = expect_records(consume_from(kafka, "history", 0, 2000), 0, 2000);
     assert!(metric(&node, "runnel_tier_reads_total") > 0.0);
@@ -426,6 +439,78 @@ fn a_partition_tiered_to_s3_is_served_from_offset_0_through_faults_and_a_wipe() 
         uploaded_end,
         10,
     );
+}
+
+/// The log start of partition 0 of `topic`, as `runnel topic describe` reports it.
+fn log_start(node: &Node, dir: &Path, topic: &str) -> serde_json::Value {
+    let described: serde_json::Value =
+        serde_json::from_str(&cli(node, dir, &["topic", "describe", topic, "-o", "json"])).unwrap();
+    described["partitions"][0]["log_start_offset"].clone()
+}
+
+#[test]
+fn records_deleted_below_the_local_start_stay_deleted_after_a_wipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut args = dev_args(&data);
+    args.extend([
+        "--set".to_string(),
+        "log.retention_check_interval_ms=200".to_string(),
+    ]);
+    let mut node = Node::start(dir.path(), &as_strs(&args));
+    let kafka = node.kafka.unwrap();
+    // The last round seals what came before it: 0-999 are uploaded and deleted locally.
+    tiered_and_trimmed_locally(&node, dir.path(), &data, "trimmed", 1500, 600);
+    // DeleteRecords below the local log start: only tiered records go, the whole first
+    // file and part of the second.
+    let deleted = python_client("delete_records.py")
+        .arg("700")
+        .env("RUNNEL_BOOTSTRAP", kafka.to_string())
+        .env("RUNNEL_TOPIC", "trimmed")
+        .output()
+        .expect("run delete_records.py");
+    assert!(
+        deleted.status.success(),
+        "delete_records.py: {}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&deleted.stdout).trim(), "700");
+    // The manifest records the new start, and drops the files wholly below it.
+    let partition_dir = data.join("objects/topics/trimmed/partition=0");
+    wait_for(UPLOADED, "the deleted start in the manifest", || {
+        manifest(&partition_dir).is_some_and(|m| m["start"] == 700)
+    });
+    let recorded = manifest(&partition_dir).unwrap();
+    let first = &recorded["segments"][0];
+    assert!(
+        first["base_offset"].as_u64().unwrap() <= 700
+            && first["last_offset"].as_u64().unwrap() >= 700,
+        "{recorded}"
+    );
+    let files = std::fs::read_dir(&partition_dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+        })
+        .count();
+    assert_eq!(files, recorded["segments"].as_array().unwrap().len());
+
+    // Wiped and restored: the history starts at 700, not at 0.
+    let uploaded_end = first_local_base(&data, "trimmed", 0);
+    node.signal(libc::SIGTERM);
+    assert!(node.wait_for_exit().success());
+    std::fs::remove_dir_all(data.join("partitions/trimmed-0")).unwrap();
+    let node = Node::start(dir.path(), &as_strs(&args));
+    let kafka = node.kafka.unwrap();
+    wait_for(UPLOADED, "the manifest attached after the wipe", || {
+        log_start(&node, dir.path(), "trimmed") == 700
+    });
+    let count = (uploaded_end - 700) as usize;
+    expect_records(consume_from(kafka, "trimmed", 700, count), 700, count);
+    // The earliest timestamp lookup lands on the new start too.
+    let answer = offset_for_time(kafka, "trimmed", 0);
+    assert!(answer.ends_with("offset 700"), "{answer}");
 }
 
 /// A file that really takes `bytes` of the disk (allocated, not sparse).
