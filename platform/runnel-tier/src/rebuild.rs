@@ -109,6 +109,9 @@ pub fn decode(parquet: Bytes, from: u64, max_bytes: usize) -> Result<BytesMut, T
     Ok(out)
 }
 
+/// A record header as a batch holds it: a key and a value that may be null.
+type HeaderEntry<'a> = (&'a str, Option<&'a [u8]>);
+
 /// The open batch of a rebuild: its header fields and where it began.
 type OpenBatch = Option<(BatchHeader, BatchAppender)>;
 
@@ -375,7 +378,7 @@ impl Headers {
     }
 
     /// The entries of the chunk, keys checked to be UTF-8.
-    fn entries(&self) -> Result<Vec<(&str, Option<&[u8]>)>, TierError> {
+    fn entries(&self) -> Result<Vec<HeaderEntry<'_>>, TierError> {
         self.keys
             .iter()
             .zip(&self.values)
