@@ -379,13 +379,7 @@ fn a_partition_tiered_to_s3_is_served_from_offset_0_through_faults_and_a_wipe() 
     let kafka = node.kafka.unwrap();
     // Once the manifest is attached, the partition starts at 0 again.
     wait_for(UPLOADED, "the manifest attached after the restart", || {
-        let described: serde_json::Value = serde_json::from_str(&cli(
-            &node,
-            dir.path(),
-            &["topic", "describe", "history", "-o", "json"],
-        ))
-        .unwrap();
-        described["partitions"][0]["log_start_offset"] == 0
+        log_start(&node, dir.path(), "history") == 0
     });
     s3.fault("error");
     let reader = consume_from(kafka, "history", 0, 2500);
