@@ -1,15 +1,18 @@
 //! `runnel-bench tier`: tiered storage against the local log, on the same data in one run.
 //!
 //! It fills a partition log with JSON-like records (sealed into segments), then measures:
-//! - hot reads: the whole log read back through `PartitionLog::read` in fetch-sized
-//!   pieces, from the page cache (the second of two passes);
 //! - upload: every sealed segment encoded as Parquet and put into the object store (a
 //!   directory unless `--tier-url` names an S3 store), with its manifest versions;
-//! - cold reads: the same offsets read back through the tier reader with an empty cache
-//!   (each row group fetched and rebuilt), then again with the cache filled.
+//! - then `--rounds` rounds of three passes over the same offsets:
+//!   - hot: the log read back through `PartitionLog::read` in fetch-sized pieces, from
+//!     the page cache (warmed by one pass before the rounds);
+//!   - cold: read through a new tier reader whose caches, in memory and on disk, are
+//!     empty (each row group fetched and rebuilt);
+//!   - cached: the same reader again, its caches filled.
 //!
-//! It prints MB/s and records/s of each, cold and cached against hot, and the Parquet
-//! bytes against the segment bytes.
+//! It prints the median MB/s and records/s of each kind with the range over the rounds,
+//! cold and cached against hot, and the Parquet bytes against the segment bytes. The
+//! rounds interleave the kinds, so a machine busier during one round slows all three.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,6 +51,10 @@ pub struct TierOptions {
     tier_url: String,
     #[arg(long)]
     tier_endpoint: Option<String>,
+    /// Rounds of reads, each a hot pass, a cold pass with new, empty caches and a cached
+    /// pass; the medians are printed.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
 }
 
 pub fn run(options: &TierOptions) -> Result<()> {
@@ -123,9 +130,8 @@ async fn benchmark(options: &TierOptions) -> Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    // Hot: twice through the log, the second pass measured.
+    // Warm the page cache for the hot passes.
     read_log(&log, end, options.fetch_bytes).await?;
-    let hot = read_log(&log, end, options.fetch_bytes).await?;
 
     // Upload every sealed segment.
     let metrics = Arc::new(TierMetrics::default());
@@ -157,31 +163,45 @@ async fn benchmark(options: &TierOptions) -> Result<()> {
         .uploaded_bytes
         .load(std::sync::atomic::Ordering::Relaxed);
 
-    // Cold: a reader over the manifest with an empty cache, then the same with it filled.
-    let manifest = Manifest::load(&store.store, &PartitionPaths::new("", "bench", 0))
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .context("no manifest after the upload")?;
-    let uploaded_end = manifest.uploaded_end();
-    let read_metrics = Arc::new(ReadMetrics::default());
-    let cache = Arc::new(
-        TierCache::open(
-            scratch.path().join("tier-cache"),
-            u64::MAX,
-            read_metrics.clone(),
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?,
+    // Rounds of a hot pass, a cold pass (a reader over the manifest with new, empty
+    // caches in memory and on disk) and a cached pass (the same reader again), so that
+    // each round compares the three under the same conditions of the machine.
+    let manifest = Arc::new(
+        Manifest::load(&store.store, &PartitionPaths::new("", "bench", 0))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .context("no manifest after the upload")?,
     );
-    let reader = TierReader::new(store.store.clone(), Arc::new(manifest), cache);
-    let cold = read_tier(&reader, uploaded_end, options.fetch_bytes).await?;
-    let cached = read_tier(&reader, uploaded_end, options.fetch_bytes).await?;
-    let fetched = read_metrics
-        .fetched_bytes
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let uploaded_end = manifest.uploaded_end();
+    let (mut hot, mut cold, mut cached) = (Vec::new(), Vec::new(), Vec::new());
+    let mut fetched = 0;
+    for round in 0..options.rounds.max(1) {
+        hot.push(read_log(&log, end, options.fetch_bytes).await?);
+        let read_metrics = Arc::new(ReadMetrics::default());
+        let cache_dir = scratch.path().join(format!("tier-cache-{round}"));
+        let cache = Arc::new(
+            TierCache::open(cache_dir.clone(), u64::MAX, read_metrics.clone())
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+        let reader = TierReader::new(store.store.clone(), manifest.clone(), cache);
+        cold.push(read_tier(&reader, uploaded_end, options.fetch_bytes).await?);
+        cached.push(read_tier(&reader, uploaded_end, options.fetch_bytes).await?);
+        fetched = read_metrics
+            .fetched_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        drop(reader);
+        std::fs::remove_dir_all(&cache_dir).ok();
+    }
+    let ranges = [range(&hot), range(&cold), range(&cached)];
+    let (hot, cold, cached) = (median(hot), median(cold), median(cached));
 
     println!(
         "tiered storage: {} MiB of {}-byte values in {} MiB segments, {} records; store: {}",
         options.mib, options.value_bytes, options.segment_mib, end, store.description
+    );
+    println!(
+        "  reads: the median of {} rounds of hot, cold and cached passes",
+        options.rounds.max(1)
     );
     println!(
         "  upload        {:>8.1} MB/s of segments  ({segments} segments, {:.1} s)",
@@ -194,23 +214,39 @@ async fn benchmark(options: &TierOptions) -> Result<()> {
         segment_bytes as f64 / 1e6,
         100.0 * parquet_bytes as f64 / segment_bytes.max(1) as f64
     );
-    for (name, pass) in [
+    for ((name, pass), (slowest, fastest)) in [
         ("hot read", &hot),
         ("cold read", &cold),
         ("cached read", &cached),
-    ] {
+    ]
+    .into_iter()
+    .zip(ranges)
+    {
         println!(
-            "  {name:<13} {:>8.1} MB/s  {:>10.0} records/s  ({:.0}% of hot)",
+            "  {name:<13} {:>8.1} MB/s  {:>10.0} records/s  ({:.0}% of hot; {slowest:.0}–{fastest:.0} MB/s)",
             pass.mb_per_s(),
             pass.records_per_s(),
             100.0 * pass.mb_per_s() / hot.mb_per_s()
         );
     }
     println!(
-        "  cold reads fetched {:.1} MB of row groups from the store",
+        "  a cold pass fetched {:.1} MB of row groups from the store",
         fetched as f64 / 1e6
     );
     Ok(())
+}
+
+/// The slowest and fastest MB/s of `passes`.
+fn range(passes: &[Pass]) -> (f64, f64) {
+    passes.iter().fold((f64::MAX, 0.0), |(low, high), pass| {
+        (low.min(pass.mb_per_s()), high.max(pass.mb_per_s()))
+    })
+}
+
+/// The pass of median speed.
+fn median(mut passes: Vec<Pass>) -> Pass {
+    passes.sort_by(|a, b| a.mb_per_s().total_cmp(&b.mb_per_s()));
+    passes.swap_remove(passes.len() / 2)
 }
 
 /// A remote holding nothing, attached so the empty tiered log takes appends.

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use runnel_log::batch::{Records, batch_positions, records_section};
 
 use crate::TierError;
@@ -33,6 +34,11 @@ pub const SCHEMA_VERSION: &str = "1";
 pub const SCHEMA_VERSION_KEY: &str = "runnel.schema.version";
 /// Records per row group: the unit a read from an offset skips or decodes.
 pub const ROW_GROUP_ROWS: usize = 16 * 1024;
+/// Data pages are closed at about this many (uncompressed) bytes: a cold read decompresses
+/// a page and copies its values out while the page is still in the core's cache.
+pub const PAGE_BYTES: usize = 128 << 10;
+/// Rows written between checks of a page's size.
+const PAGE_ROWS_CHECKED: usize = 64;
 /// The largest records section decompressed from one stored batch.
 const MAX_SECTION: usize = 256 << 20;
 
@@ -182,6 +188,10 @@ pub fn encode(batches: &[u8]) -> Result<EncodedSegment, TierError> {
         .set_statistics_enabled(EnabledStatistics::Page)
         // Row groups are closed by hand, on batch boundaries.
         .set_max_row_group_row_count(None)
+        // Values rarely repeat: a dictionary only costs time before it falls back.
+        .set_column_dictionary_enabled(ColumnPath::from("value"), false)
+        .set_data_page_size_limit(PAGE_BYTES)
+        .set_write_batch_size(PAGE_ROWS_CHECKED)
         .build();
     let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(properties))?;
     let mut columns = Columns::new();
@@ -406,5 +416,57 @@ mod tests {
         assert!(decode(Bytes::from_static(b"not parquet at all"), 0, 1).is_err());
         let truncated = stored(&[3]);
         assert!(encode(&truncated[..truncated.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn values_are_plain_in_pages_of_about_page_bytes() {
+        use parquet::basic::PageType;
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let value = |n: usize| {
+            let mut v = vec![(n % 251) as u8; 1000];
+            v[..8].copy_from_slice(&n.to_le_bytes());
+            v
+        };
+        let records: Vec<NewRecord> = (0..5000)
+            .map(|n| NewRecord {
+                timestamp: n as i64,
+                key: Some(b"k".to_vec()),
+                value: Some(value(n)),
+                headers: vec![],
+            })
+            .collect();
+        let mut batch = BatchBuilder::default().build(&records).unwrap();
+        stamp_offsets(&mut batch, 0, 0);
+        let encoded = encode(&batch).unwrap();
+        let file = SerializedFileReader::new(encoded.parquet).unwrap();
+        let group = file.get_row_group(0).unwrap();
+        let column = (0..group.num_columns())
+            .find(|&c| group.metadata().column(c).column_path().string() == "value")
+            .unwrap();
+        let pages: Vec<_> = group
+            .get_column_page_reader(column)
+            .unwrap()
+            .map(|page| page.unwrap())
+            .collect();
+        assert!(
+            pages
+                .iter()
+                .all(|page| page.page_type() == PageType::DATA_PAGE),
+            "no dictionary page for values"
+        );
+        assert!(
+            pages.len() >= 5_000_000 / PAGE_BYTES,
+            "{} pages",
+            pages.len()
+        );
+        let values: u32 = pages.iter().map(|page| page.num_values()).sum();
+        assert_eq!(values, 5000);
+        for page in &pages {
+            assert!(
+                (page.num_values() as usize) * 1004 <= PAGE_BYTES + PAGE_ROWS_CHECKED * 1004,
+                "a page of {} values",
+                page.num_values()
+            );
+        }
     }
 }

@@ -6,8 +6,8 @@
 //! only that row group's bytes (one ranged GET), rebuilds its record batches and keeps them
 //! in memory (the recent ones); the fetched bytes go to a disk cache under a size cap, so a
 //! group read again later is rebuilt without the store. The first read of a group starts
-//! rebuilding the next ones, so a consumer reading on finds them ready and the rebuilds use
-//! more than one core. Row groups end on batch boundaries (see [`crate::columnar`]), so a
+//! rebuilding the next ones (a read of a group not yet on its way starts them with its
+//! own), so a consumer reading on finds them ready and the rebuilds use every core. Row groups end on batch boundaries (see [`crate::columnar`]), so a
 //! rebuilt group is whole batches.
 //!
 //! # Failure behaviour
@@ -43,8 +43,9 @@ const FOOTER_GUESS: u64 = 64 << 10;
 /// Rebuilt row groups kept in memory at most, in bytes: the groups consumers are reading
 /// and the ones read ahead of them.
 const MEMORY_CAP: u64 = 128 << 20;
-/// Row groups rebuilt ahead of a reader, each on its own blocking thread.
-const READ_AHEAD: usize = 2;
+/// Row groups rebuilt ahead of a reader, each on its own blocking thread: more than the
+/// two cores of a small node, so a core that finishes a group finds the next one queued.
+const READ_AHEAD: usize = 3;
 /// The most room reserved up front for a rebuilt row group, whatever its footer claims.
 const MAX_GROUP_GUESS: usize = 256 << 20;
 /// Bytes reserved per record beyond its uncompressed columns when a group is rebuilt: the
@@ -52,6 +53,8 @@ const MAX_GROUP_GUESS: usize = 256 << 20;
 const RECORD_FRAMING: usize = 32;
 /// Buffers of evicted groups kept for reuse at most.
 const MAX_SPARE: usize = 4;
+/// Rebuild buffers are allocated in multiples of this, so one fits the next group.
+const BUFFER_STEP: usize = 4 << 20;
 
 /// Counters of the reads, for `/metrics`.
 #[derive(Debug, Default)]
@@ -243,29 +246,44 @@ impl TierCache {
                 .insert(name, (bytes.clone(), fresh), bytes.len() as u64),
             Err(_) => return,
         };
-        // An evicted group nobody reads any more lends its memory to the next rebuild,
-        // which then writes into pages already mapped.
         for (_, (bytes, _)) in evicted {
-            if let Ok(mut buffer) = bytes.try_into_mut()
-                && let Ok(mut spare) = self.spare.lock()
-                && spare.len() < MAX_SPARE
+            self.lend(bytes);
+        }
+    }
+
+    /// Takes the buffer of an evicted group as a spare if nobody reads the group any
+    /// more: the next rebuild then writes into pages already mapped. With too many
+    /// spare, the smallest goes, as the one least likely to fit a group.
+    fn lend(&self, bytes: Bytes) {
+        if let Ok(mut buffer) = bytes.try_into_mut()
+            && let Ok(mut spare) = self.spare.lock()
+        {
+            buffer.clear();
+            spare.push(buffer);
+            if spare.len() > MAX_SPARE
+                && let Some((smallest, _)) =
+                    spare.iter().enumerate().min_by_key(|(_, b)| b.capacity())
             {
-                buffer.clear();
-                spare.push(buffer);
+                spare.swap_remove(smallest);
             }
         }
     }
 
-    /// A buffer for a rebuilt group of about `bytes`: a spare one if there is one.
+    /// A buffer with room for a rebuilt group of `bytes`: the smallest spare one that
+    /// holds it, or a new one rounded up to [`BUFFER_STEP`], so that groups of about the
+    /// same size can pass their buffers on. A spare is never grown: that would copy it
+    /// into fresh memory, costing more than a new buffer.
     fn buffer(&self, bytes: usize) -> BytesMut {
-        let spare = self.spare.lock().ok().and_then(|mut spare| spare.pop());
-        match spare {
-            Some(mut buffer) => {
-                buffer.reserve(bytes);
-                buffer
-            }
-            None => BytesMut::with_capacity(bytes),
-        }
+        let spare = self.spare.lock().ok().and_then(|mut spare| {
+            let fits = spare
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= bytes)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i)?;
+            Some(spare.swap_remove(fits))
+        });
+        spare.unwrap_or_else(|| BytesMut::with_capacity(bytes.next_multiple_of(BUFFER_STEP)))
     }
 
     /// The fetched bytes `name` from the disk cache if they are there and `len` long, or
@@ -465,9 +483,18 @@ impl TierReader {
                 segment.key
             ))
         })?;
+        let groups = footer.metadata().num_row_groups();
+        // A group neither in memory nor on its way is a cold start: the groups after it
+        // are rebuilt meanwhile, on the other cores, rather than after it.
+        let cold = !self
+            .cache
+            .is_at_hand(&TierCache::entry_name(&segment.key, group));
+        if cold {
+            self.read_ahead(index, groups, group);
+        }
         let (batches, used_before) = self.group(index, &footer, group, false).await?;
-        if !used_before {
-            self.read_ahead(index, footer.metadata().num_row_groups(), group);
+        if !cold && !used_before {
+            self.read_ahead(index, groups, group);
         }
         Ok(slice(&batches, offset, max_bytes, at_least_one))
     }
@@ -623,8 +650,9 @@ impl TierReader {
                     .unwrap_or(0)
                     .saturating_mul(RECORD_FRAMING),
             );
-        let buffer = self.cache.buffer(capacity.min(MAX_GROUP_GUESS));
+        let cache = self.cache.clone();
         let rebuilt = tokio::task::spawn_blocking(move || -> Result<Bytes, TierError> {
+            let buffer = cache.buffer(capacity.min(MAX_GROUP_GUESS));
             let batches =
                 rebuild::rebuild_row_group(&Arc::new(chunk), footer.metadata(), group, buffer)?;
             check_dense(&batches, low, high)?;
@@ -889,5 +917,59 @@ mod tests {
             Some((79_999, 1_000 + 79_999))
         );
         assert_eq!(reader.find_timestamp(1_000 + 80_000).await.unwrap(), None);
+    }
+
+    #[test]
+    fn rebuild_buffers_are_reused_only_where_they_fit_and_the_largest_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache =
+            TierCache::open(dir.path().join("c"), 0, Arc::new(ReadMetrics::default())).unwrap();
+        let spare_capacities = |cache: &TierCache| {
+            let mut capacities: Vec<usize> = cache
+                .spare
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|b| b.capacity())
+                .collect();
+            capacities.sort();
+            capacities
+        };
+        cache
+            .spare
+            .lock()
+            .unwrap()
+            .push(BytesMut::with_capacity(1 << 20));
+        let fresh = cache.buffer((1 << 20) + 1);
+        assert_eq!(
+            fresh.capacity(),
+            BUFFER_STEP,
+            "a new buffer, in whole steps"
+        );
+        assert_eq!(
+            spare_capacities(&cache),
+            [1 << 20],
+            "a short spare is left alone"
+        );
+        let reused = cache.buffer(1000);
+        assert_eq!(reused.capacity(), 1 << 20);
+        assert!(spare_capacities(&cache).is_empty());
+
+        // Evicted groups lend their buffers, unless still read; beyond MAX_SPARE the
+        // smallest go.
+        let read = Bytes::from(vec![0u8; 8 << 20]);
+        let _reader = read.clone();
+        cache.lend(read);
+        for mib in [3usize, 1, 4, 2, 5, 6] {
+            let mut buffer = BytesMut::with_capacity(mib << 20);
+            buffer.extend_from_slice(b"records");
+            cache.lend(buffer.freeze());
+        }
+        assert_eq!(
+            spare_capacities(&cache),
+            [3 << 20, 4 << 20, 5 << 20, 6 << 20],
+            "the largest {MAX_SPARE}"
+        );
+        assert!(cache.buffer(1).is_empty(), "a spare is handed out cleared");
     }
 }

@@ -36,7 +36,7 @@ use crate::TierError;
 /// Rows read from every column at a time: enough to amortize each call, few enough that
 /// the decompressed pages a chunk copies from are still in the CPU's caches when its
 /// records are written, and each batch is still there when its CRC is computed.
-const CHUNK_ROWS: usize = 1024;
+const CHUNK_ROWS: usize = 256;
 
 /// Rebuilds the record batches of row group `group` of the file `reader` reads (with its
 /// footer `metadata`), appending them to `buffer`. Rows of one batch must be contiguous;
