@@ -51,8 +51,10 @@ const MAX_GROUP_GUESS: usize = 256 << 20;
 /// Bytes reserved per record beyond its uncompressed columns when a group is rebuilt: the
 /// record's length, attributes, deltas and header count as varints, with room to spare.
 const RECORD_FRAMING: usize = 32;
-/// Buffers of evicted groups kept for reuse at most.
-const MAX_SPARE: usize = 4;
+/// Bytes of buffers of evicted groups kept for reuse at most: room for the buffers of all
+/// the groups in memory (each a little larger than its group), so emptying the cache gives
+/// none of its memory back.
+const SPARE_CAP: usize = MEMORY_CAP as usize * 3 / 2;
 /// Rebuild buffers are allocated in multiples of this, so one fits the next group.
 const BUFFER_STEP: usize = 4 << 20;
 
@@ -89,6 +91,8 @@ struct CacheState {
     disk: Lru<()>,
     /// Entries in memory; `true` until a read has used one (a read-ahead's result).
     memory: Lru<(Bytes, bool)>,
+    /// How many times the cache was emptied: a write to disk begun before is dropped.
+    generation: u64,
 }
 
 /// Named entries under a byte cap, the least recently used evicted first.
@@ -151,6 +155,15 @@ impl<V> Lru<V> {
         self.total -= size;
         Some(value)
     }
+
+    /// Every entry, removed.
+    fn drain(&mut self) -> Vec<(String, V)> {
+        self.total = 0;
+        self.entries
+            .drain()
+            .map(|(name, (value, _, _))| (name, value))
+            .collect()
+    }
 }
 
 impl TierCache {
@@ -171,6 +184,7 @@ impl TierCache {
             state: Mutex::new(CacheState {
                 disk: Lru::new(cap),
                 memory: Lru::new(MEMORY_CAP),
+                generation: 0,
             }),
             footers: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
@@ -252,15 +266,15 @@ impl TierCache {
     }
 
     /// Takes the buffer of an evicted group as a spare if nobody reads the group any
-    /// more: the next rebuild then writes into pages already mapped. With too many
-    /// spare, the smallest goes, as the one least likely to fit a group.
+    /// more: the next rebuild then writes into pages already mapped. Beyond [`SPARE_CAP`],
+    /// the smallest go, as the ones least likely to fit a group.
     fn lend(&self, bytes: Bytes) {
         if let Ok(mut buffer) = bytes.try_into_mut()
             && let Ok(mut spare) = self.spare.lock()
         {
             buffer.clear();
             spare.push(buffer);
-            if spare.len() > MAX_SPARE
+            while spare.iter().map(BytesMut::capacity).sum::<usize>() > SPARE_CAP
                 && let Some((smallest, _)) =
                     spare.iter().enumerate().min_by_key(|(_, b)| b.capacity())
             {
@@ -269,21 +283,51 @@ impl TierCache {
         }
     }
 
+    /// Empties the cache, in memory and on disk, as a restart of the node would, but
+    /// keeps the rebuild buffers for reuse. The next read of any group is cold again.
+    pub async fn clear(&self) {
+        let (in_memory, on_disk) = match self.state.lock() {
+            Ok(mut state) => {
+                state.generation += 1;
+                (state.memory.drain(), state.disk.drain())
+            }
+            Err(_) => return,
+        };
+        self.metrics.cache_bytes.store(0, Ordering::Relaxed);
+        if let Ok(mut footers) = self.footers.lock() {
+            footers.clear();
+        }
+        for (_, (bytes, _)) in in_memory {
+            self.lend(bytes);
+        }
+        for (name, ()) in on_disk {
+            let _ = tokio::fs::remove_file(self.dir.join(name)).await;
+        }
+    }
+
     /// A buffer with room for a rebuilt group of `bytes`: the smallest spare one that
-    /// holds it, or a new one rounded up to [`BUFFER_STEP`], so that groups of about the
-    /// same size can pass their buffers on. A spare is never grown: that would copy it
-    /// into fresh memory, costing more than a new buffer.
+    /// holds it without being much larger than a new one would be, or a new one; a large
+    /// one rounded up to [`BUFFER_STEP`], so that groups of about the same size can pass
+    /// their buffers on. A spare is never grown: that would copy it into fresh memory,
+    /// costing more than a new buffer. Nor is a large spare spent on a small group: the
+    /// next large group would then need fresh memory, and the memory cache, which counts
+    /// what groups hold, would hold much more.
     fn buffer(&self, bytes: usize) -> BytesMut {
+        let new = if bytes >= BUFFER_STEP {
+            bytes.next_multiple_of(BUFFER_STEP)
+        } else {
+            bytes
+        };
         let spare = self.spare.lock().ok().and_then(|mut spare| {
             let fits = spare
                 .iter()
                 .enumerate()
-                .filter(|(_, b)| b.capacity() >= bytes)
+                .filter(|(_, b)| (bytes..=new + new / 2).contains(&b.capacity()))
                 .min_by_key(|(_, b)| b.capacity())
                 .map(|(i, _)| i)?;
             Some(spare.swap_remove(fits))
         });
-        spare.unwrap_or_else(|| BytesMut::with_capacity(bytes.next_multiple_of(BUFFER_STEP)))
+        spare.unwrap_or_else(|| BytesMut::with_capacity(new))
     }
 
     /// The fetched bytes `name` from the disk cache if they are there and `len` long, or
@@ -310,13 +354,15 @@ impl TierCache {
     /// used entries beyond the cap. A failure to write only means no caching on disk.
     async fn write_to_disk(&self, name: &str, bytes: &Bytes) {
         let size = bytes.len() as u64;
-        if self
+        let Some(generation) = self
             .state
             .lock()
-            .map_or(true, |state| size > state.disk.cap)
-        {
+            .ok()
+            .filter(|state| size <= state.disk.cap)
+            .map(|state| state.generation)
+        else {
             return;
-        }
+        };
         let path = self.dir.join(name);
         let aside = self.dir.join(format!("{name}.tmp"));
         let written = async {
@@ -333,11 +379,16 @@ impl TierCache {
             let Ok(mut state) = self.state.lock() else {
                 return;
             };
-            let evicted = state.disk.insert(name, (), size);
-            self.metrics
-                .cache_bytes
-                .store(state.disk.total, Ordering::Relaxed);
-            evicted
+            if state.generation == generation {
+                let evicted = state.disk.insert(name, (), size);
+                self.metrics
+                    .cache_bytes
+                    .store(state.disk.total, Ordering::Relaxed);
+                evicted
+            } else {
+                // Emptied meanwhile: this entry goes with the others.
+                vec![(name.to_string(), ())]
+            }
         };
         for (name, ()) in evicted {
             let _ = tokio::fs::remove_file(self.dir.join(name)).await;
@@ -901,6 +952,14 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(metrics.cache_bytes.load(Ordering::Relaxed) > 0);
+
+        // Emptied, the cache keeps the groups' buffers but no group: a read is cold again.
+        reader.cache.clear().await;
+        assert_eq!(metrics.cache_bytes.load(Ordering::Relaxed), 0);
+        assert!(!reader.cache.spare.lock().unwrap().is_empty());
+        let read = reader.read(0, 64 << 10, true).await.unwrap();
+        assert!(!read.is_empty());
+        assert!(metrics.cache_misses.load(Ordering::Relaxed) > groups);
     }
 
     #[tokio::test]
@@ -939,36 +998,44 @@ mod tests {
             .spare
             .lock()
             .unwrap()
-            .push(BytesMut::with_capacity(1 << 20));
-        let fresh = cache.buffer((1 << 20) + 1);
+            .push(BytesMut::with_capacity(BUFFER_STEP));
+        let fresh = cache.buffer(BUFFER_STEP + 1);
         assert_eq!(
             fresh.capacity(),
-            BUFFER_STEP,
+            2 * BUFFER_STEP,
             "a new buffer, in whole steps"
         );
         assert_eq!(
             spare_capacities(&cache),
-            [1 << 20],
+            [BUFFER_STEP],
             "a short spare is left alone"
         );
-        let reused = cache.buffer(1000);
-        assert_eq!(reused.capacity(), 1 << 20);
+        let small = cache.buffer(1000);
+        assert_eq!(
+            small.capacity(),
+            1000,
+            "a small group is not given a large spare"
+        );
+        assert_eq!(spare_capacities(&cache), [BUFFER_STEP]);
+        let reused = cache.buffer(BUFFER_STEP - 1000);
+        assert_eq!(reused.capacity(), BUFFER_STEP);
         assert!(spare_capacities(&cache).is_empty());
 
-        // Evicted groups lend their buffers, unless still read; beyond MAX_SPARE the
+        // Evicted groups lend their buffers, unless still read; beyond SPARE_CAP the
         // smallest go.
         let read = Bytes::from(vec![0u8; 8 << 20]);
         let _reader = read.clone();
         cache.lend(read);
-        for mib in [3usize, 1, 4, 2, 5, 6] {
-            let mut buffer = BytesMut::with_capacity(mib << 20);
+        let step = SPARE_CAP / 4;
+        for size in [3 * step / 4, step / 2, step, step / 4, step, step] {
+            let mut buffer = BytesMut::with_capacity(size);
             buffer.extend_from_slice(b"records");
             cache.lend(buffer.freeze());
         }
         assert_eq!(
             spare_capacities(&cache),
-            [3 << 20, 4 << 20, 5 << 20, 6 << 20],
-            "the largest {MAX_SPARE}"
+            [3 * step / 4, step, step, step],
+            "the largest that fit under the cap"
         );
         assert!(cache.buffer(1).is_empty(), "a spare is handed out cleared");
     }
