@@ -605,6 +605,29 @@ impl BatchAppender {
     /// attributes say; record count, length and CRC computed). At least one record must
     /// have been pushed.
     pub fn finish(self, out: &mut BytesMut, fields: &BatchHeader) -> Result<(), BatchError> {
+        let start = self.start;
+        self.close(out, fields)?;
+        seal_crc(&mut out[start..]);
+        Ok(())
+    }
+
+    /// Ends the batch as [`finish`](Self::finish) does, but with `crc` as its CRC rather
+    /// than computing it: for a batch known to be, byte for byte, one whose CRC is `crc`
+    /// (see [`rebuilds_identically`]). A wrong `crc` makes a batch that consumers refuse.
+    pub fn finish_with_crc(
+        self,
+        out: &mut BytesMut,
+        fields: &BatchHeader,
+        crc: u32,
+    ) -> Result<(), BatchError> {
+        let start = self.start;
+        self.close(out, fields)?;
+        out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
+        Ok(())
+    }
+
+    /// Writes the header of the batch, with a zero CRC.
+    fn close(self, out: &mut BytesMut, fields: &BatchHeader) -> Result<(), BatchError> {
         if self.count == 0 {
             return Err(BatchError::Inconsistent(
                 "a batch needs at least one record".to_string(),
@@ -619,9 +642,41 @@ impl BatchAppender {
         fields.records_count = self.count as i32;
         let batch = &mut out[self.start..];
         put_header(&mut &mut batch[..BATCH_HEADER_LEN], &fields, batch_length);
-        seal_crc(batch);
         Ok(())
     }
+}
+
+/// Whether `batch` (whole, as the log stores it) is byte for byte what [`BatchAppender`]
+/// writes for its header fields and records, with a CRC that is right: uncompressed,
+/// every record's attributes 0 and every varint as short as it can be, as clients write
+/// them. A batch rebuilt from its fields and records then has the same CRC, and
+/// [`BatchAppender::finish_with_crc`] may reuse it rather than compute it.
+pub fn rebuilds_identically(batch: &[u8]) -> Result<bool, BatchError> {
+    let header = BatchHeader::parse(batch)?;
+    let total = header.total_len() as usize;
+    if header.attributes & ATTR_COMPRESSION_MASK != 0 || batch.len() < total {
+        return Ok(false);
+    }
+    let batch = &batch[..total];
+    if crc32c::crc32c(&batch[CRC_START..]) != header.crc {
+        return Ok(false);
+    }
+    let section = &batch[BATCH_HEADER_LEN..];
+    let mut rebuilt = BytesMut::with_capacity(total);
+    let mut appender = BatchAppender::begin(&mut rebuilt);
+    for record in Records::new(section, header.records_count) {
+        let record = record?;
+        let entries = record.header_entries()?;
+        appender.push_encoded(
+            &mut rebuilt,
+            record.offset_delta,
+            record.timestamp_delta,
+            record.key,
+            record.value,
+            entries.iter().copied(),
+        );
+    }
+    Ok(rebuilt[BATCH_HEADER_LEN..] == *section)
 }
 
 /// Builds v2 record batches: what producers send, used by tests, benchmarks and the
@@ -1038,6 +1093,74 @@ mod tests {
         validate_produced(&out[6..], 1 << 20, false).unwrap();
         let empty = BatchAppender::begin(&mut out);
         assert!(empty.finish(&mut out, &fields).is_err());
+    }
+
+    #[test]
+    fn only_a_batch_a_rebuild_reproduces_byte_for_byte_keeps_its_crc() {
+        let plain = BatchBuilder::default().build(&sample(9)).unwrap();
+        assert!(rebuilds_identically(&plain).unwrap());
+
+        // Rebuilt from its fields and records with the CRC it is known to have, it is
+        // the same batch, and the CRC is right.
+        let header = BatchHeader::parse(&plain).unwrap();
+        let mut out = BytesMut::new();
+        let mut appender = BatchAppender::begin(&mut out);
+        for record in Records::new(&plain[BATCH_HEADER_LEN..], header.records_count) {
+            let record = record.unwrap();
+            let entries = record.header_entries().unwrap();
+            appender.push_encoded(
+                &mut out,
+                record.offset_delta,
+                record.timestamp_delta,
+                record.key,
+                record.value,
+                entries.iter().copied(),
+            );
+        }
+        appender
+            .finish_with_crc(&mut out, &header, header.crc)
+            .unwrap();
+        assert_eq!(&out[..], &plain[..]);
+        validate_produced(&out, 1 << 20, false).unwrap();
+
+        // Compressed: the rebuild is uncompressed, so its CRC differs.
+        let compressed = BatchBuilder {
+            compression: Compression::Zstd,
+            ..BatchBuilder::default()
+        }
+        .build(&sample(9))
+        .unwrap();
+        assert!(!rebuilds_identically(&compressed).unwrap());
+
+        // A record's (unused) attributes set: the rebuild writes 0 there.
+        let mut odd = plain.clone();
+        // The first record: its length varint (one byte here), then its attributes.
+        odd[BATCH_HEADER_LEN + 1] = 1;
+        seal_crc(&mut odd);
+        assert!(!rebuilds_identically(&odd).unwrap());
+
+        // A length written with a longer varint than needed: 0x02 (1) as 0x82 0x00.
+        let records = Records::new(&plain[BATCH_HEADER_LEN..], header.records_count)
+            .map(|record| record.unwrap().encoded.to_vec())
+            .collect::<Vec<_>>();
+        let mut long = plain[..BATCH_HEADER_LEN].to_vec();
+        let first = &records[0];
+        assert!(first[0] < 0x80, "a one-byte length");
+        long.extend_from_slice(&[first[0] | 0x80, 0x00]);
+        long.extend_from_slice(&first[1..]);
+        for record in &records[1..] {
+            long.extend_from_slice(record);
+        }
+        let length = (long.len() - LOG_OVERHEAD) as i32;
+        long[8..12].copy_from_slice(&length.to_be_bytes());
+        seal_crc(&mut long);
+        validate_produced(&long, 1 << 20, false).unwrap();
+        assert!(!rebuilds_identically(&long).unwrap());
+
+        // A CRC that is wrong is not passed on.
+        let mut stale = plain.clone();
+        stale[17] ^= 1;
+        assert!(!rebuilds_identically(&stale).unwrap());
     }
 
     #[test]

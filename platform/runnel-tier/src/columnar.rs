@@ -4,8 +4,10 @@
 //! what a data-lake reader wants (`offset`, `timestamp`, `key`, `value`, `headers`) and, on
 //! every row, the fields of the batch it came from, so the batches can be rebuilt exactly:
 //! the same offsets, timestamps, keys, values, headers, producer fields and attributes. A
-//! rebuilt batch is uncompressed (the file is zstd-compressed as a whole instead), so its
-//! bytes and CRC differ from the stored batch's while everything a consumer sees is equal.
+//! rebuilt batch is uncompressed (the file is zstd-compressed as a whole instead), so a
+//! compressed batch's bytes and CRC differ from the stored ones while everything a consumer
+//! sees is equal. An uncompressed batch that a rebuild reproduces byte for byte (as clients
+//! write them) keeps its CRC in `batch_crc`, which spares the rebuild computing it.
 //!
 //! Row groups hold about [`ROW_GROUP_ROWS`] records, ending on a batch boundary, and carry min/max statistics of every column
 //! (the page index too), so a read from an offset skips the row groups before it.
@@ -24,7 +26,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use runnel_log::batch::{Records, batch_positions, records_section};
+use runnel_log::batch::{Records, batch_positions, rebuilds_identically, records_section};
 
 use crate::TierError;
 
@@ -78,6 +80,7 @@ pub fn schema() -> SchemaRef {
             Field::new("producer_id", DataType::Int64, false),
             Field::new("producer_epoch", DataType::Int16, false),
             Field::new("base_sequence", DataType::Int32, false),
+            Field::new("batch_crc", DataType::Int64, true),
         ])
         .with_metadata(metadata),
     )
@@ -109,6 +112,7 @@ struct Columns {
     producer_id: Int64Builder,
     producer_epoch: Int16Builder,
     base_sequence: Int32Builder,
+    batch_crc: Int64Builder,
     rows: usize,
 }
 
@@ -133,6 +137,7 @@ impl Columns {
             producer_id: Int64Builder::new(),
             producer_epoch: Int16Builder::new(),
             base_sequence: Int32Builder::new(),
+            batch_crc: Int64Builder::new(),
             rows: 0,
         }
     }
@@ -172,6 +177,7 @@ impl Columns {
             Arc::new(self.producer_id.finish()),
             Arc::new(self.producer_epoch.finish()),
             Arc::new(self.base_sequence.finish()),
+            Arc::new(self.batch_crc.finish()),
         ];
         self.rows = 0;
         Ok(RecordBatch::try_new(schema.clone(), columns)?)
@@ -204,6 +210,9 @@ pub fn encode(batches: &[u8]) -> Result<EncodedSegment, TierError> {
         let bytes = &batches[position..position + len];
         end = position + len;
         let section = records_section(bytes, MAX_SECTION)?;
+        // The CRC a rebuild of this batch will have, where it is this one's.
+        let known_crc = rebuilds_identically(bytes)?.then_some(i64::from(header.crc));
+        let first_row = columns.rows;
         for record in Records::new(&section, header.records_count) {
             let record = record?;
             let offset = header.base_offset + i64::from(record.offset_delta);
@@ -242,6 +251,9 @@ pub fn encode(batches: &[u8]) -> Result<EncodedSegment, TierError> {
             columns.base_sequence.append_value(header.base_sequence);
             columns.rows += 1;
             records += 1;
+        }
+        for _ in first_row..columns.rows {
+            columns.batch_crc.append_option(known_crc);
         }
         // A row group ends after a whole batch, so each rebuilds into whole batches.
         if columns.rows >= ROW_GROUP_ROWS {
@@ -381,6 +393,65 @@ mod tests {
             assert_eq!(after.compression().unwrap(), runnel_log::Compression::None);
         }
         assert_eq!(headers_of(&rebuilt).len(), 5);
+
+        // The uncompressed batches (the even ones) keep their CRC in `batch_crc` and are
+        // rebuilt byte for byte; the compressed ones have none there.
+        let originals: Vec<&[u8]> = batch_positions(&original)
+            .map(|(position, header)| &original[position..position + header.total_len() as usize])
+            .collect();
+        let rebuilds: Vec<&[u8]> = batch_positions(&rebuilt)
+            .map(|(position, header)| &rebuilt[position..position + header.total_len() as usize])
+            .collect();
+        for (index, (before, after)) in originals.iter().zip(&rebuilds).enumerate() {
+            assert_eq!(index % 2 == 0, before == after, "batch {index}");
+        }
+        let table = ParquetRecordBatchReaderBuilder::try_new(encoded.parquet)
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(|batch| batch.unwrap())
+            .collect::<Vec<_>>();
+        let known: usize = table
+            .iter()
+            .map(|batch| {
+                let column = batch.column_by_name("batch_crc").unwrap();
+                column.len() - column.null_count()
+            })
+            .sum();
+        assert_eq!(known, 1 + 300 + 47, "rows of uncompressed batches");
+    }
+
+    #[test]
+    fn a_file_written_before_batch_crc_rebuilds_with_computed_crcs() {
+        let original = stored(&[5, 20, 7]);
+        let encoded = encode(&original).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(encoded.parquet)
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut older: Option<ArrowWriter<Vec<u8>>> = None;
+        for batch in reader {
+            let mut batch = batch.unwrap();
+            batch.remove_column(batch.schema().index_of("batch_crc").unwrap());
+            let writer = older.get_or_insert_with(|| {
+                let schema = Arc::new(
+                    batch
+                        .schema()
+                        .as_ref()
+                        .clone()
+                        .with_metadata(schema().metadata().clone()),
+                );
+                ArrowWriter::try_new(Vec::new(), schema, None).unwrap()
+            });
+            writer.write(&batch).unwrap();
+        }
+        let older = Bytes::from(older.unwrap().into_inner().unwrap());
+        let rebuilt = decode(older, 0, usize::MAX).unwrap();
+        assert_eq!(records_of(&rebuilt, 0), records_of(&original, 0));
+        for (position, header) in batch_positions(&rebuilt) {
+            let batch = &rebuilt[position..position + header.total_len() as usize];
+            runnel_log::batch::validate_produced(batch, 1 << 20, false).unwrap();
+        }
     }
 
     #[test]

@@ -253,12 +253,21 @@ impl TierCache {
         let _ = tokio::fs::remove_file(self.dir.join(name)).await;
     }
 
-    fn keep_in_memory(&self, name: &str, bytes: &Bytes, fresh: bool) {
+    /// How many times the cache was emptied so far: what was begun before it last was
+    /// is not kept.
+    fn generation(&self) -> u64 {
+        self.state.lock().map_or(u64::MAX, |state| state.generation)
+    }
+
+    /// Keeps a rebuilt group in memory, unless the cache was emptied since `generation`.
+    fn keep_in_memory(&self, name: &str, bytes: &Bytes, fresh: bool, generation: u64) {
         let evicted = match self.state.lock() {
-            Ok(mut state) => state
-                .memory
-                .insert(name, (bytes.clone(), fresh), bytes.len() as u64),
-            Err(_) => return,
+            Ok(mut state) if state.generation == generation => {
+                state
+                    .memory
+                    .insert(name, (bytes.clone(), fresh), bytes.len() as u64)
+            }
+            _ => return,
         };
         for (_, (bytes, _)) in evicted {
             self.lend(bytes);
@@ -351,18 +360,17 @@ impl TierCache {
     }
 
     /// Stores an entry on disk (written aside, then renamed), evicting the least recently
-    /// used entries beyond the cap. A failure to write only means no caching on disk.
-    async fn write_to_disk(&self, name: &str, bytes: &Bytes) {
+    /// used entries beyond the cap, unless the cache was emptied since `generation` (when
+    /// the bytes were fetched). A failure to write only means no caching on disk.
+    async fn write_to_disk(&self, name: &str, bytes: &Bytes, generation: u64) {
         let size = bytes.len() as u64;
-        let Some(generation) = self
+        if self
             .state
             .lock()
-            .ok()
-            .filter(|state| size <= state.disk.cap)
-            .map(|state| state.generation)
-        else {
+            .map_or(true, |state| size > state.disk.cap)
+        {
             return;
-        };
+        }
         let path = self.dir.join(name);
         let aside = self.dir.join(format!("{name}.tmp"));
         let written = async {
@@ -415,10 +423,11 @@ impl TierCache {
             Ok(mut loading) => loading.entry(name.to_string()).or_default().clone(),
             Err(_) => Arc::new(OnceCell::new()),
         };
+        let generation = self.generation();
         let loaded = cell
             .get_or_try_init(|| async move {
                 let rebuilt = rebuild.await?;
-                self.keep_in_memory(name, &rebuilt, fresh);
+                self.keep_in_memory(name, &rebuilt, fresh, generation);
                 Ok(rebuilt)
             })
             .await
@@ -677,6 +686,7 @@ impl TierReader {
             Ok(bytes)
         };
         let name = TierCache::entry_name(&segment.key, group);
+        let generation = self.cache.generation();
         let (bytes, from_cache) = self.cache.fetched(&name, end - start, fetch).await?;
         let fetched = bytes.clone();
         let (low, high) = offset_bounds(footer, group).ok_or_else(|| {
@@ -715,7 +725,7 @@ impl TierReader {
             // Fetched bytes that rebuilt go to the disk cache, behind the reader's back.
             (Ok(_), false) => {
                 let cache = self.cache.clone();
-                tokio::spawn(async move { cache.write_to_disk(&name, &fetched).await });
+                tokio::spawn(async move { cache.write_to_disk(&name, &fetched, generation).await });
             }
             // Damaged on local disk: the next try fetches from the store.
             (Err(_), true) => self.cache.forget_on_disk(&name).await,

@@ -70,8 +70,8 @@ pub fn rebuild_row_group<R: ChunkReader + 'static>(
         columns.write(chunk, &mut out, &mut open)?;
         left -= chunk;
     }
-    if let Some((header, appender)) = open.take() {
-        appender.finish(&mut out, &header)?;
+    if let Some(batch) = open.take() {
+        batch.finish(&mut out)?;
     }
     Ok(out)
 }
@@ -112,8 +112,23 @@ pub fn decode(parquet: Bytes, from: u64, max_bytes: usize) -> Result<BytesMut, T
 /// A record header as a batch holds it: a key and a value that may be null.
 type HeaderEntry<'a> = (&'a str, Option<&'a [u8]>);
 
-/// The open batch of a rebuild: its header fields and where it began.
-type OpenBatch = Option<(BatchHeader, BatchAppender)>;
+/// The open batch of a rebuild: its header fields, where it began, and the CRC it is known
+/// to have (`batch_crc`), if any.
+struct OpenBatch {
+    header: BatchHeader,
+    appender: BatchAppender,
+    crc: Option<u32>,
+}
+
+impl OpenBatch {
+    fn finish(self, out: &mut BytesMut) -> Result<(), TierError> {
+        match self.crc {
+            Some(crc) => self.appender.finish_with_crc(out, &self.header, crc)?,
+            None => self.appender.finish(out, &self.header)?,
+        }
+        Ok(())
+    }
+}
 
 /// The columns of one row group that batches are rebuilt from, each holding the values of
 /// the chunk of rows read last.
@@ -132,6 +147,7 @@ struct GroupColumns {
     producer_id: Required<Int64Type>,
     producer_epoch: Required<Int32Type>,
     base_sequence: Required<Int32Type>,
+    crc: KnownCrcs,
 }
 
 /// Opens the columns of one row group by name.
@@ -142,6 +158,13 @@ struct Columns<'a, R> {
 }
 
 impl<R: ChunkReader + 'static> Columns<'_, R> {
+    fn has(&self, name: &str) -> bool {
+        self.group
+            .columns()
+            .iter()
+            .any(|c| c.column_path().string() == name)
+    }
+
     /// The typed reader of column `name`, refused unless it has `T`'s physical type and
     /// the given nesting.
     fn open<T: DataType>(
@@ -263,6 +286,67 @@ impl NullableBytes {
             .next()
             .map(|value| Some(value.data()))
             .ok_or_else(|| TierError::Format(format!("row {row}'s `{}` is missing", self.name)))
+    }
+}
+
+/// `batch_crc`, per row: the CRC the row's batch is known to have once rebuilt, `None`
+/// where the column is null (the rebuild computes it) or missing (a file written before
+/// the column was).
+struct KnownCrcs {
+    reader: Option<ColumnReaderImpl<Int64Type>>,
+    levels: Vec<i16>,
+    values: Vec<i64>,
+    crcs: Vec<Option<u32>>,
+}
+
+impl KnownCrcs {
+    fn open<R: ChunkReader + 'static>(columns: &Columns<'_, R>) -> Result<Self, TierError> {
+        let reader = if columns.has("batch_crc") {
+            Some(columns.open::<Int64Type>("batch_crc", 1, 0)?)
+        } else {
+            None
+        };
+        Ok(KnownCrcs {
+            reader,
+            levels: Vec::with_capacity(CHUNK_ROWS),
+            values: Vec::with_capacity(CHUNK_ROWS),
+            crcs: Vec::with_capacity(CHUNK_ROWS),
+        })
+    }
+
+    fn read(&mut self, rows: usize) -> Result<(), TierError> {
+        self.crcs.clear();
+        let Some(reader) = self.reader.as_mut() else {
+            self.crcs.resize(rows, None);
+            return Ok(());
+        };
+        self.levels.clear();
+        self.values.clear();
+        let (records, _, _) =
+            reader.read_records(rows, Some(&mut self.levels), None, &mut self.values)?;
+        let mut values = self.values.iter();
+        for &level in &self.levels {
+            let crc = match level {
+                1 => {
+                    let value = values.next().ok_or_else(|| {
+                        TierError::Format("the column `batch_crc` ran out of values".into())
+                    })?;
+                    Some(u32::try_from(*value).map_err(|_| {
+                        TierError::Format(format!("`batch_crc` holds {value}, not a CRC"))
+                    })?)
+                }
+                _ => None,
+            };
+            self.crcs.push(crc);
+        }
+        if records != rows || self.crcs.len() != rows || values.next().is_some() {
+            return Err(TierError::Format(format!(
+                "the column `batch_crc` holds {} levels and {} values for {rows} rows",
+                self.levels.len(),
+                self.values.len()
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -413,6 +497,7 @@ impl GroupColumns {
             producer_id: Required::open(columns, "producer_id")?,
             producer_epoch: Required::open(columns, "producer_epoch")?,
             base_sequence: Required::open(columns, "base_sequence")?,
+            crc: KnownCrcs::open(columns)?,
         })
     }
 
@@ -431,7 +516,8 @@ impl GroupColumns {
         self.attributes.read(rows)?;
         self.producer_id.read(rows)?;
         self.producer_epoch.read(rows)?;
-        self.base_sequence.read(rows)
+        self.base_sequence.read(rows)?;
+        self.crc.read(rows)
     }
 
     /// Writes the `rows` rows read last to the end of `out`, into the `open` batch while
@@ -440,7 +526,7 @@ impl GroupColumns {
         &self,
         rows: usize,
         out: &mut BytesMut,
-        open: &mut OpenBatch,
+        open: &mut Option<OpenBatch>,
     ) -> Result<(), TierError> {
         let entries = self.headers.entries()?;
         let mut keys = self.key.values.iter();
@@ -451,10 +537,10 @@ impl GroupColumns {
             let base_offset = self.base_offset.values[row];
             if open
                 .as_ref()
-                .is_none_or(|(header, _)| header.base_offset != base_offset)
+                .is_none_or(|batch| batch.header.base_offset != base_offset)
             {
-                if let Some((header, appender)) = open.take() {
-                    appender.finish(out, &header)?;
+                if let Some(batch) = open.take() {
+                    batch.finish(out)?;
                 }
                 let header = BatchHeader {
                     base_offset,
@@ -471,9 +557,13 @@ impl GroupColumns {
                     base_sequence: self.base_sequence.values[row],
                     records_count: 0,
                 };
-                *open = Some((header, BatchAppender::begin(out)));
+                *open = Some(OpenBatch {
+                    header,
+                    appender: BatchAppender::begin(out),
+                    crc: self.crc.crcs[row],
+                });
             }
-            let Some((_, appender)) = open.as_mut() else {
+            let Some(OpenBatch { appender, .. }) = open.as_mut() else {
                 continue;
             };
             let offset = self.offset.values[row];
