@@ -654,7 +654,10 @@ impl BatchAppender {
 pub fn rebuilds_identically(batch: &[u8]) -> Result<bool, BatchError> {
     let header = BatchHeader::parse(batch)?;
     let total = header.total_len() as usize;
-    if header.attributes & ATTR_COMPRESSION_MASK != 0 || batch.len() < total {
+    if header.attributes & ATTR_COMPRESSION_MASK != 0
+        || total < BATCH_HEADER_LEN
+        || batch.len() < total
+    {
         return Ok(false);
     }
     let batch = &batch[..total];
@@ -1161,6 +1164,11 @@ mod tests {
         let mut stale = plain.clone();
         stale[17] ^= 1;
         assert!(!rebuilds_identically(&stale).unwrap());
+
+        // A length too short for the header: refused, not a panic.
+        let mut short = plain.clone();
+        short[8..12].copy_from_slice(&10i32.to_be_bytes());
+        assert!(!rebuilds_identically(&short).unwrap());
     }
 
     #[test]

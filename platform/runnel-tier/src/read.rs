@@ -55,6 +55,8 @@ const RECORD_FRAMING: usize = 32;
 /// the groups in memory (each a little larger than its group), so emptying the cache gives
 /// none of its memory back.
 const SPARE_CAP: usize = MEMORY_CAP as usize * 3 / 2;
+/// Spare buffers kept at most, however small: finding one scans them all.
+const MAX_SPARES: usize = 32;
 /// Rebuild buffers are allocated in multiples of this, so one fits the next group.
 const BUFFER_STEP: usize = 4 << 20;
 
@@ -279,11 +281,13 @@ impl TierCache {
     /// the smallest go, as the ones least likely to fit a group.
     fn lend(&self, bytes: Bytes) {
         if let Ok(mut buffer) = bytes.try_into_mut()
+            && buffer.capacity() <= SPARE_CAP
             && let Ok(mut spare) = self.spare.lock()
         {
             buffer.clear();
             spare.push(buffer);
-            while spare.iter().map(BytesMut::capacity).sum::<usize>() > SPARE_CAP
+            while (spare.len() > MAX_SPARES
+                || spare.iter().map(BytesMut::capacity).sum::<usize>() > SPARE_CAP)
                 && let Some((smallest, _)) =
                     spare.iter().enumerate().min_by_key(|(_, b)| b.capacity())
             {
@@ -393,6 +397,9 @@ impl TierCache {
                     .cache_bytes
                     .store(state.disk.total, Ordering::Relaxed);
                 evicted
+            } else if state.disk.entries.contains_key(name) {
+                // Emptied meanwhile, and written again since: that file stays.
+                Vec::new()
             } else {
                 // Emptied meanwhile: this entry goes with the others.
                 vec![(name.to_string(), ())]
@@ -544,17 +551,19 @@ impl TierReader {
             ))
         })?;
         let groups = footer.metadata().num_row_groups();
-        // A group neither in memory nor on its way is a cold start: the groups after it
-        // are rebuilt meanwhile, on the other cores, rather than after it.
+        // A group neither in memory nor on its way is a cold start: the next group is
+        // rebuilt meanwhile, on another core, rather than after it. Only one: a read that
+        // does not go on (a seek, a single lookup) then costs one spare rebuild, not three,
+        // and its own rebuild keeps a core.
         let cold = !self
             .cache
             .is_at_hand(&TierCache::entry_name(&segment.key, group));
         if cold {
-            self.read_ahead(index, groups, group);
+            self.read_ahead(index, groups, group, 1);
         }
         let (batches, used_before) = self.group(index, &footer, group, false).await?;
         if !cold && !used_before {
-            self.read_ahead(index, groups, group);
+            self.read_ahead(index, groups, group, READ_AHEAD);
         }
         Ok(slice(&batches, offset, max_bytes, at_least_one))
     }
@@ -575,12 +584,12 @@ impl TierReader {
             .await
     }
 
-    /// Starts rebuilding the [`READ_AHEAD`] row groups after `group` of segment `index`
-    /// (which has `groups` of them), each in its own task, unless they are at hand. A
-    /// failure there only means the read that needs the group fetches it again.
-    fn read_ahead(&self, index: usize, groups: usize, group: usize) {
+    /// Starts rebuilding the `depth` row groups after `group` of segment `index` (which
+    /// has `groups` of them), each in its own task, unless they are at hand. A failure
+    /// there only means the read that needs the group fetches it again.
+    fn read_ahead(&self, index: usize, groups: usize, group: usize, depth: usize) {
         let segments = self.manifest.segments.len();
-        for step in 1..=READ_AHEAD {
+        for step in 1..=depth {
             let (index, group) = if group + step < groups {
                 (index, group + step)
             } else if index + 1 < segments {
@@ -1048,5 +1057,15 @@ mod tests {
             "the largest that fit under the cap"
         );
         assert!(cache.buffer(1).is_empty(), "a spare is handed out cleared");
+
+        // A buffer larger than the whole pool is not kept, and does not empty it.
+        let before = spare_capacities(&cache);
+        cache.lend(BytesMut::with_capacity(SPARE_CAP + 1).freeze());
+        assert_eq!(spare_capacities(&cache), before);
+        // Nor are more than MAX_SPARES kept, however small.
+        for _ in 0..2 * MAX_SPARES {
+            cache.lend(BytesMut::with_capacity(64).freeze());
+        }
+        assert_eq!(spare_capacities(&cache).len(), MAX_SPARES);
     }
 }

@@ -15,7 +15,10 @@
 //! A file that does not hold what the layout says — a missing or mistyped column, counts
 //! of values, levels or rows that disagree, an offset outside its batch, a header key that
 //! is not UTF-8 — fails with [`TierError::Format`]; nothing read from a file is indexed
-//! without a bound check, so a damaged or hostile file cannot panic the reader.
+//! without a bound check, so a damaged or hostile file cannot panic the reader. A batch
+//! rebuilt with the CRC the file keeps for it (`batch_crc`) is not checked against it: a
+//! damaged value that still decodes gives a batch whose CRC does not match, which
+//! consumers refuse as corrupt rather than take.
 
 use std::sync::Arc;
 
