@@ -40,8 +40,8 @@ use crate::{TierError, columnar, rebuild};
 const MAX_FOOTERS: usize = 1024;
 /// Bytes fetched from a file's end to find its footer, which usually fits.
 const FOOTER_GUESS: u64 = 64 << 10;
-/// Rebuilt row groups kept in memory at most, in bytes: the groups consumers are reading
-/// and the ones read ahead of them.
+/// Rebuilt row groups kept in memory at most, in bytes of the buffers holding them: the
+/// groups consumers are reading and the ones read ahead of them.
 const MEMORY_CAP: u64 = 128 << 20;
 /// Row groups rebuilt ahead of a reader, each on its own blocking thread: more than the
 /// two cores of a small node, so a core that finishes a group finds the next one queued.
@@ -52,9 +52,8 @@ const MAX_GROUP_GUESS: usize = 256 << 20;
 /// record's length, attributes, deltas and header count as varints, with room to spare.
 const RECORD_FRAMING: usize = 32;
 /// Bytes of buffers of evicted groups kept for reuse at most: room for the buffers of all
-/// the groups in memory (each a little larger than its group), so emptying the cache gives
-/// none of its memory back.
-const SPARE_CAP: usize = MEMORY_CAP as usize * 3 / 2;
+/// the groups in memory, so emptying the cache gives none of its memory back.
+const SPARE_CAP: usize = MEMORY_CAP as usize;
 /// Spare buffers kept at most, however small: finding one scans them all.
 const MAX_SPARES: usize = 32;
 /// Rebuild buffers are allocated in multiples of this, so one fits the next group.
@@ -261,13 +260,14 @@ impl TierCache {
         self.state.lock().map_or(u64::MAX, |state| state.generation)
     }
 
-    /// Keeps a rebuilt group in memory, unless the cache was emptied since `generation`.
-    fn keep_in_memory(&self, name: &str, bytes: &Bytes, fresh: bool, generation: u64) {
+    /// Keeps a rebuilt group in memory, counted as the `held` bytes of its buffer, unless
+    /// the cache was emptied since `generation`.
+    fn keep_in_memory(&self, name: &str, bytes: &Bytes, held: usize, fresh: bool, generation: u64) {
         let evicted = match self.state.lock() {
             Ok(mut state) if state.generation == generation => {
                 state
                     .memory
-                    .insert(name, (bytes.clone(), fresh), bytes.len() as u64)
+                    .insert(name, (bytes.clone(), fresh), held.max(bytes.len()) as u64)
             }
             _ => return,
         };
@@ -410,9 +410,10 @@ impl TierCache {
         }
     }
 
-    /// The rebuilt entry `name`: from memory, or made by `rebuild` — once, however many
-    /// callers ask meanwhile — and kept in memory. `fresh` marks what this call makes as
-    /// not yet read. The entry, and whether this call found it in memory used before.
+    /// The rebuilt entry `name`: from memory, or made by `rebuild` (the entry and the bytes
+    /// its buffer holds) — once, however many callers ask meanwhile — and kept in memory.
+    /// `fresh` marks what this call makes as not yet read. The entry, and whether this
+    /// call found it in memory used before.
     async fn load<F>(
         self: &Arc<Self>,
         name: &str,
@@ -420,7 +421,7 @@ impl TierCache {
         rebuild: F,
     ) -> Result<(Bytes, bool), TierError>
     where
-        F: Future<Output = Result<Bytes, TierError>>,
+        F: Future<Output = Result<(Bytes, usize), TierError>>,
     {
         if let Some((bytes, first)) = self.in_memory(name) {
             self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -433,8 +434,8 @@ impl TierCache {
         let generation = self.generation();
         let loaded = cell
             .get_or_try_init(|| async move {
-                let rebuilt = rebuild.await?;
-                self.keep_in_memory(name, &rebuilt, fresh, generation);
+                let (rebuilt, held) = rebuild.await?;
+                self.keep_in_memory(name, &rebuilt, held, fresh, generation);
                 Ok(rebuilt)
             })
             .await
@@ -659,13 +660,14 @@ impl TierReader {
     }
 
     /// Fetches one row group and rebuilds its batches, checking they hold exactly the
-    /// offsets its statistics say.
+    /// offsets its statistics say; with them, the bytes their buffer holds (its capacity),
+    /// which is what the memory cache counts.
     async fn rebuild(
         &self,
         segment: &RemoteSegment,
         footer: &ArrowReaderMetadata,
         group: usize,
-    ) -> Result<Bytes, TierError> {
+    ) -> Result<(Bytes, usize), TierError> {
         let metadata = footer.metadata().row_group(group);
         let (start, end) = metadata
             .columns()
@@ -721,12 +723,13 @@ impl TierReader {
                     .saturating_mul(RECORD_FRAMING),
             );
         let cache = self.cache.clone();
-        let rebuilt = tokio::task::spawn_blocking(move || -> Result<Bytes, TierError> {
+        let rebuilt = tokio::task::spawn_blocking(move || -> Result<(Bytes, usize), TierError> {
             let buffer = cache.buffer(capacity.min(MAX_GROUP_GUESS));
             let batches =
                 rebuild::rebuild_row_group(&Arc::new(chunk), footer.metadata(), group, buffer)?;
             check_dense(&batches, low, high)?;
-            Ok(batches.freeze())
+            let held = batches.capacity();
+            Ok((batches.freeze(), held))
         })
         .await
         .map_err(|e| TierError::Format(format!("the rebuild thread failed: {e}")))?;
