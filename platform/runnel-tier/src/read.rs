@@ -6,9 +6,10 @@
 //! only that row group's bytes (one ranged GET), rebuilds its record batches and keeps them
 //! in memory (the recent ones); the fetched bytes go to a disk cache under a size cap, so a
 //! group read again later is rebuilt without the store. The first read of a group starts
-//! rebuilding the next ones (a read of a group not yet on its way starts them with its
-//! own), so a consumer reading on finds them ready and the rebuilds use every core. Row groups end on batch boundaries (see [`crate::columnar`]), so a
-//! rebuilt group is whole batches.
+//! rebuilding the next ones (a read of a group not yet on its way starts the next one with
+//! its own), so a consumer reading on finds them ready and the rebuilds use every core.
+//! Row groups end on batch boundaries (see [`crate::columnar`]), so a rebuilt group is
+//! whole batches.
 //!
 //! # Failure behaviour
 //! A store error, a truncated body or a file that does not rebuild into the offsets its
@@ -267,7 +268,7 @@ impl TierCache {
             Ok(mut state) if state.generation == generation => {
                 state
                     .memory
-                    .insert(name, (bytes.clone(), fresh), held.max(bytes.len()) as u64)
+                    .insert(name, (bytes.clone(), fresh), held as u64)
             }
             _ => return,
         };

@@ -32,7 +32,7 @@ use parquet::file::reader::ChunkReader;
 use parquet::file::serialized_reader::SerializedPageReader;
 use parquet::file::statistics::Statistics;
 use runnel_log::BatchAppender;
-use runnel_log::batch::{BatchHeader, batch_positions};
+use runnel_log::batch::{BatchHeader, HeaderEntry, batch_positions};
 
 use crate::TierError;
 
@@ -112,9 +112,6 @@ pub fn decode(parquet: Bytes, from: u64, max_bytes: usize) -> Result<BytesMut, T
     Ok(out)
 }
 
-/// A record header as a batch holds it: a key and a value that may be null.
-type HeaderEntry<'a> = (&'a str, Option<&'a [u8]>);
-
 /// The open batch of a rebuild: its header fields, where it began, and the CRC it is known
 /// to have (`batch_crc`), if any.
 struct OpenBatch {
@@ -137,8 +134,8 @@ impl OpenBatch {
 /// the chunk of rows read last.
 struct GroupColumns {
     offset: Required<Int64Type>,
-    key: NullableBytes,
-    value: NullableBytes,
+    key: Nullable<ByteArrayType>,
+    value: Nullable<ByteArrayType>,
     headers: Headers,
     timestamp_delta: Required<Int64Type>,
     base_offset: Required<Int64Type>,
@@ -236,23 +233,23 @@ impl<T: DataType> Required<T> {
     }
 }
 
-/// An optional binary column: a definition level per row (1 where the value is present),
+/// An optional, flat column: a definition level per row (1 where the value is present),
 /// the present values in order.
-struct NullableBytes {
+struct Nullable<T: DataType> {
     name: &'static str,
-    reader: ColumnReaderImpl<ByteArrayType>,
+    reader: ColumnReaderImpl<T>,
     levels: Vec<i16>,
-    values: Vec<ByteArray>,
+    values: Vec<T::T>,
 }
 
-impl NullableBytes {
+impl<T: DataType> Nullable<T> {
     fn open<R: ChunkReader + 'static>(
         columns: &Columns<'_, R>,
         name: &'static str,
     ) -> Result<Self, TierError> {
-        Ok(NullableBytes {
+        Ok(Nullable {
             name,
-            reader: columns.open::<ByteArrayType>(name, 1, 0)?,
+            reader: columns.open::<T>(name, 1, 0)?,
             levels: Vec::with_capacity(CHUNK_ROWS),
             values: Vec::with_capacity(CHUNK_ROWS),
         })
@@ -280,14 +277,14 @@ impl NullableBytes {
     fn next<'a>(
         &self,
         row: usize,
-        present: &mut std::slice::Iter<'a, ByteArray>,
-    ) -> Result<Option<&'a [u8]>, TierError> {
+        present: &mut std::slice::Iter<'a, T::T>,
+    ) -> Result<Option<&'a T::T>, TierError> {
         if self.levels.get(row) != Some(&1) {
             return Ok(None);
         }
         present
             .next()
-            .map(|value| Some(value.data()))
+            .map(Some)
             .ok_or_else(|| TierError::Format(format!("row {row}'s `{}` is missing", self.name)))
     }
 }
@@ -296,58 +293,41 @@ impl NullableBytes {
 /// where the column is null (the rebuild computes it) or missing (a file written before
 /// the column was).
 struct KnownCrcs {
-    reader: Option<ColumnReaderImpl<Int64Type>>,
-    levels: Vec<i16>,
-    values: Vec<i64>,
+    column: Option<Nullable<Int64Type>>,
     crcs: Vec<Option<u32>>,
 }
 
 impl KnownCrcs {
     fn open<R: ChunkReader + 'static>(columns: &Columns<'_, R>) -> Result<Self, TierError> {
-        let reader = if columns.has("batch_crc") {
-            Some(columns.open::<Int64Type>("batch_crc", 1, 0)?)
+        let column = if columns.has("batch_crc") {
+            Some(Nullable::open(columns, "batch_crc")?)
         } else {
             None
         };
         Ok(KnownCrcs {
-            reader,
-            levels: Vec::with_capacity(CHUNK_ROWS),
-            values: Vec::with_capacity(CHUNK_ROWS),
+            column,
             crcs: Vec::with_capacity(CHUNK_ROWS),
         })
     }
 
     fn read(&mut self, rows: usize) -> Result<(), TierError> {
         self.crcs.clear();
-        let Some(reader) = self.reader.as_mut() else {
+        let Some(column) = self.column.as_mut() else {
             self.crcs.resize(rows, None);
             return Ok(());
         };
-        self.levels.clear();
-        self.values.clear();
-        let (records, _, _) =
-            reader.read_records(rows, Some(&mut self.levels), None, &mut self.values)?;
-        let mut values = self.values.iter();
-        for &level in &self.levels {
-            let crc = match level {
-                1 => {
-                    let value = values.next().ok_or_else(|| {
-                        TierError::Format("the column `batch_crc` ran out of values".into())
-                    })?;
-                    Some(u32::try_from(*value).map_err(|_| {
-                        TierError::Format(format!("`batch_crc` holds {value}, not a CRC"))
-                    })?)
-                }
-                _ => None,
-            };
+        column.read(rows)?;
+        let mut present = column.values.iter();
+        for row in 0..rows {
+            let crc = column
+                .next(row, &mut present)?
+                .map(|&crc| {
+                    u32::try_from(crc).map_err(|_| {
+                        TierError::Format(format!("`batch_crc` holds {crc}, not a CRC"))
+                    })
+                })
+                .transpose()?;
             self.crcs.push(crc);
-        }
-        if records != rows || self.crcs.len() != rows || values.next().is_some() {
-            return Err(TierError::Format(format!(
-                "the column `batch_crc` holds {} levels and {} values for {rows} rows",
-                self.levels.len(),
-                self.values.len()
-            )));
         }
         Ok(())
     }
@@ -487,8 +467,8 @@ impl GroupColumns {
     fn open<R: ChunkReader + 'static>(columns: &Columns<'_, R>) -> Result<Self, TierError> {
         Ok(GroupColumns {
             offset: Required::open(columns, "offset")?,
-            key: NullableBytes::open(columns, "key")?,
-            value: NullableBytes::open(columns, "value")?,
+            key: Nullable::open(columns, "key")?,
+            value: Nullable::open(columns, "value")?,
             headers: Headers::open(columns)?,
             timestamp_delta: Required::open(columns, "timestamp_delta")?,
             base_offset: Required::open(columns, "batch_base_offset")?,
@@ -578,8 +558,8 @@ impl GroupColumns {
                         "offset {offset} lies outside its batch at {base_offset}"
                     ))
                 })?;
-            let key = self.key.next(row, &mut keys)?;
-            let value = self.value.next(row, &mut values)?;
+            let key = self.key.next(row, &mut keys)?.map(ByteArray::data);
+            let value = self.value.next(row, &mut values)?.map(ByteArray::data);
             let (start, end) = (self.headers.bounds[row], self.headers.bounds[row + 1]);
             let row_entries = entries.get(start..end).ok_or_else(|| {
                 TierError::Format(format!("row {row} has headers {start}..{end}"))
