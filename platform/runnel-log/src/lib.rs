@@ -17,6 +17,7 @@
 pub mod batch;
 pub mod cleaner;
 pub mod compression;
+mod epochs;
 mod error;
 mod index;
 mod manager;

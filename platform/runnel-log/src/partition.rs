@@ -13,8 +13,11 @@
 //! # Offsets
 //! - log start: the first offset still held (moves forward when retention deletes segments);
 //! - log end: the offset the next appended record gets;
-//! - high watermark: readers see only whole batches below it. On a single node it follows
-//!   the log end as soon as the bytes are written; replication will hold it back.
+//! - high watermark: readers see only whole batches below it. Unreplicated, it follows the
+//!   log end as soon as the bytes are written. A replicated partition's leader holds it at
+//!   the *replica floor*, the least log end of its in-sync followers
+//!   ([`PartitionLog::set_replica_floor`]); a follower takes the leader's
+//!   ([`PartitionLog::advance_high_watermark`]).
 //! - durable end: every offset below it has been fsynced.
 //!
 //! # Failures
@@ -40,6 +43,7 @@ use runnel_config::{TimestampType, TopicConfig};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use crate::batch::{self, BatchHeader};
+use crate::epochs::EpochCache;
 use crate::error::LogError;
 use crate::metrics::LogMetrics;
 use crate::producers::{self, ProducerStates, SequenceCheck};
@@ -131,9 +135,17 @@ pub(crate) struct Shared {
     config: RwLock<Arc<TopicConfig>>,
     pub segments: RwLock<Segments>,
     log_end: AtomicU64,
+    /// The log end again, for waiting on appends (a leader's long poll of a follower).
+    appended: watch::Sender<u64>,
     high_watermark: watch::Sender<u64>,
+    /// The high watermark never passes it (`u64::MAX`: not replicated, or no follower in
+    /// sync). Stored and read with `SeqCst`, against `log_end`, so that of the writer and
+    /// the replication, at least one sees both new values.
+    replica_floor: AtomicU64,
     durable_end: watch::Sender<u64>,
     leader_epoch: AtomicI32,
+    /// The start offset of each leader epoch in the log; changed by the writer only.
+    epochs: Mutex<EpochCache>,
     offline: OnceLock<String>,
     closed: std::sync::atomic::AtomicBool,
     /// Set under `maintenance` by `close`: no retention or compaction starts after it.
@@ -225,6 +237,29 @@ impl Shared {
             .min(local_start)
     }
 
+    /// Moves the high watermark up to `candidate` (never down).
+    fn raise_high_watermark(&self, candidate: u64) {
+        self.high_watermark.send_if_modified(|hw| {
+            if candidate > *hw {
+                *hw = candidate;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The high watermark the log end and the replica floor allow, if higher.
+    fn follow_log_end(&self) {
+        let log_end = self.log_end.load(Ordering::SeqCst);
+        let floor = self.replica_floor.load(Ordering::SeqCst);
+        self.raise_high_watermark(log_end.min(floor));
+    }
+
+    fn epochs(&self) -> std::sync::MutexGuard<'_, EpochCache> {
+        self.epochs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn go_offline(&self, error: LogError) -> LogError {
         if let LogError::Offline { .. } | LogError::Closed = error {
             return error;
@@ -242,6 +277,17 @@ enum Command {
         batch: BytesMut,
         durable: bool,
         reply: oneshot::Sender<Result<Appended, LogError>>,
+    },
+    /// Batches copied from the leader, offsets and epochs as they are; answered once
+    /// fsynced.
+    AppendReplica {
+        records: Bytes,
+        reply: oneshot::Sender<Result<Appended, LogError>>,
+    },
+    /// Cuts the log back to `offset` (a follower dropping what its leader does not have).
+    TruncateTo {
+        offset: u64,
+        reply: oneshot::Sender<Result<u64, LogError>>,
     },
     Sync {
         reply: oneshot::Sender<Result<(), LogError>>,
@@ -535,6 +581,87 @@ impl PartitionLog {
         self.shared.leader_epoch.store(epoch, Ordering::Release);
     }
 
+    pub fn leader_epoch(&self) -> i32 {
+        self.shared.leader_epoch.load(Ordering::Acquire)
+    }
+
+    /// Holds the high watermark at `floor` from now on: a replicated partition's leader
+    /// sets the least log end of its in-sync followers (`u64::MAX` when none is in sync
+    /// but itself), a follower 0 (its high watermark comes from the leader). Raises the
+    /// high watermark at once if the new floor allows.
+    pub fn set_replica_floor(&self, floor: u64) {
+        self.shared.replica_floor.store(floor, Ordering::SeqCst);
+        self.shared.follow_log_end();
+    }
+
+    /// A follower's high watermark: the leader's, as far as this log reaches. Never down.
+    pub fn advance_high_watermark(&self, leader_high_watermark: u64) {
+        self.shared
+            .raise_high_watermark(leader_high_watermark.min(self.log_end()));
+    }
+
+    /// The newest leader epoch that wrote to this log, if any did.
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.shared.epochs().latest()
+    }
+
+    /// The newest epoch at or below `epoch` in this log and the offset where it ends (see
+    /// Kafka's OffsetsForLeaderEpoch): what a follower keeps of its own log.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, u64) {
+        let epochs = self.shared.epochs();
+        // Read under the lock: the writer records a new epoch before its batch lands.
+        epochs.end_offset_for(epoch, self.log_end())
+    }
+
+    /// Appends batches copied from the leader: whole, valid, starting at this log's end,
+    /// their offsets and epochs kept. Returns once they are fsynced.
+    pub async fn append_replica(&self, records: Bytes) -> Result<Appended, LogError> {
+        if let Some(space) = self.shared.space.get() {
+            space.reserve(records.len() as u64)?;
+        }
+        self.call(|reply| Command::AppendReplica { records, reply })
+            .await
+    }
+
+    /// Cuts the log back so it ends at `offset`, or at the start of the batch holding it.
+    /// Returns the new log end (unchanged if it was at or below `offset`).
+    pub async fn truncate_to(&self, offset: u64) -> Result<u64, LogError> {
+        self.call(|reply| Command::TruncateTo { offset, reply })
+            .await
+    }
+
+    /// Reads whole batches from `offset` up to the log end, past the high watermark: what
+    /// a follower copies. Only the local log is read; below it the answer is
+    /// [`LogError::OffsetOutOfRange`] with the local log start.
+    pub async fn read_replica(&self, offset: u64, max_bytes: usize) -> Result<ReadResult, LogError> {
+        self.shared.check_online()?;
+        let high_watermark = self.high_watermark();
+        let (segments, local_start) = self.shared.snapshot();
+        let log_end = self.log_end();
+        if offset < local_start || offset > log_end {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start: local_start,
+                log_end,
+            });
+        }
+        let records = self
+            .read_segments(segments, offset, log_end, max_bytes, true)
+            .await?;
+        Ok(ReadResult {
+            records,
+            high_watermark,
+            log_start: local_start,
+        })
+    }
+
+    /// Waits until the log end passes `offset` or `timeout` elapses; returns the log end.
+    pub async fn wait_for_log_end(&self, offset: u64, timeout: Duration) -> u64 {
+        let mut receiver = self.shared.appended.subscribe();
+        let _ = tokio::time::timeout(timeout, receiver.wait_for(|end| *end > offset)).await;
+        self.log_end()
+    }
+
     /// The UUID of the topic this partition belongs to, as recorded in the directory
     /// (`None` if none was recorded yet).
     pub fn topic_id(&self) -> Option<String> {
@@ -646,18 +773,34 @@ impl PartitionLog {
         if offset >= high_watermark {
             return Ok(empty);
         }
+        let records = self
+            .read_segments(segments, offset, high_watermark, max_bytes, at_least_one)
+            .await?;
+        Ok(ReadResult { records, ..empty })
+    }
+
+    /// Whole batches from `offset` below `upper`, from the local segments.
+    async fn read_segments(
+        &self,
+        segments: Vec<Arc<Segment>>,
+        offset: u64,
+        upper: u64,
+        max_bytes: usize,
+        at_least_one: bool,
+    ) -> Result<Bytes, LogError> {
+        if offset >= upper {
+            return Ok(Bytes::new());
+        }
         let first = segments
             .partition_point(|s| s.base_offset <= offset)
             .saturating_sub(1);
         let shared = self.shared.clone();
         let records = tokio::task::spawn_blocking(move || -> Result<Bytes, LogError> {
             for segment in &segments[first..] {
-                if segment.base_offset >= high_watermark {
+                if segment.base_offset >= upper {
                     break;
                 }
-                if let Some(bytes) =
-                    segment.read(offset, high_watermark, max_bytes, at_least_one)?
-                {
+                if let Some(bytes) = segment.read(offset, upper, max_bytes, at_least_one)? {
                     return Ok(bytes);
                 }
             }
@@ -670,7 +813,7 @@ impl PartitionLog {
             other => other,
         })?;
         self.shared.metrics.read_bytes.inc_by(records.len() as u64);
-        Ok(ReadResult { records, ..empty })
+        Ok(records)
     }
 
     /// Waits until the high watermark passes `offset` or `timeout` elapses; returns the
@@ -965,15 +1108,19 @@ fn open_blocking(
             .is_some_and(|(topic, _)| remote::is_tiered(topic, &config));
     let topic_id = read_topic_id(&dir)?;
     let producers = recover_producers(&dir, &list, log_end)?;
+    let epochs = EpochCache::load(&dir, &list, log_end)?;
     metrics.segments.inc_by(list.len() as i64);
     let shared = Shared {
         dir,
         config: RwLock::new(Arc::new(config)),
         segments: RwLock::new(Segments { list, log_start }),
         log_end: AtomicU64::new(log_end),
+        appended: watch::Sender::new(log_end),
         high_watermark: watch::Sender::new(log_end),
+        replica_floor: AtomicU64::new(u64::MAX),
         durable_end: watch::Sender::new(log_end),
         leader_epoch: AtomicI32::new(0),
+        epochs: Mutex::new(epochs),
         offline: OnceLock::new(),
         closed: std::sync::atomic::AtomicBool::new(false),
         closing: std::sync::atomic::AtomicBool::new(false),
@@ -1247,6 +1394,7 @@ enum Reply {
         bool,
     ),
     Done(oneshot::Sender<Result<(), LogError>>, Result<(), LogError>),
+    Truncated(oneshot::Sender<Result<u64, LogError>>, Result<u64, LogError>),
 }
 
 type Queued = (Command, OwnedSemaphorePermit);
@@ -1306,6 +1454,7 @@ impl Writer {
                 match reply {
                     Reply::Append(sender, result, _) => drop(sender.send(result)),
                     Reply::Done(sender, result) => drop(sender.send(result)),
+                    Reply::Truncated(sender, result) => drop(sender.send(result)),
                 }
             }
             if closing {
@@ -1346,6 +1495,15 @@ impl Writer {
                     durable_appends |= durable && result.is_ok();
                     replies.push(Reply::Append(reply, result, durable));
                 }
+                Command::AppendReplica { records, reply } => {
+                    let result = self.append_replica(&records, &config, now);
+                    durable_appends |= result.is_ok();
+                    replies.push(Reply::Append(reply, result, true));
+                }
+                Command::TruncateTo { offset, reply } => {
+                    let result = self.truncate_to(offset, &config);
+                    replies.push(Reply::Truncated(reply, result));
+                }
                 Command::Sync { reply } => {
                     sync_command = true;
                     replies.push(Reply::Done(reply, Ok(())));
@@ -1373,7 +1531,8 @@ impl Writer {
         }
         let log_end = self.shared.log_end.load(Ordering::Acquire);
         if log_end != written_before {
-            self.shared.high_watermark.send_replace(log_end);
+            self.shared.appended.send_replace(log_end);
+            self.shared.follow_log_end();
         }
         // flush.ms is checked here too: under steady load the writer never sits idle long
         // enough for its timer.
@@ -1419,9 +1578,186 @@ impl Writer {
                         });
                     }
                 }
+                Reply::Truncated(..) => {}
             }
         }
         replies
+    }
+
+    /// Rolls the active segment if the next batch (`len` bytes, last offset `last_offset`)
+    /// should start a new one.
+    fn roll_for(
+        &mut self,
+        len: usize,
+        last_offset: u64,
+        config: &TopicConfig,
+        now: i64,
+    ) -> Result<(), LogError> {
+        let too_big = self.active.size() + len as u64 > config.segment_bytes;
+        let too_old = self
+            .active
+            .first_append_ms()
+            .is_some_and(|first| now.saturating_sub(first) >= config.segment_ms as i64);
+        let offsets_overflow = last_offset - self.active.base_offset >= u64::from(u32::MAX);
+        if !self.active.is_empty() && (too_big || too_old || offsets_overflow) {
+            self.roll().map_err(|e| self.shared.go_offline(e))?;
+        }
+        Ok(())
+    }
+
+    /// Records `epoch` as starting at `start` if it is new, before its first batch lands.
+    fn note_epoch(&self, epoch: i32, start: u64) -> Result<(), LogError> {
+        self.shared
+            .epochs()
+            .assign(&self.shared.dir, epoch, start)
+            .map_err(|e| self.shared.go_offline(e))
+    }
+
+    /// Appends a follower's copy of the leader's batches (see [`PartitionLog::append_replica`]).
+    fn append_replica(
+        &mut self,
+        records: &Bytes,
+        config: &TopicConfig,
+        now: i64,
+    ) -> Result<Appended, LogError> {
+        self.shared.check_online()?;
+        let first = self.shared.log_end.load(Ordering::Acquire);
+        let mut covered = 0;
+        for (position, header) in batch::batch_positions(records) {
+            let len = header.total_len() as usize;
+            let bytes = &records[position..position + len];
+            batch::validate(bytes)?;
+            let expected = self.shared.log_end.load(Ordering::Acquire);
+            if header.base_offset < 0 || header.base_offset as u64 != expected {
+                return Err(LogError::InvalidBatch(batch::BatchError::Inconsistent(
+                    format!(
+                        "a replicated batch starts at offset {} but the log ends at {expected}",
+                        header.base_offset
+                    ),
+                )));
+            }
+            let last_offset = header.last_offset() as u64;
+            self.roll_for(len, last_offset, config, now)?;
+            self.note_epoch(header.partition_leader_epoch, expected)?;
+            self.active
+                .append(bytes, &header, now, config.index_interval_bytes)
+                .map_err(|e| self.shared.go_offline(e))?;
+            self.shared
+                .log_end
+                .store(last_offset + 1, Ordering::SeqCst);
+            self.producers.record(&header, expected);
+            self.unflushed_records += header.records_count as u64;
+            self.oldest_unflushed.get_or_insert_with(Instant::now);
+            let metrics = &self.shared.metrics;
+            metrics.appended_bytes.inc_by(len as u64);
+            metrics.appended_batches.inc();
+            metrics.appended_records.inc_by(header.records_count as u64);
+            covered = position + len;
+        }
+        if covered != records.len() {
+            let error = batch::validate(&records[covered..])
+                .err()
+                .unwrap_or_else(|| {
+                    batch::BatchError::Inconsistent("bytes after the last whole batch".to_string())
+                });
+            return Err(LogError::InvalidBatch(error));
+        }
+        let end = self.shared.log_end.load(Ordering::Acquire);
+        Ok(Appended {
+            base_offset: first,
+            last_offset: end.saturating_sub(1).max(first),
+            log_append_time: None,
+            durable: false,
+            duplicate: end == first,
+        })
+    }
+
+    /// Cuts the log back to end at `offset` (see [`PartitionLog::truncate_to`]).
+    fn truncate_to(&mut self, offset: u64, config: &TopicConfig) -> Result<u64, LogError> {
+        self.shared.check_online()?;
+        let log_end = self.shared.log_end.load(Ordering::Acquire);
+        if offset >= log_end {
+            return Ok(log_end);
+        }
+        let shared = self.shared.clone();
+        let _maintenance = shared.maintenance.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = self.shared.dir.clone();
+        let (list, local_start) = self.shared.snapshot();
+        // The segment that will hold the new end: the last one starting below `offset`.
+        let keep = list.partition_point(|s| s.base_offset < offset);
+        let result = (|| -> Result<u64, LogError> {
+            if keep == 0 || offset <= local_start {
+                // Nothing local stays: start over, empty, at `offset`.
+                for segment in &list {
+                    segment.delete_files()?;
+                }
+                let next = Arc::new(Segment::create(&dir, offset)?);
+                segment::sync_dir(&dir)
+                    .map_err(|source| LogError::io(format!("fsync {}", dir.display()), source))?;
+                self.replace_segments(vec![next], list.len(), offset);
+                return Ok(offset);
+            }
+            let holder = &list[keep - 1];
+            let mut cut = None;
+            holder.for_each_batch(0, |position, _, header| {
+                if header.last_offset() as u64 >= offset {
+                    cut = Some(position);
+                    return Ok(false);
+                }
+                Ok(true)
+            })?;
+            for segment in &list[keep..] {
+                segment.delete_files()?;
+            }
+            if let Some(position) = cut {
+                holder.truncate_file(position)?;
+            }
+            segment::sync_dir(&dir)
+                .map_err(|source| LogError::io(format!("fsync {}", dir.display()), source))?;
+            let (reopened, _) =
+                Segment::open(&dir, holder.base_offset, true, config.index_interval_bytes)?;
+            let reopened = Arc::new(reopened);
+            let end = reopened.next_offset();
+            let mut kept: Vec<_> = list[..keep - 1].to_vec();
+            kept.push(reopened);
+            self.replace_segments(kept, list.len() - keep + 1, local_start);
+            Ok(end)
+        })();
+        let end = result.map_err(|e| self.shared.go_offline(e))?;
+        producers::delete_snapshots_from(&dir, end + 1)?;
+        let segments = self.shared.snapshot().0;
+        self.producers = recover_producers(&dir, &segments, end)?;
+        self.shared.epochs().truncate_from(&dir, end)?;
+        self.unflushed_records = 0;
+        self.oldest_unflushed = None;
+        self.shared.log_end.store(end, Ordering::SeqCst);
+        self.shared.appended.send_replace(end);
+        let lower = |value: &mut u64| {
+            let changed = *value > end;
+            *value = (*value).min(end);
+            changed
+        };
+        self.shared.high_watermark.send_if_modified(lower);
+        self.shared.durable_end.send_if_modified(lower);
+        tracing::warn!(partition = %dir.display(), from = log_end, to = end, "log truncated to the leader's");
+        Ok(end)
+    }
+
+    /// Puts `segments` in place of the whole list (`dropped` segments left it), the last
+    /// one active.
+    fn replace_segments(&mut self, segments: Vec<Arc<Segment>>, dropped: usize, log_start: u64) {
+        let metrics = &self.shared.metrics;
+        metrics.segments.dec_by(dropped as i64);
+        metrics.segments.inc();
+        let active = segments.last().cloned().expect("at least one segment");
+        let mut current = self
+            .shared
+            .segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        current.list = segments;
+        current.log_start = log_start;
+        self.active = active;
     }
 
     fn append(
@@ -1447,15 +1783,7 @@ impl Writer {
         }
         let base_offset = self.shared.log_end.load(Ordering::Acquire);
         let last_offset = base_offset + header.last_offset_delta as u64;
-        let too_big = self.active.size() + batch.len() as u64 > config.segment_bytes;
-        let too_old = self
-            .active
-            .first_append_ms()
-            .is_some_and(|first| now.saturating_sub(first) >= config.segment_ms as i64);
-        let offsets_overflow = last_offset - self.active.base_offset >= u64::from(u32::MAX);
-        if !self.active.is_empty() && (too_big || too_old || offsets_overflow) {
-            self.roll().map_err(|e| self.shared.go_offline(e))?;
-        }
+        self.roll_for(batch.len(), last_offset, config, now)?;
         if BatchHeader::parse(&batch)?.max_timestamp != header.max_timestamp {
             batch::set_max_timestamp(&mut batch, header.max_timestamp);
         }
@@ -1470,12 +1798,13 @@ impl Writer {
                 now
             });
         let stamped = batch::BatchHeader::parse(&batch)?;
+        self.note_epoch(stamped.partition_leader_epoch, base_offset)?;
         self.active
             .append(&batch, &stamped, now, config.index_interval_bytes)
             .map_err(|e| self.shared.go_offline(e))?;
         self.shared
             .log_end
-            .store(last_offset + 1, Ordering::Release);
+            .store(last_offset + 1, Ordering::SeqCst);
         // The stamped header: its max timestamp is the append time under LogAppendTime.
         self.producers.record(&stamped, base_offset);
         self.unflushed_records += header.records_count as u64;
@@ -1636,9 +1965,11 @@ impl Writer {
             .map_err(|source| LogError::io(format!("fsync {}", dir.display()), source))?;
         self.active = next;
         self.producers = ProducerStates::default();
+        self.shared.epochs().clear(dir)?;
         self.unflushed_records = 0;
         self.oldest_unflushed = None;
-        self.shared.log_end.store(offset, Ordering::Release);
+        self.shared.log_end.store(offset, Ordering::SeqCst);
+        self.shared.appended.send_replace(offset);
         self.shared.high_watermark.send_replace(offset);
         advance_durable_end(&self.shared, offset);
         tracing::info!(partition = %dir.display(), start = offset, "log started at a new offset");
@@ -1663,7 +1994,10 @@ impl Writer {
 
 fn reject_closed(command: Command) {
     match command {
-        Command::Append { reply, .. } => drop(reply.send(Err(LogError::Closed))),
+        Command::Append { reply, .. } | Command::AppendReplica { reply, .. } => {
+            drop(reply.send(Err(LogError::Closed)))
+        }
+        Command::TruncateTo { reply, .. } => drop(reply.send(Err(LogError::Closed))),
         Command::Sync { reply }
         | Command::Roll { reply, .. }
         | Command::ExpireProducers { reply, .. }

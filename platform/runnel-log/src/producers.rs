@@ -318,6 +318,16 @@ pub(crate) fn write_snapshot(
     Ok(())
 }
 
+/// Deletes the snapshots at or after `offset`: they describe batches a truncation removed.
+pub(crate) fn delete_snapshots_from(dir: &Path, offset: u64) -> Result<(), LogError> {
+    for stale in snapshot_offsets(dir)?.into_iter().filter(|o| *o >= offset) {
+        let path = snapshot_path(dir, stale);
+        std::fs::remove_file(&path)
+            .map_err(|source| LogError::io(format!("delete {}", path.display()), source))?;
+    }
+    Ok(())
+}
+
 /// The newest readable snapshot at or below `log_end`, and its offset; a damaged one is
 /// skipped (with a warning) in favour of an older one, and without any the state starts
 /// empty at `None` (replay everything).

@@ -547,6 +547,16 @@ impl Segment {
         Ok(())
     }
 
+    /// Cuts the file at `position` (a batch boundary) and removes the index files, which
+    /// describe the bytes cut: the segment must be opened again after this.
+    pub fn truncate_file(&self, position: u64) -> Result<(), LogError> {
+        self.remove_index_files()?;
+        self.file
+            .set_len(position)
+            .and_then(|()| self.file.sync_all())
+            .map_err(|source| self.io_error("truncate", source))
+    }
+
     /// Deletes the segment's files. Readers holding it keep reading the unlinked file.
     pub fn delete_files(&self) -> Result<(), LogError> {
         self.remove_index_files()?;

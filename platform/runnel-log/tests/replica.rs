@@ -1,0 +1,197 @@
+//! What a replicated partition needs of the log: copying batches as they are, holding the
+//! high watermark back, the leader epoch of each run of offsets, and cutting a follower's
+//! log back to its leader's.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use runnel_config::TopicConfig;
+use runnel_log::{LogError, PartitionLog};
+
+fn small_segments() -> TopicConfig {
+    TopicConfig {
+        segment_bytes: 300,
+        ..TopicConfig::default()
+    }
+}
+
+fn idempotent(producer_id: i64, sequence: i32) -> bytes::BytesMut {
+    runnel_log::BatchBuilder {
+        producer_id,
+        producer_epoch: 0,
+        base_sequence: sequence,
+        ..Default::default()
+    }
+    .build(&[record(1_000, None, Some(b"value"))])
+    .unwrap()
+}
+
+/// Copies everything `leader` has past `follower`'s end, as a follower's fetches would.
+async fn catch_up(follower: &PartitionLog, leader: &PartitionLog) {
+    while follower.log_end() < leader.log_end() {
+        let read = leader
+            .read_replica(follower.log_end(), 1 << 20)
+            .await
+            .unwrap();
+        follower.append_replica(read.records).await.unwrap();
+    }
+}
+
+/// Every batch of a log, as bytes, from its local start.
+async fn all_bytes(log: &PartitionLog) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut next = log.local_log_start();
+    while next < log.log_end() {
+        let read = log.read_replica(next, 1 << 20).await.unwrap();
+        let end = runnel_log::batch::batch_positions(&read.records)
+            .last()
+            .map(|(_, h)| h.last_offset() as u64 + 1)
+            .unwrap();
+        out.extend_from_slice(&read.records);
+        next = end;
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_follower_copies_batches_byte_for_byte_and_its_high_watermark_follows_the_leader() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = open(a.path(), small_segments()).await;
+    let follower = open(b.path(), small_segments()).await;
+    leader.set_leader_epoch(4);
+    // One follower in sync that has nothing yet: the leader's high watermark stays at 0.
+    leader.set_replica_floor(0);
+    follower.set_replica_floor(0);
+    for i in 0..10 {
+        leader.append(simple_batch(3, 20, 1_000 + i)).await.unwrap();
+    }
+    assert_eq!(leader.log_end(), 30);
+    assert_eq!(leader.high_watermark(), 0, "held back for the follower");
+    assert!(leader.read(0, 1 << 20).await.unwrap().records.is_empty());
+
+    catch_up(&follower, &leader).await;
+    assert_eq!(follower.log_end(), 30);
+    assert_eq!(follower.high_watermark(), 0, "a follower's comes from its leader");
+    assert_eq!(all_bytes(&follower).await, all_bytes(&leader).await);
+    assert_eq!(follower.latest_epoch(), Some(4));
+    assert!(follower.segments().len() > 1, "the copy rolls segments too");
+
+    // The follower reported 30: the leader may show everything.
+    leader.set_replica_floor(30);
+    assert_eq!(leader.high_watermark(), 30);
+    follower.advance_high_watermark(leader.high_watermark());
+    assert_eq!(follower.high_watermark(), 30);
+    assert_eq!(read_all(&follower, 0, 1 << 20).await.unwrap().len(), 30);
+    // Never past its own log end, never down.
+    follower.advance_high_watermark(99);
+    follower.advance_high_watermark(3);
+    assert_eq!(follower.high_watermark(), 30);
+    // No follower in sync: the high watermark follows the log end again.
+    leader.set_replica_floor(u64::MAX);
+    leader.append(simple_batch(1, 20, 2_000)).await.unwrap();
+    assert_eq!(leader.high_watermark(), 31);
+}
+
+#[tokio::test]
+async fn replicated_batches_must_start_at_the_log_end_and_be_whole() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = open(a.path(), TopicConfig::default()).await;
+    let follower = open(b.path(), TopicConfig::default()).await;
+    for i in 0..3 {
+        leader.append(simple_batch(2, 10, 1_000 + i)).await.unwrap();
+    }
+    let read = leader.read_replica(2, 1 << 20).await.unwrap();
+    let error = follower.append_replica(read.records.clone()).await;
+    assert!(
+        matches!(error, Err(LogError::InvalidBatch(_))),
+        "a gap: {error:?}"
+    );
+    let read = leader.read_replica(0, 1 << 20).await.unwrap();
+    let mut damaged = read.records.to_vec();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0xff;
+    let error = follower.append_replica(Bytes::from(damaged)).await;
+    assert!(matches!(error, Err(LogError::InvalidBatch(_))), "{error:?}");
+    let cut = read.records.slice(..read.records.len() - 5);
+    let error = follower.append_replica(cut).await;
+    assert!(matches!(error, Err(LogError::InvalidBatch(_))), "{error:?}");
+    // The whole batches before a refused one are in; nothing after.
+    assert_eq!(follower.log_end(), 4);
+    follower.truncate_to(0).await.unwrap();
+    catch_up(&follower, &leader).await;
+    assert_eq!(all_bytes(&follower).await, all_bytes(&leader).await);
+    // A read below the local log is out of range, with the local start.
+    assert!(matches!(
+        leader.read_replica(7, 100).await,
+        Err(LogError::OffsetOutOfRange { log_end: 6, .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_diverged_follower_is_cut_back_to_its_new_leader_and_converges() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let old_leader = open(a.path(), small_segments()).await;
+    let new_leader = open(b.path(), small_segments()).await;
+    // Epoch 0: both get offsets 0..12, then the old leader alone writes 12..24.
+    for i in 0..4 {
+        old_leader.append(simple_batch(3, 20, 1_000 + i)).await.unwrap();
+    }
+    catch_up(&new_leader, &old_leader).await;
+    for i in 0..4 {
+        old_leader.append(idempotent(7, i)).await.unwrap();
+        old_leader.append(simple_batch(2, 20, 2_000)).await.unwrap();
+    }
+    assert_eq!(old_leader.log_end(), 24);
+    // Epoch 3: the new leader writes 12..18.
+    new_leader.set_leader_epoch(3);
+    for i in 0..2 {
+        new_leader.append(simple_batch(3, 20, 3_000 + i)).await.unwrap();
+    }
+    assert_eq!(new_leader.end_offset_for_epoch(0), (0, 12));
+    assert_eq!(new_leader.end_offset_for_epoch(3), (3, 18));
+    assert_eq!(new_leader.end_offset_for_epoch(2), (0, 12));
+
+    // The old leader follows: its last epoch is 0, which ended at 12 on the new leader.
+    let epoch = old_leader.latest_epoch().unwrap();
+    let (_, end) = new_leader.end_offset_for_epoch(epoch);
+    let segments_before = old_leader.segments().len();
+    assert_eq!(old_leader.truncate_to(end).await.unwrap(), 12);
+    assert!(old_leader.segments().len() < segments_before);
+    assert!(old_leader.high_watermark() <= 12);
+    catch_up(&old_leader, &new_leader).await;
+    assert_eq!(all_bytes(&old_leader).await, all_bytes(&new_leader).await);
+    assert_eq!(old_leader.latest_epoch(), Some(3));
+
+    // The producer whose batches were cut is forgotten: its sequence 0 is new again, not a
+    // duplicate of a batch that is gone.
+    let appended = old_leader.append(idempotent(7, 0)).await.unwrap();
+    assert!(!appended.duplicate);
+
+    // All of it survives a reopen: segments, epochs, producers.
+    let end = old_leader.log_end();
+    old_leader.close().await.unwrap();
+    drop(old_leader);
+    let reopened = open(a.path(), small_segments()).await;
+    assert_eq!(reopened.log_end(), end);
+    assert_eq!(reopened.end_offset_for_epoch(0), (0, 12));
+    assert_eq!(reopened.end_offset_for_epoch(3).0, 3);
+    assert!(reopened.append(idempotent(7, 0)).await.unwrap().duplicate);
+}
+
+#[tokio::test]
+async fn cutting_inside_a_batch_cuts_the_whole_batch_and_cutting_everything_keeps_the_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), TopicConfig::default()).await;
+    for i in 0..3 {
+        log.append(simple_batch(5, 10, 1_000 + i)).await.unwrap();
+    }
+    assert_eq!(log.truncate_to(12).await.unwrap(), 10);
+    assert_eq!(log.truncate_to(40).await.unwrap(), 10, "past the end: nothing");
+    assert_eq!(read_all(&log, 0, 1 << 20).await.unwrap().len(), 10);
+    assert_eq!(log.truncate_to(0).await.unwrap(), 0);
+    assert_eq!(log.log_end(), 0);
+    assert_eq!(log.latest_epoch(), None);
+    log.append(simple_batch(2, 10, 5_000)).await.unwrap();
+    assert_eq!(read_all(&log, 0, 1 << 20).await.unwrap().len(), 2);
+}
