@@ -16,6 +16,7 @@ use runnel_controller::{Applied, Command, Controller, ControllerError, Metadata,
 use runnel_log::{LogError, LogManager, PartitionLog, PendingAppend, ReadResult, TopicPartition};
 
 use crate::peers::{OffsetCommit, Peers};
+use crate::replication::ReplicaWait;
 
 /// How long topic creation waits for this node to open the new partitions.
 pub const ADMIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -64,6 +65,33 @@ pub enum BrokerError {
     NotAvailable { topic: String, partition: i32 },
     #[error("transactional batches are not supported yet")]
     TransactionsUnsupported,
+    /// A replica fetch from a node that holds no replica of the partition.
+    #[error("node {replica} holds no replica of {topic}-{partition}")]
+    NotReplica {
+        topic: String,
+        partition: i32,
+        replica: NodeId,
+    },
+    /// A replica fetch for another leadership than the current one.
+    #[error("{topic}-{partition}: leader epoch {epoch}, but the current one is {current}")]
+    LeaderEpoch {
+        topic: String,
+        partition: i32,
+        epoch: i32,
+        current: i32,
+    },
+    /// An `acks=all` write while the ISR is smaller than `min.insync.replicas`.
+    #[error("{topic}-{partition} has {isr} in-sync replica(s); min.insync.replicas is {required}")]
+    NotEnoughReplicas {
+        topic: String,
+        partition: i32,
+        isr: usize,
+        required: u32,
+    },
+    /// An `acks=all` write appended by the leader that its replicas did not all take in
+    /// time; a retry (idempotent, or not) may write it again.
+    #[error("{topic}-{partition}: the in-sync replicas did not take the write in time")]
+    NotEnoughReplicasAfterAppend { topic: String, partition: i32 },
     /// A call forwarded to another node failed there or on the way.
     #[error("node {node}: {message}")]
     Peer {
@@ -88,13 +116,15 @@ pub struct TopicConfigs {
 
 pub struct Broker {
     node_id: NodeId,
-    log: Arc<LogManager>,
+    pub(crate) log: Arc<LogManager>,
     controller: Arc<Controller>,
     settings: BrokerSettings,
     /// The rest of the block of producer ids taken from the controller.
     producer_ids: tokio::sync::Mutex<Range<i64>>,
     /// Other nodes, for writes and reads of partitions they lead (set once at startup).
     peers: std::sync::OnceLock<Arc<dyn Peers>>,
+    /// The followers' progress on the partitions led here (see [`crate::replication`]).
+    pub(crate) leaderships: crate::replication::Leaderships,
 }
 
 impl Broker {
@@ -111,6 +141,7 @@ impl Broker {
             settings,
             producer_ids: tokio::sync::Mutex::new(0..0),
             peers: std::sync::OnceLock::new(),
+            leaderships: Default::default(),
         }
     }
 
@@ -122,7 +153,7 @@ impl Broker {
 
     /// Where to forward a call for something `leader` holds: the peers and its cluster
     /// address.
-    fn peer(
+    pub(crate) fn peer(
         &self,
         leader: NodeId,
         refused: BrokerError,
@@ -313,6 +344,11 @@ impl Broker {
         if log.topic_id().as_deref() != Some(meta.id.to_string().as_str()) {
             return Err(not_available());
         }
+        // A replicated partition is led once replication took the leadership's epoch (its
+        // batches carry it, and followers are checked against it).
+        if assigned.replicas.len() > 1 && log.leader_epoch() != assigned.leader_epoch {
+            return Err(not_available());
+        }
         Ok(log)
     }
 
@@ -330,6 +366,23 @@ impl Broker {
     ) -> Result<PendingProduce, BrokerError> {
         let log = self.leader_log(topic, partition)?;
         let mut batches = split_batches(&records, &log)?;
+        let replicated = self
+            .metadata()
+            .topics
+            .get(topic)
+            .and_then(|t| t.partitions.get(partition as usize))
+            .is_some_and(|p| p.replicas.len() > 1);
+        let replicas = if durable && replicated {
+            self.check_in_sync(topic, partition, &log)?;
+            Some(ReplicaWait {
+                log: log.clone(),
+                epoch: log.leader_epoch(),
+                topic: topic.to_string(),
+                partition,
+            })
+        } else {
+            None
+        };
         if batches.len() > 1 {
             // All are checked before any is queued. Decompressing is CPU work that must
             // not hold up the async runtime.
@@ -350,7 +403,7 @@ impl Broker {
         for batch in batches {
             pending.push(log.submit_append(batch, durable).await?);
         }
-        Ok(PendingProduce { pending })
+        Ok(PendingProduce { pending, replicas })
     }
 
     /// Reads whole batches from `offset`, about `max_bytes` of them.
@@ -491,6 +544,8 @@ impl Broker {
 /// The appends of one produce to one partition, queued in order.
 pub struct PendingProduce {
     pending: Vec<PendingAppend>,
+    /// For `acks=all` on a replicated partition: the wait for the ISR.
+    replicas: Option<ReplicaWait>,
 }
 
 /// Where a produce landed: the first batch's base offset, the last batch's last offset.
@@ -513,11 +568,15 @@ impl PendingProduce {
             });
             entry.last_offset = appended.last_offset;
         }
-        produced.ok_or_else(|| {
+        let produced = produced.ok_or_else(|| {
             BrokerError::Log(LogError::InvalidBatch(
                 runnel_log::BatchError::Inconsistent("no record batch in the request".to_string()),
             ))
-        })
+        })?;
+        if let Some(replicas) = &self.replicas {
+            replicas.wait(produced.last_offset).await?;
+        }
+        Ok(produced)
     }
 }
 

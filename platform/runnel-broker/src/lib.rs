@@ -12,5 +12,6 @@ pub mod groups;
 pub mod partitioner;
 pub mod peers;
 pub mod reconcile;
+pub mod replication;
 
 pub use broker::{Broker, BrokerError, BrokerSettings, PendingProduce, Produced, TopicConfigs};

@@ -55,6 +55,14 @@ pub trait Peers: Send + Sync {
         max_bytes: usize,
     ) -> PeerFuture<ReadResult>;
 
+    /// A follower's fetch from `node`, the partition's leader.
+    fn fetch_replica(
+        &self,
+        node: NodeId,
+        address: String,
+        fetch: crate::replication::ReplicaFetch,
+    ) -> PeerFuture<crate::replication::ReplicaFetched>;
+
     /// Commits a group's offset at its coordinator, `node`.
     fn commit_offset(&self, node: NodeId, address: String, commit: OffsetCommit) -> PeerFuture<()>;
 }

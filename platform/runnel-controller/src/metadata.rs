@@ -12,7 +12,7 @@
 //! brokers, each new partition's leader to the broker leading the fewest partitions, its
 //! followers to the brokers holding the fewest replicas (ties broken by node id).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use runnel_config::{TopicConfig, validate_topic_name};
 use serde::{Deserialize, Serialize};
@@ -165,10 +165,22 @@ pub struct Metadata {
 pub enum Command {
     /// Adds a node or updates its addresses and roles; the node is marked alive.
     RegisterNode(NodeInfo),
-    /// Marks a node alive or not (fenced).
+    /// Marks a node alive or not. Fencing a node also takes it out of every ISR it is in
+    /// (unless it is the last member) and moves the leadership of the partitions it led to
+    /// the first live member left in their ISR, in a new leader epoch.
     SetNodeAlive {
         id: NodeId,
         alive: bool,
+    },
+    /// A partition's leader changes its ISR (Kafka's AlterPartition): a follower that fell
+    /// behind leaves it, one that caught up joins it. Refused unless `leader` still leads
+    /// the partition in `leader_epoch`.
+    AlterIsr {
+        topic: String,
+        partition: u32,
+        leader: NodeId,
+        leader_epoch: i32,
+        isr: Vec<NodeId>,
     },
     /// Creates a topic. The proposer draws `id`, so every voter stores the same UUID.
     CreateTopic {
@@ -215,6 +227,7 @@ pub enum Command {
 pub enum Applied {
     NodeRegistered,
     NodeAliveSet,
+    IsrAltered,
     TopicCreated {
         id: Uuid,
         partitions: Vec<PartitionMeta>,
@@ -261,6 +274,19 @@ pub enum MetadataError {
     ProducerIdsExhausted,
     #[error("unknown function `{0}`")]
     UnknownFunction(String),
+    /// An ISR change from a leader that no longer leads, or leads in another epoch.
+    #[error("{topic}-{partition}: {reason}")]
+    StaleLeader {
+        topic: String,
+        partition: u32,
+        reason: String,
+    },
+    #[error("invalid ISR for {topic}-{partition}: {reason}")]
+    InvalidIsr {
+        topic: String,
+        partition: u32,
+        reason: String,
+    },
     #[error("invalid function: {0}")]
     InvalidFunction(String),
 }
@@ -282,8 +308,18 @@ impl Metadata {
                     .get_mut(id)
                     .ok_or(MetadataError::UnknownNode(*id))?;
                 node.alive = *alive;
+                if !*alive {
+                    self.fence_replicas(*id);
+                }
                 Ok(Applied::NodeAliveSet)
             }
+            Command::AlterIsr {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                isr,
+            } => self.alter_isr(topic, *partition, *leader, *leader_epoch, isr),
             Command::CreateTopic {
                 name,
                 id,
@@ -329,6 +365,84 @@ impl Metadata {
                 Ok(Applied::FunctionDeleted)
             }
         }
+    }
+
+    /// Takes fenced node `id` out of the ISRs and leaderships it holds. A partition whose
+    /// ISR has no live member but `id` keeps it (as leader, if it led): electing a replica
+    /// that may lack acknowledged records would lose them (Kafka's clean election).
+    fn fence_replicas(&mut self, id: NodeId) {
+        let alive: BTreeSet<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| n.alive)
+            .map(|n| n.id)
+            .collect();
+        for topic in self.topics.values_mut() {
+            for partition in &mut topic.partitions {
+                if !partition.isr.contains(&id) {
+                    continue;
+                }
+                let Some(&successor) = partition
+                    .isr
+                    .iter()
+                    .find(|r| **r != id && alive.contains(r))
+                else {
+                    continue;
+                };
+                partition.isr.retain(|r| *r != id);
+                if partition.leader == Some(id) {
+                    partition.leader = Some(successor);
+                    partition.leader_epoch += 1;
+                }
+            }
+        }
+    }
+
+    fn alter_isr(
+        &mut self,
+        topic: &str,
+        index: u32,
+        leader: NodeId,
+        leader_epoch: i32,
+        isr: &[NodeId],
+    ) -> Response {
+        let meta = self
+            .topics
+            .get_mut(topic)
+            .ok_or_else(|| MetadataError::UnknownTopic(topic.to_string()))?;
+        let partition = meta
+            .partitions
+            .get_mut(index as usize)
+            .ok_or_else(|| MetadataError::UnknownTopic(format!("{topic}-{index}")))?;
+        if partition.leader != Some(leader) || partition.leader_epoch != leader_epoch {
+            return Err(MetadataError::StaleLeader {
+                topic: topic.to_string(),
+                partition: index,
+                reason: format!(
+                    "node {leader} in epoch {leader_epoch} does not lead it (leader {:?}, epoch {})",
+                    partition.leader, partition.leader_epoch
+                ),
+            });
+        }
+        let invalid = |reason: String| MetadataError::InvalidIsr {
+            topic: topic.to_string(),
+            partition: index,
+            reason,
+        };
+        if !isr.contains(&leader) {
+            return Err(invalid("it must hold the leader".to_string()));
+        }
+        let mut unique = isr.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        if unique.len() != isr.len() || isr.iter().any(|r| !partition.replicas.contains(r)) {
+            return Err(invalid(format!(
+                "{isr:?} is not a set of the replicas {:?}",
+                partition.replicas
+            )));
+        }
+        partition.isr = isr.to_vec();
+        Ok(Applied::IsrAltered)
     }
 
     fn deploy_function(&mut self, spec: &FunctionSpec) -> Response {
@@ -745,6 +859,82 @@ mod tests {
                 .iter()
                 .all(|p| !p.replicas.contains(&2))
         );
+    }
+
+    fn fence(metadata: &mut Metadata, id: NodeId) {
+        metadata
+            .apply(&Command::SetNodeAlive { id, alive: false })
+            .unwrap();
+    }
+
+    #[test]
+    fn fencing_a_leader_moves_leadership_to_a_live_isr_member_in_a_new_epoch() {
+        let mut metadata = cluster(3);
+        metadata.apply(&create("a", 3, 3)).unwrap();
+        metadata.apply(&create("single", 3, 1)).unwrap();
+        let before = metadata.topics.clone();
+        fence(&mut metadata, 1);
+        for (index, partition) in metadata.topics["a"].partitions.iter().enumerate() {
+            let old = &before["a"].partitions[index];
+            assert!(!partition.isr.contains(&1), "{partition:?}");
+            assert_eq!(partition.replicas, old.replicas, "replicas do not change");
+            if old.leader == Some(1) {
+                assert_eq!(partition.leader_epoch, old.leader_epoch + 1);
+                assert_ne!(partition.leader, Some(1));
+                assert!(partition.isr.contains(&partition.leader.unwrap()));
+            } else {
+                assert_eq!(partition.leader, old.leader);
+                assert_eq!(partition.leader_epoch, old.leader_epoch);
+            }
+        }
+        // Unreplicated partitions have no one else to go to: they keep their leader.
+        assert_eq!(metadata.topics["single"], before["single"]);
+
+        // Node 2 goes too: node 3 leads everything, alone in the ISR; then node 3 goes,
+        // and stays the (unavailable) leader rather than hand over to a stale replica.
+        fence(&mut metadata, 2);
+        fence(&mut metadata, 3);
+        for partition in &metadata.topics["a"].partitions {
+            assert_eq!(partition.leader, Some(3));
+            assert_eq!(partition.isr, vec![3]);
+        }
+    }
+
+    #[test]
+    fn only_the_current_leader_in_its_epoch_alters_the_isr() {
+        let mut metadata = cluster(3);
+        metadata.apply(&create("a", 1, 3)).unwrap();
+        let leader = metadata.topics["a"].partitions[0].leader.unwrap();
+        let follower = *metadata.topics["a"].partitions[0]
+            .replicas
+            .iter()
+            .find(|r| **r != leader)
+            .unwrap();
+        let alter = |leader, leader_epoch, isr: Vec<NodeId>| Command::AlterIsr {
+            topic: "a".into(),
+            partition: 0,
+            leader,
+            leader_epoch,
+            isr,
+        };
+        metadata
+            .apply(&alter(leader, 0, vec![leader, follower]))
+            .unwrap();
+        assert_eq!(
+            metadata.topics["a"].partitions[0].isr,
+            vec![leader, follower]
+        );
+        let before = metadata.clone();
+        for refused in [
+            alter(follower, 0, vec![follower]),
+            alter(leader, 1, vec![leader]),
+            alter(leader, 0, vec![follower]),
+            alter(leader, 0, vec![leader, leader]),
+            alter(leader, 0, vec![leader, 99]),
+        ] {
+            assert!(metadata.apply(&refused).is_err(), "{refused:?}");
+            assert_eq!(metadata, before);
+        }
     }
 
     #[test]

@@ -922,6 +922,23 @@ pub(crate) async fn scan_state(
 ) -> Result<(), String> {
     let state_topic = state_topic_of(function);
     let broker = functions.broker();
+    if let Ok(log) = broker.leader_log(&state_topic, 0) {
+        // A new leader may hold state its high watermark does not show yet (written under
+        // the previous leader, not yet confirmed by the replicas): wait until it does, or
+        // the state read would miss it.
+        let end = log.log_end();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while log.high_watermark() < end && tokio::time::Instant::now() < deadline {
+            log.wait_for_data(log.high_watermark(), Duration::from_millis(100))
+                .await;
+        }
+        if log.high_watermark() < end {
+            return Err(format!(
+                "the state topic {state_topic} is replicated up to {} of {end}; waiting for its replicas",
+                log.high_watermark()
+            ));
+        }
+    }
     let mut offset = 0;
     loop {
         // Here or on the node that leads the state topic.

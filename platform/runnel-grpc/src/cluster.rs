@@ -37,6 +37,7 @@ use tonic::{Request, Status};
 use bytes::Bytes;
 use runnel_broker::groups::{CommittedOffset, GroupService, GroupServiceError};
 use runnel_broker::peers::{OffsetCommit, PeerFuture, Peers};
+use runnel_broker::replication::{ReplicaFetch, ReplicaFetched};
 use runnel_broker::{Broker, BrokerError};
 use runnel_log::ReadResult;
 
@@ -44,6 +45,7 @@ use crate::proto::cluster_client::ClusterClient;
 use crate::proto::cluster_server::{Cluster, ClusterServer};
 use crate::proto::{
     PartitionData, PartitionProduce, PartitionProduced, PartitionRead, RaftReply, RaftRequest,
+    ReplicaFetchReply, ReplicaFetchRequest,
 };
 
 /// Messages larger than this are refused. Snapshots travel in chunks far below it; a
@@ -58,6 +60,8 @@ const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 const MAX_READ_BYTES: usize = 16 << 20;
 /// How long a forwarded write, read or commit may take.
 const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a follower's fetch may take (the leader holds an empty one for 500 ms).
+const REPLICA_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An offset commit as `CommitOffset` carries it.
 #[derive(Serialize, serde::Deserialize)]
@@ -278,6 +282,37 @@ impl Cluster for ClusterService {
             records: read.records.to_vec(),
             high_watermark: read.high_watermark,
             log_start: read.log_start,
+        }))
+    }
+
+    async fn replica_fetch(
+        &self,
+        request: Request<ReplicaFetchRequest>,
+    ) -> Result<tonic::Response<ReplicaFetchReply>, Status> {
+        let request = request.into_inner();
+        self.check_node(request.target)?;
+        let broker = &self.local()?.broker;
+        let fetch = ReplicaFetch {
+            topic: request.topic,
+            partition: request.partition,
+            replica: request.replica,
+            leader_epoch: request.leader_epoch,
+            fetch_offset: request.fetch_offset,
+            last_fetched_epoch: request.last_fetched_epoch,
+            max_bytes: (request.max_bytes as usize).min(MAX_READ_BYTES),
+        };
+        let fetched = broker
+            .serve_replica_fetch(fetch)
+            .await
+            .map_err(|e| crate::api::broker_status(broker, e))?;
+        let (diverging_epoch, diverging_end_offset) = fetched.diverging.unwrap_or((-1, 0));
+        Ok(tonic::Response::new(ReplicaFetchReply {
+            records: fetched.records.to_vec(),
+            high_watermark: fetched.high_watermark,
+            log_start: fetched.log_start,
+            diverging: fetched.diverging.is_some(),
+            diverging_epoch,
+            diverging_end_offset,
         }))
     }
 
@@ -721,6 +756,41 @@ impl Peers for ClusterPeers {
                 records: Bytes::from(data.records),
                 high_watermark: data.high_watermark,
                 log_start: data.log_start,
+            })
+        })
+    }
+
+    fn fetch_replica(
+        &self,
+        node: NodeId,
+        address: String,
+        fetch: ReplicaFetch,
+    ) -> PeerFuture<ReplicaFetched> {
+        let client = self.client(node, &address);
+        Box::pin(async move {
+            let mut request = Request::new(ReplicaFetchRequest {
+                target: node,
+                topic: fetch.topic,
+                partition: fetch.partition,
+                replica: fetch.replica,
+                leader_epoch: fetch.leader_epoch,
+                fetch_offset: fetch.fetch_offset,
+                last_fetched_epoch: fetch.last_fetched_epoch,
+                max_bytes: u32::try_from(fetch.max_bytes).unwrap_or(u32::MAX),
+            });
+            request.set_timeout(REPLICA_FETCH_TIMEOUT);
+            let reply = client?
+                .replica_fetch(request)
+                .await
+                .map_err(|status| peer_error(node, status))?
+                .into_inner();
+            Ok(ReplicaFetched {
+                records: Bytes::from(reply.records),
+                high_watermark: reply.high_watermark,
+                log_start: reply.log_start,
+                diverging: reply
+                    .diverging
+                    .then_some((reply.diverging_epoch, reply.diverging_end_offset)),
             })
         })
     }

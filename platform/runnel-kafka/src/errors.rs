@@ -16,6 +16,8 @@ pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 pub const REQUEST_TIMED_OUT: i16 = 7;
 pub const MESSAGE_TOO_LARGE: i16 = 10;
 pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+pub const NOT_ENOUGH_REPLICAS: i16 = 19;
+pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
 pub const INVALID_REQUIRED_ACKS: i16 = 21;
 pub const UNSUPPORTED_VERSION: i16 = 35;
 pub const TOPIC_ALREADY_EXISTS: i16 = 36;
@@ -91,6 +93,10 @@ pub fn code(error: &BrokerError) -> i16 {
         BrokerError::NotLeader { .. } => NOT_LEADER_OR_FOLLOWER,
         BrokerError::NotAvailable { .. } => LEADER_NOT_AVAILABLE,
         BrokerError::TransactionsUnsupported => INVALID_REQUEST,
+        BrokerError::NotReplica { .. } => NOT_LEADER_OR_FOLLOWER,
+        BrokerError::LeaderEpoch { .. } => FENCED_LEADER_EPOCH,
+        BrokerError::NotEnoughReplicas { .. } => NOT_ENOUGH_REPLICAS,
+        BrokerError::NotEnoughReplicasAfterAppend { .. } => NOT_ENOUGH_REPLICAS_AFTER_APPEND,
         BrokerError::Peer {
             retriable: true, ..
         } => REQUEST_TIMED_OUT,
@@ -134,7 +140,9 @@ fn controller_code(error: &ControllerError) -> i16 {
             | MetadataError::InvalidNode { .. }
             | MetadataError::ProducerIdsExhausted
             | MetadataError::UnknownFunction(_)
-            | MetadataError::InvalidFunction(_) => UNKNOWN_SERVER_ERROR,
+            | MetadataError::InvalidFunction(_)
+            | MetadataError::InvalidIsr { .. } => UNKNOWN_SERVER_ERROR,
+            MetadataError::StaleLeader { .. } => FENCED_LEADER_EPOCH,
         },
         ControllerError::NotLeader { .. } => NOT_CONTROLLER,
         ControllerError::Unavailable(_) => REQUEST_TIMED_OUT,

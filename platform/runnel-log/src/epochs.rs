@@ -157,9 +157,17 @@ mod tests {
     fn end_offsets_follow_kafka_rules() {
         let epochs = cache(&[(0, 0), (2, 100), (5, 180)]);
         assert_eq!(epochs.end_offset_for(0, 250), (0, 100));
-        assert_eq!(epochs.end_offset_for(1, 250), (0, 100), "an epoch never seen");
+        assert_eq!(
+            epochs.end_offset_for(1, 250),
+            (0, 100),
+            "an epoch never seen"
+        );
         assert_eq!(epochs.end_offset_for(2, 250), (2, 180));
-        assert_eq!(epochs.end_offset_for(5, 250), (5, 250), "the newest ends at the log end");
+        assert_eq!(
+            epochs.end_offset_for(5, 250),
+            (5, 250),
+            "the newest ends at the log end"
+        );
         assert_eq!(epochs.end_offset_for(9, 250), (5, 250));
         assert_eq!(cache(&[(3, 40)]).end_offset_for(1, 90), (-1, 40));
         assert_eq!(cache(&[]).end_offset_for(1, 0), (-1, 0));

@@ -633,7 +633,11 @@ impl PartitionLog {
     /// Reads whole batches from `offset` up to the log end, past the high watermark: what
     /// a follower copies. Only the local log is read; below it the answer is
     /// [`LogError::OffsetOutOfRange`] with the local log start.
-    pub async fn read_replica(&self, offset: u64, max_bytes: usize) -> Result<ReadResult, LogError> {
+    pub async fn read_replica(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<ReadResult, LogError> {
         self.shared.check_online()?;
         let high_watermark = self.high_watermark();
         let (segments, local_start) = self.shared.snapshot();
@@ -1394,7 +1398,10 @@ enum Reply {
         bool,
     ),
     Done(oneshot::Sender<Result<(), LogError>>, Result<(), LogError>),
-    Truncated(oneshot::Sender<Result<u64, LogError>>, Result<u64, LogError>),
+    Truncated(
+        oneshot::Sender<Result<u64, LogError>>,
+        Result<u64, LogError>,
+    ),
 }
 
 type Queued = (Command, OwnedSemaphorePermit);
@@ -1642,9 +1649,7 @@ impl Writer {
             self.active
                 .append(bytes, &header, now, config.index_interval_bytes)
                 .map_err(|e| self.shared.go_offline(e))?;
-            self.shared
-                .log_end
-                .store(last_offset + 1, Ordering::SeqCst);
+            self.shared.log_end.store(last_offset + 1, Ordering::SeqCst);
             self.producers.record(&header, expected);
             self.unflushed_records += header.records_count as u64;
             self.oldest_unflushed.get_or_insert_with(Instant::now);
@@ -1802,9 +1807,7 @@ impl Writer {
         self.active
             .append(&batch, &stamped, now, config.index_interval_bytes)
             .map_err(|e| self.shared.go_offline(e))?;
-        self.shared
-            .log_end
-            .store(last_offset + 1, Ordering::SeqCst);
+        self.shared.log_end.store(last_offset + 1, Ordering::SeqCst);
         // The stamped header: its max timestamp is the append time under LogAppendTime.
         self.producers.record(&stamped, base_offset);
         self.unflushed_records += header.records_count as u64;

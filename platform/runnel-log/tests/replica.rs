@@ -72,7 +72,11 @@ async fn a_follower_copies_batches_byte_for_byte_and_its_high_watermark_follows_
 
     catch_up(&follower, &leader).await;
     assert_eq!(follower.log_end(), 30);
-    assert_eq!(follower.high_watermark(), 0, "a follower's comes from its leader");
+    assert_eq!(
+        follower.high_watermark(),
+        0,
+        "a follower's comes from its leader"
+    );
     assert_eq!(all_bytes(&follower).await, all_bytes(&leader).await);
     assert_eq!(follower.latest_epoch(), Some(4));
     assert!(follower.segments().len() > 1, "the copy rolls segments too");
@@ -135,7 +139,10 @@ async fn a_diverged_follower_is_cut_back_to_its_new_leader_and_converges() {
     let new_leader = open(b.path(), small_segments()).await;
     // Epoch 0: both get offsets 0..12, then the old leader alone writes 12..24.
     for i in 0..4 {
-        old_leader.append(simple_batch(3, 20, 1_000 + i)).await.unwrap();
+        old_leader
+            .append(simple_batch(3, 20, 1_000 + i))
+            .await
+            .unwrap();
     }
     catch_up(&new_leader, &old_leader).await;
     for i in 0..4 {
@@ -146,7 +153,10 @@ async fn a_diverged_follower_is_cut_back_to_its_new_leader_and_converges() {
     // Epoch 3: the new leader writes 12..18.
     new_leader.set_leader_epoch(3);
     for i in 0..2 {
-        new_leader.append(simple_batch(3, 20, 3_000 + i)).await.unwrap();
+        new_leader
+            .append(simple_batch(3, 20, 3_000 + i))
+            .await
+            .unwrap();
     }
     assert_eq!(new_leader.end_offset_for_epoch(0), (0, 12));
     assert_eq!(new_leader.end_offset_for_epoch(3), (3, 18));
@@ -187,7 +197,11 @@ async fn cutting_inside_a_batch_cuts_the_whole_batch_and_cutting_everything_keep
         log.append(simple_batch(5, 10, 1_000 + i)).await.unwrap();
     }
     assert_eq!(log.truncate_to(12).await.unwrap(), 10);
-    assert_eq!(log.truncate_to(40).await.unwrap(), 10, "past the end: nothing");
+    assert_eq!(
+        log.truncate_to(40).await.unwrap(),
+        10,
+        "past the end: nothing"
+    );
     assert_eq!(read_all(&log, 0, 1 << 20).await.unwrap().len(), 10);
     assert_eq!(log.truncate_to(0).await.unwrap(), 0);
     assert_eq!(log.log_end(), 0);

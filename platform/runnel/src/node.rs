@@ -206,6 +206,10 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     // Set once, right here; nothing else sets it.
     let _ = groups_slot.set(groups.clone());
     broker.set_peers(runnel_grpc::cluster::ClusterPeers::new());
+    let replication = tokio::spawn(runnel_broker::replication::run(
+        broker.clone(),
+        stop_maintenance.clone(),
+    ));
     let _ = local.set(runnel_grpc::cluster::LocalPartitions {
         broker: broker.clone(),
         groups: groups.clone(),
@@ -316,6 +320,9 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     }
     if let Err(error) = reconcile.await {
         tracing::error!(%error, "the partition reconciliation task failed");
+    }
+    if let Err(error) = replication.await {
+        tracing::error!(%error, "the replication task failed");
     }
     controller.shutdown().await;
     if let Some(server) = cluster_server {

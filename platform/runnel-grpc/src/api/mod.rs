@@ -159,6 +159,11 @@ pub fn broker_status(broker: &Broker, error: BrokerError) -> Status {
         }
         BrokerError::NotAvailable { .. } => Code::Unavailable,
         BrokerError::TransactionsUnsupported => Code::InvalidArgument,
+        BrokerError::NotReplica { .. } | BrokerError::LeaderEpoch { .. } => {
+            Code::FailedPrecondition
+        }
+        BrokerError::NotEnoughReplicas { .. }
+        | BrokerError::NotEnoughReplicasAfterAppend { .. } => Code::Unavailable,
         BrokerError::Peer {
             retriable: true, ..
         } => Code::Unavailable,

@@ -4,7 +4,7 @@ to RUNNEL_TOPIC on RUNNEL_BOOTSTRAP with confluent-kafka, one at a time with a s
 linger, and waits for every delivery. Exit 0 when all were acknowledged; otherwise one
 line on stderr and exit 1.
 
-Usage: produce_keyed.py FIRST LAST
+Usage: produce_keyed.py FIRST LAST  (RUNNEL_RETRIES: the producer's `retries`)
 """
 
 import os
@@ -13,11 +13,16 @@ import sys
 from confluent_kafka import Producer
 
 first, last = int(sys.argv[1]), int(sys.argv[2])
-producer = Producer({
+config = {
     "bootstrap.servers": os.environ["RUNNEL_BOOTSTRAP"],
     "linger.ms": 5,
     "acks": "all",
-})
+}
+# RUNNEL_RETRIES=0 reports a broker's refusal as it is, instead of retrying it until the
+# delivery timeout.
+if "RUNNEL_RETRIES" in os.environ:
+    config["retries"] = int(os.environ["RUNNEL_RETRIES"])
+producer = Producer(config)
 failures = []
 
 
