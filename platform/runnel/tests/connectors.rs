@@ -451,6 +451,122 @@ fn a_source_writes_each_item_once_across_a_crash_and_restart() {
     assert!(!gone.status.success());
 }
 
+/// The ids of the items in `topic`, in offset order, as kcat reads them through `kafka`.
+fn item_ids(kafka: SocketAddr, topic: &str) -> Vec<i64> {
+    kcat_read(kafka, topic)
+        .iter()
+        .map(|(_, _, _, value, _)| {
+            serde_json::from_str::<serde_json::Value>(value).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_source_moves_to_another_broker_when_its_broker_is_lost_and_writes_each_item_once() {
+    let source = build_guest("plugins/http-source", "http_source");
+    let (target, address) = Target::start();
+    target.add_items(1..=40);
+    // Three nodes sharing one component store (an S3 bucket); every topic the connector
+    // creates, its state topic included, has three replicas.
+    let s3 = S3Server::start();
+    let config = format!(
+        "[tier]\nurl = \"s3://runnel/functions\"\nendpoint = \"http://{}\"\n\
+         allow_http = true\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n\
+         region = \"us-east-1\"\n[broker]\ndefault_replication_factor = 3\n",
+        s3.address
+    );
+    let mut cluster = Cluster::new(3, 3).with_config(&config);
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    cluster.read_banners(&[1, 2, 3]);
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = source.display().to_string();
+    let url = format!("http://{address}/items");
+    let allow = address.ip().to_string();
+    cli(
+        cluster.node(1),
+        dir.path(),
+        &[
+            "connector",
+            "create",
+            "feed",
+            "--kind",
+            "source",
+            "--wasm",
+            &wasm,
+            "--config",
+            "topic=items",
+            "--config",
+            &format!("url={url}"),
+            "--config",
+            "cursor.field=id",
+            "--config",
+            "key.field=name",
+            "--allow-host",
+            &allow,
+            "--poll-interval-ms",
+            "100",
+            "--batch-records",
+            "5",
+        ],
+    );
+    let runner = |cluster: &Cluster, asking: usize| -> Option<usize> {
+        let topics = cluster.topics(asking);
+        topics
+            .as_array()?
+            .iter()
+            .find(|t| t["name"] == "__runnel-fn-feed-state")?["partitions"][0]["leader"]
+            .as_u64()
+            .map(|id| id as usize)
+    };
+    wait_for(CATCH_UP, "the first items in the topic", || {
+        item_ids(cluster.node(1).kafka.unwrap(), "items").len() >= 10
+    });
+    let first = runner(&cluster, 1).expect("the source's node");
+    let isr = cluster
+        .topics(1)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "items")
+        .unwrap()["partitions"][0]["isr"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(isr, 3, "the topic is replicated");
+
+    // The source's node is lost mid-way. Once it is fenced, its state topic's partition
+    // moves to a node holding a replica, and the source with it: it resumes from the
+    // stored cursor, items added meanwhile included.
+    cluster.kill(first);
+    target.add_items(41..=80);
+    let survivor = (1..=3).find(|id| *id != first).unwrap();
+    let kafka = cluster.node(survivor).kafka.unwrap();
+    wait_for(CATCH_UP, "the source on another node", || {
+        runner(&cluster, survivor).is_some_and(|id| id != first)
+    });
+    let second = runner(&cluster, survivor).unwrap();
+    wait_for(CATCH_UP, "80 items in the topic", || {
+        item_ids(kafka, "items").len() >= 80
+    });
+    wait_for(CATCH_UP, "the source to reach item 80", || {
+        describe(cluster.node(second), dir.path(), "feed")["cursor"] == "80"
+    });
+    // A few more polls find nothing new.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        item_ids(kafka, "items"),
+        (1..=80).collect::<Vec<_>>(),
+        "each item once, in order, across the move"
+    );
+    let described = describe(cluster.node(second), dir.path(), "feed");
+    assert_eq!(described["state"], "running", "{described}");
+    cluster.stop_all();
+}
+
 #[test]
 fn outgoing_http_off_the_allow_list_is_refused_and_reported() {
     let sink = build_guest("plugins/http-sink", "http_sink");
