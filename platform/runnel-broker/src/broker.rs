@@ -13,7 +13,9 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use runnel_config::TopicConfig;
 use runnel_controller::{Applied, Command, Controller, ControllerError, Metadata, NodeId};
-use runnel_log::{LogError, LogManager, PartitionLog, PendingAppend, ReadResult, TopicPartition};
+use runnel_log::{
+    LogError, LogManager, PartitionLog, PendingAppend, ReadResult, Role, TopicPartition,
+};
 
 use crate::peers::{OffsetCommit, Peers};
 use crate::replication::ReplicaWait;
@@ -346,7 +348,9 @@ impl Broker {
         }
         // A replicated partition is led once replication took the leadership's epoch (its
         // batches carry it, and followers are checked against it).
-        if assigned.replicas.len() > 1 && log.leader_epoch() != assigned.leader_epoch {
+        if assigned.replicas.len() > 1
+            && (log.leader_epoch() != assigned.leader_epoch || log.role() != Role::Leader)
+        {
             return Err(not_available());
         }
         Ok(log)
@@ -366,22 +370,27 @@ impl Broker {
     ) -> Result<PendingProduce, BrokerError> {
         let log = self.leader_log(topic, partition)?;
         let mut batches = split_batches(&records, &log)?;
-        let replicated = self
+        // The leader epoch of a replicated partition (which `leader_log` checked the log
+        // has): its appends are refused if the log stops leading in it before they land.
+        let epoch = self
             .metadata()
             .topics
             .get(topic)
             .and_then(|t| t.partitions.get(partition as usize))
-            .is_some_and(|p| p.replicas.len() > 1);
-        let replicas = if durable && replicated {
-            self.check_in_sync(topic, partition, &log)?;
-            Some(ReplicaWait {
-                log: log.clone(),
-                epoch: log.leader_epoch(),
-                topic: topic.to_string(),
-                partition,
-            })
-        } else {
-            None
+            .filter(|p| p.replicas.len() > 1)
+            .map(|p| p.leader_epoch);
+        let replicas = match epoch {
+            Some(epoch) if durable => {
+                self.check_in_sync(topic, partition, &log)?;
+                Some(ReplicaWait {
+                    log: log.clone(),
+                    epoch,
+                    topic: topic.to_string(),
+                    partition,
+                    metadata: self.controller.subscribe(),
+                })
+            }
+            _ => None,
         };
         if batches.len() > 1 {
             // All are checked before any is queued. Decompressing is CPU work that must
@@ -401,7 +410,10 @@ impl Broker {
         }
         let mut pending = Vec::with_capacity(batches.len());
         for batch in batches {
-            pending.push(log.submit_append(batch, durable).await?);
+            pending.push(match epoch {
+                Some(epoch) => log.submit_leader_append(batch, durable, epoch).await?,
+                None => log.submit_append(batch, durable).await?,
+            });
         }
         Ok(PendingProduce { pending, replicas })
     }

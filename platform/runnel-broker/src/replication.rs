@@ -36,7 +36,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use runnel_controller::{Command, Metadata, NodeId, PartitionMeta};
-use runnel_log::{LogError, PartitionLog, TopicPartition};
+use runnel_log::{LogError, PartitionLog, Role, TopicPartition};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Broker, BrokerError};
@@ -85,9 +86,12 @@ pub struct ReplicaFetched {
 #[derive(Debug, Clone, Copy)]
 struct Follower {
     log_end: u64,
-    /// The last fetch that reached the leader's log end.
+    /// When the follower last held everything the leader had (Kafka's rule: a fetch
+    /// reaching the leader's log end as of the follower's previous fetch).
     caught_up_at: Instant,
     fetched_at: Instant,
+    /// The leader's log end at the follower's last fetch.
+    leader_end_at_fetch: u64,
 }
 
 /// A partition this node leads, as replication sees it.
@@ -99,14 +103,17 @@ struct Led {
     /// The log end when it began: a follower joins the ISR only once it has it all.
     epoch_start: u64,
     followers: BTreeMap<NodeId, Follower>,
+    /// An ISR proposed to the controller and not applied yet. Until it is, the high
+    /// watermark waits for the members of both (Kafka's maximal ISR): a follower being
+    /// added may be elected as soon as the change commits, so it must have every record
+    /// acknowledged from then on.
+    proposed_isr: Option<Vec<NodeId>>,
 }
 
 /// The leader side of replication: the followers' progress per partition led here.
 #[derive(Debug, Default)]
 pub struct Leaderships {
     led: Mutex<HashMap<TopicPartition, Led>>,
-    /// Partitions with an ISR change on its way to the controller.
-    proposing: Mutex<std::collections::HashSet<TopicPartition>>,
 }
 
 impl Leaderships {
@@ -114,22 +121,31 @@ impl Leaderships {
         self.led.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Marks (`true`) or clears an ISR proposal for `tp`; marking answers whether it was
-    /// not marked yet.
-    fn proposing(&self, tp: &TopicPartition, start: bool) -> bool {
-        let mut proposing = self.proposing.lock().unwrap_or_else(|e| e.into_inner());
-        if start {
-            proposing.insert(tp.clone())
-        } else {
-            proposing.remove(tp)
+    /// Notes `isr` as proposed for `tp` (the high watermark waits for its members too);
+    /// false if a proposal is already on its way.
+    fn start_proposal(&self, tp: &TopicPartition, isr: &[NodeId]) -> bool {
+        match self.lock().get_mut(tp) {
+            Some(led) if led.proposed_isr.is_none() => {
+                led.proposed_isr = Some(isr.to_vec());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The proposal for `tp` was applied (the metadata now has it) or refused.
+    fn finish_proposal(&self, tp: &TopicPartition) {
+        if let Some(led) = self.lock().get_mut(tp) {
+            led.proposed_isr = None;
         }
     }
 }
 
-/// The least log end of the followers in `isr` (0 for one not heard from; `u64::MAX`
-/// when the leader is alone in it).
+/// The least log end of the followers in `isr` and in any ISR proposed (0 for one not heard
+/// from; `u64::MAX` when the leader is alone in them).
 fn replica_floor(led: &Led, isr: &[NodeId], leader: NodeId) -> u64 {
     isr.iter()
+        .chain(led.proposed_isr.iter().flatten())
         .filter(|r| **r != leader)
         .map(|r| led.followers.get(r).map_or(0, |f| f.log_end))
         .min()
@@ -175,9 +191,21 @@ impl Broker {
                 current: meta.leader_epoch,
             });
         }
+        let local_start = log.local_log_start();
+        if fetch.fetch_offset < local_start {
+            // What the follower lacks is no longer here: it starts over at the local start.
+            return Ok(ReplicaFetched {
+                high_watermark: log.high_watermark(),
+                log_start: local_start,
+                ..ReplicaFetched::default()
+            });
+        }
         if fetch.last_fetched_epoch >= 0 {
             let (epoch, end) = log.end_offset_for_epoch(fetch.last_fetched_epoch);
-            if epoch != fetch.last_fetched_epoch || end < fetch.fetch_offset {
+            let unknown_but_consistent = epoch < 0 && end >= fetch.fetch_offset;
+            if !unknown_but_consistent
+                && (epoch != fetch.last_fetched_epoch || end < fetch.fetch_offset)
+            {
                 return Ok(ReplicaFetched {
                     high_watermark: log.high_watermark(),
                     log_start: log.local_log_start(),
@@ -234,17 +262,22 @@ impl Broker {
             return;
         }
         let now = Instant::now();
-        let caught_up = log_end >= log.log_end();
+        let leader_end = log.log_end();
         let follower = state.followers.entry(replica).or_insert(Follower {
             log_end,
             caught_up_at: state.since,
             fetched_at: now,
+            leader_end_at_fetch: u64::MAX,
         });
+        if log_end >= leader_end {
+            follower.caught_up_at = now;
+        } else if log_end >= follower.leader_end_at_fetch {
+            // It has all the leader had at its previous fetch: caught up as of then.
+            follower.caught_up_at = follower.caught_up_at.max(follower.fetched_at);
+        }
         follower.log_end = log_end;
         follower.fetched_at = now;
-        if caught_up {
-            follower.caught_up_at = now;
-        }
+        follower.leader_end_at_fetch = leader_end;
         log.set_replica_floor(replica_floor(state, &meta.isr, self.node_id()));
     }
 
@@ -285,6 +318,7 @@ pub(crate) struct ReplicaWait {
     pub epoch: i32,
     pub topic: String,
     pub partition: i32,
+    pub metadata: watch::Receiver<Arc<Metadata>>,
 }
 
 impl ReplicaWait {
@@ -293,7 +327,7 @@ impl ReplicaWait {
     pub async fn wait(&self, last_offset: u64) -> Result<(), BrokerError> {
         let deadline = tokio::time::Instant::now() + REPLICATION_TIMEOUT;
         loop {
-            if self.log.leader_epoch() != self.epoch {
+            if self.log.leader_epoch() != self.epoch || self.log.role() != Role::Leader {
                 return Err(BrokerError::NotLeader {
                     topic: self.topic.clone(),
                     partition: self.partition,
@@ -301,6 +335,19 @@ impl ReplicaWait {
                 });
             }
             if self.log.high_watermark() > last_offset {
+                // The ISR may have shrunk below min.insync.replicas while the write
+                // waited, and the high watermark passed it with fewer copies.
+                let isr = partition_meta(
+                    &self.metadata.borrow(),
+                    &TopicPartition::new(&self.topic, self.partition as u32),
+                )
+                .map_or(0, |p| p.isr.len());
+                if (isr as u64) < u64::from(self.log.config().min_insync_replicas) {
+                    return Err(BrokerError::NotEnoughReplicasAfterAppend {
+                        topic: self.topic.clone(),
+                        partition: self.partition,
+                    });
+                }
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -368,14 +415,27 @@ async fn step(
             match meta.leader {
                 Some(leader) if leader == me => {
                     if let Some(isr) = lead(broker, &tp, &log, meta, check_isr) {
-                        alterations.push((tp, meta.leader_epoch, isr));
+                        alterations.push((tp.clone(), meta.leader_epoch, meta.isr.clone(), isr));
                     }
                 }
                 Some(leader) => {
                     following.push(tp.clone());
-                    follow(broker, tp, log, leader, meta.leader_epoch, fetchers);
+                    follow(
+                        broker,
+                        tp.clone(),
+                        log.clone(),
+                        leader,
+                        meta.leader_epoch,
+                        fetchers,
+                    );
                 }
                 None => {}
+            }
+            if check_isr
+                && meta.replicas.len() > 1
+                && let Err(error) = log.checkpoint_high_watermark().await
+            {
+                tracing::warn!(topic = %tp.topic, partition = tp.partition, %error, "recording the high watermark failed");
             }
         }
     }
@@ -390,10 +450,10 @@ async fn step(
         .leaderships
         .lock()
         .retain(|tp, _| partition_meta(metadata, tp).is_some_and(|meta| meta.leader == Some(me)));
-    for (tp, epoch, isr) in alterations {
+    for (tp, epoch, current, isr) in alterations {
         // One proposal per partition at a time, off this loop: a proposal may wait seconds
         // for a controller quorum, and role changes must not wait for it.
-        if !broker.leaderships.proposing(&tp, true) {
+        if !broker.leaderships.start_proposal(&tp, &isr) {
             continue;
         }
         let broker = broker.clone();
@@ -403,6 +463,7 @@ async fn step(
                 partition: tp.partition,
                 leader: me,
                 leader_epoch: epoch,
+                current,
                 isr: isr.clone(),
             };
             match broker.controller().propose(command).await {
@@ -413,7 +474,7 @@ async fn step(
                     tracing::warn!(topic = %tp.topic, partition = tp.partition, %error, "ISR change refused")
                 }
             }
-            broker.leaderships.proposing(&tp, false);
+            broker.leaderships.finish_proposal(&tp);
         });
     }
 }
@@ -434,19 +495,24 @@ fn lead(
         since: Instant::now(),
         epoch_start: 0,
         followers: BTreeMap::new(),
+        proposed_isr: None,
     });
-    if state.epoch != meta.leader_epoch {
+    if state.epoch != meta.leader_epoch || log.role() != Role::Leader {
         *state = Led {
             epoch: meta.leader_epoch,
             since: Instant::now(),
             epoch_start: log.log_end(),
             followers: BTreeMap::new(),
+            proposed_isr: None,
         };
+        // The floor first: nothing appended from here on is shown before the ISR has it.
+        log.set_replica_floor(replica_floor(state, &meta.isr, me));
         log.set_leader_epoch(meta.leader_epoch);
+        log.set_role(Role::Leader);
         tracing::info!(topic = %tp.topic, partition = tp.partition, epoch = meta.leader_epoch, log_end = log.log_end(), "leading");
     }
     log.set_replica_floor(replica_floor(state, &meta.isr, me));
-    if !check_isr || meta.replicas.len() < 2 {
+    if !check_isr || meta.replicas.len() < 2 || state.proposed_isr.is_some() {
         return None;
     }
     let now = Instant::now();
@@ -491,8 +557,10 @@ fn follow(
         }
         running.stop.cancel();
     }
-    // Stop acting as leader before fetching: pending acks=all writes fail over, and the
-    // high watermark now comes from the leader.
+    // Stop acting as leader before fetching: the role first, so that appends queued for
+    // the old epoch are refused from here on; then the epoch, and the high watermark now
+    // comes from the leader.
+    log.set_role(Role::Follower);
     log.set_leader_epoch(epoch);
     log.set_replica_floor(0);
     tracing::info!(topic = %tp.topic, partition = tp.partition, leader, epoch, "following");
@@ -540,7 +608,7 @@ async fn fetch_loop(
             _ = stop.cancelled() => return,
         };
         let outcome = match fetched {
-            Ok(fetched) => apply_fetched(&log, &fetch, fetched).await,
+            Ok(fetched) => apply_fetched(leader, &log, &fetch, fetched).await,
             Err(error) => Err(error),
         };
         match outcome {
@@ -568,6 +636,7 @@ async fn fetch_loop(
 
 /// Applies a leader's answer to this follower's log.
 async fn apply_fetched(
+    leader: NodeId,
     log: &PartitionLog,
     fetch: &ReplicaFetch,
     fetched: ReplicaFetched,
@@ -579,7 +648,18 @@ async fn apply_fetched(
         } else {
             end
         };
-        log.truncate_to(end.min(own)).await?;
+        let before = log.log_end();
+        let after = log.truncate_to(end.min(own)).await?;
+        if after >= before {
+            // Nothing to cut, yet the leader says the logs diverge: do not spin on it.
+            return Err(BrokerError::Peer {
+                node: leader,
+                message: format!(
+                    "the leader reports a divergence at epoch {epoch}, offset {end}, that this log (end {before}) does not show"
+                ),
+                retriable: true,
+            });
+        }
         return Ok(());
     }
     if fetch.fetch_offset < fetched.log_start {
@@ -588,7 +668,15 @@ async fn apply_fetched(
         log.start_at(fetched.log_start).await?;
         return Ok(());
     }
-    if !fetched.records.is_empty() {
+    let first = runnel_log::batch::batch_positions(&fetched.records)
+        .next()
+        .map(|(_, header)| u64::try_from(header.base_offset).unwrap_or(0));
+    if let Some(base) = first {
+        if base < fetch.fetch_offset && log.log_start() == log.log_end() {
+            // An empty log started inside a batch (the leader's start was moved there by
+            // DeleteRecords): start it at the batch instead.
+            log.truncate_to(base).await?;
+        }
         log.append_replica(fetched.records).await?;
     }
     log.advance_high_watermark(fetched.high_watermark);

@@ -174,12 +174,14 @@ pub enum Command {
     },
     /// A partition's leader changes its ISR (Kafka's AlterPartition): a follower that fell
     /// behind leaves it, one that caught up joins it. Refused unless `leader` still leads
-    /// the partition in `leader_epoch`.
+    /// the partition in `leader_epoch` and the ISR is still `current` (the one the leader
+    /// decided from: a fencing since may have removed a member it would add back).
     AlterIsr {
         topic: String,
         partition: u32,
         leader: NodeId,
         leader_epoch: i32,
+        current: Vec<NodeId>,
         isr: Vec<NodeId>,
     },
     /// Creates a topic. The proposer draws `id`, so every voter stores the same UUID.
@@ -318,8 +320,9 @@ impl Metadata {
                 partition,
                 leader,
                 leader_epoch,
+                current,
                 isr,
-            } => self.alter_isr(topic, *partition, *leader, *leader_epoch, isr),
+            } => self.alter_isr(topic, *partition, (*leader, *leader_epoch), current, isr),
             Command::CreateTopic {
                 name,
                 id,
@@ -402,8 +405,8 @@ impl Metadata {
         &mut self,
         topic: &str,
         index: u32,
-        leader: NodeId,
-        leader_epoch: i32,
+        (leader, leader_epoch): (NodeId, i32),
+        current: &[NodeId],
         isr: &[NodeId],
     ) -> Response {
         let meta = self
@@ -421,6 +424,16 @@ impl Metadata {
                 reason: format!(
                     "node {leader} in epoch {leader_epoch} does not lead it (leader {:?}, epoch {})",
                     partition.leader, partition.leader_epoch
+                ),
+            });
+        }
+        if partition.isr != current {
+            return Err(MetadataError::StaleLeader {
+                topic: topic.to_string(),
+                partition: index,
+                reason: format!(
+                    "the ISR is {:?}, not {current:?} as the leader last saw it",
+                    partition.isr
                 ),
             });
         }
@@ -910,27 +923,33 @@ mod tests {
             .iter()
             .find(|r| **r != leader)
             .unwrap();
-        let alter = |leader, leader_epoch, isr: Vec<NodeId>| Command::AlterIsr {
-            topic: "a".into(),
-            partition: 0,
-            leader,
-            leader_epoch,
-            isr,
-        };
+        let all = metadata.topics["a"].partitions[0].isr.clone();
+        let alter =
+            |leader, leader_epoch, current: &[NodeId], isr: Vec<NodeId>| Command::AlterIsr {
+                topic: "a".into(),
+                partition: 0,
+                leader,
+                leader_epoch,
+                current: current.to_vec(),
+                isr,
+            };
         metadata
-            .apply(&alter(leader, 0, vec![leader, follower]))
+            .apply(&alter(leader, 0, &all, vec![leader, follower]))
             .unwrap();
         assert_eq!(
             metadata.topics["a"].partitions[0].isr,
             vec![leader, follower]
         );
         let before = metadata.clone();
+        let now = [leader, follower];
         for refused in [
-            alter(follower, 0, vec![follower]),
-            alter(leader, 1, vec![leader]),
-            alter(leader, 0, vec![follower]),
-            alter(leader, 0, vec![leader, leader]),
-            alter(leader, 0, vec![leader, 99]),
+            alter(follower, 0, &now, vec![follower]),
+            alter(leader, 1, &now, vec![leader]),
+            alter(leader, 0, &now, vec![follower]),
+            alter(leader, 0, &now, vec![leader, leader]),
+            alter(leader, 0, &now, vec![leader, 99]),
+            // Decided from an ISR that has changed since.
+            alter(leader, 0, &all, all.clone()),
         ] {
             assert!(metadata.apply(&refused).is_err(), "{refused:?}");
             assert_eq!(metadata, before);

@@ -118,7 +118,7 @@ fn log_code(error: &LogError) -> i16 {
         LogError::InvalidProducerEpoch { .. } => INVALID_PRODUCER_EPOCH,
         LogError::InvalidTopicName(_) => INVALID_TOPIC_EXCEPTION,
         // Retriable on the client: the partition may come back (reopened, or led elsewhere).
-        LogError::Closed => NOT_LEADER_OR_FOLLOWER,
+        LogError::Closed | LogError::RoleChanged(_) => NOT_LEADER_OR_FOLLOWER,
         LogError::CorruptSegment { .. }
         | LogError::Io { .. }
         | LogError::Offline { .. }

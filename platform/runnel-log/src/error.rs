@@ -63,6 +63,10 @@ pub enum LogError {
         epoch: i16,
         current: i16,
     },
+    /// A replicated partition's write for a role this log no longer has: a leader's append
+    /// after it began following (or in another epoch), a replica's after it began leading.
+    #[error("this replica's role changed: {0}")]
+    RoleChanged(String),
 }
 
 impl LogError {
@@ -83,6 +87,7 @@ impl LogError {
                 | LogError::Io { .. }
                 | LogError::Remote(_)
                 | LogError::DiskFull { .. }
+                | LogError::RoleChanged(_)
         )
     }
 }

@@ -37,7 +37,7 @@ pub use manager::{
 };
 pub use metrics::LogMetrics;
 pub use partition::{
-    Appended, PartitionLog, PendingAppend, ReadResult, RetentionOutcome, SegmentInfo, now_ms,
+    Appended, PartitionLog, PendingAppend, ReadResult, RetentionOutcome, Role, SegmentInfo, now_ms,
 };
 pub use remote::{Remote, RemoteAttacher, RemoteFind, RemoteLog, RemoteRead};
 pub use space::DiskSpace;

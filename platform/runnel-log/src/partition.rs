@@ -57,6 +57,19 @@ const PARTITION_METADATA: &str = "partition.metadata";
 /// The log start offset when DeleteRecords moved it inside a segment, like Kafka's
 /// log-start-offset checkpoint.
 const LOG_START_FILE: &str = "log-start-offset";
+/// A replicated partition's high watermark, recorded now and then (Kafka's
+/// replication-offset-checkpoint, one file per partition here).
+const HIGH_WATERMARK_FILE: &str = "high-watermark-checkpoint";
+
+/// A replica's role in a replicated partition, as replication sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Role {
+    /// Not set since the log was opened: a replicated partition takes no writes yet.
+    Unknown = 0,
+    Leader = 1,
+    Follower = 2,
+}
 /// How long opening waits for the previous writer of the directory to let go.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// Appends taken as one group at most; more wait for the next group.
@@ -142,6 +155,11 @@ pub(crate) struct Shared {
     /// sync). Stored and read with `SeqCst`, against `log_end`, so that of the writer and
     /// the replication, at least one sees both new values.
     replica_floor: AtomicU64,
+    /// The replica's role (a [`Role`] as `u8`), set by replication; a log opened is
+    /// [`Role::Unknown`] until then.
+    role: std::sync::atomic::AtomicU8,
+    /// The high watermark last written to [`HIGH_WATERMARK_FILE`].
+    checkpointed_high_watermark: AtomicU64,
     durable_end: watch::Sender<u64>,
     leader_epoch: AtomicI32,
     /// The start offset of each leader epoch in the log; changed by the writer only.
@@ -256,6 +274,14 @@ impl Shared {
         self.raise_high_watermark(log_end.min(floor));
     }
 
+    fn role(&self) -> Role {
+        match self.role.load(Ordering::SeqCst) {
+            1 => Role::Leader,
+            2 => Role::Follower,
+            _ => Role::Unknown,
+        }
+    }
+
     fn epochs(&self) -> std::sync::MutexGuard<'_, EpochCache> {
         self.epochs.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -276,6 +302,9 @@ enum Command {
     Append {
         batch: BytesMut,
         durable: bool,
+        /// A leader's append: refused unless this log leads in this epoch, and stamped
+        /// with it. `None`: stamped with the log's epoch, whatever its role.
+        epoch: Option<i32>,
         reply: oneshot::Sender<Result<Appended, LogError>>,
     },
     /// Batches copied from the leader, offsets and epochs as they are; answered once
@@ -412,6 +441,27 @@ impl PartitionLog {
         batch: BytesMut,
         durable: bool,
     ) -> Result<PendingAppend, LogError> {
+        self.submit(batch, durable, None).await
+    }
+
+    /// Like [`PartitionLog::submit_append`], for the leader of a replicated partition in
+    /// `epoch`: the writer refuses it ([`LogError::RoleChanged`]) if by the time it gets to
+    /// it this log follows, or leads in another epoch, and stamps it with `epoch`.
+    pub async fn submit_leader_append(
+        &self,
+        batch: BytesMut,
+        durable: bool,
+        epoch: i32,
+    ) -> Result<PendingAppend, LogError> {
+        self.submit(batch, durable, Some(epoch)).await
+    }
+
+    async fn submit(
+        &self,
+        batch: BytesMut,
+        durable: bool,
+        epoch: Option<i32>,
+    ) -> Result<PendingAppend, LogError> {
         self.shared.check_online()?;
         if *self.shared.awaiting_remote.borrow() {
             self.wait_for_remote().await?;
@@ -423,6 +473,7 @@ impl PartitionLog {
         self.send(Command::Append {
             batch,
             durable,
+            epoch,
             reply,
         })
         .await?;
@@ -594,6 +645,41 @@ impl PartitionLog {
         self.shared.follow_log_end();
     }
 
+    /// Sets this replica's role. Only a [`Role::Leader`] takes epoch-checked appends
+    /// ([`PartitionLog::submit_leader_append`]), only a [`Role::Follower`] replicated
+    /// batches and truncation. A follower's copy of a tiered partition is deleted by the
+    /// topic's whole `retention.ms` and `retention.bytes`: its leader uploads, and the
+    /// follower has no manifest of its own.
+    pub fn set_role(&self, role: Role) {
+        self.shared.role.store(role as u8, Ordering::SeqCst);
+    }
+
+    pub fn role(&self) -> Role {
+        self.shared.role()
+    }
+
+    /// Records the high watermark (durably, if it changed since the last time), so a
+    /// restart does not show records the other replicas may lack.
+    pub async fn checkpoint_high_watermark(&self) -> Result<(), LogError> {
+        let high_watermark = self.high_watermark();
+        let shared = self.shared.clone();
+        if shared.checkpointed_high_watermark.load(Ordering::Acquire) == high_watermark {
+            return Ok(());
+        }
+        tokio::task::spawn_blocking(move || {
+            segment::write_durably(
+                &shared.dir.join(HIGH_WATERMARK_FILE),
+                high_watermark.to_string().as_bytes(),
+            )?;
+            shared
+                .checkpointed_high_watermark
+                .store(high_watermark, Ordering::Release);
+            Ok(())
+        })
+        .await
+        .map_err(|e| LogError::io("record the high watermark", std::io::Error::other(e)))?
+    }
+
     /// A follower's high watermark: the leader's, as far as this log reaches. Never down.
     pub fn advance_high_watermark(&self, leader_high_watermark: u64) {
         self.shared
@@ -619,6 +705,11 @@ impl PartitionLog {
         if let Some(space) = self.shared.space.get() {
             space.reserve(records.len() as u64)?;
         }
+        // A tiered partition opened empty waits for its manifest before it takes appends,
+        // lest it reuse offsets the tier holds. A copy of the leader's log continues the
+        // leader's offsets instead: no wait, and no moving the start when the manifest
+        // comes (once this node leads).
+        self.shared.awaiting_remote.send_replace(false);
         self.call(|reply| Command::AppendReplica { records, reply })
             .await
     }
@@ -1113,6 +1204,11 @@ fn open_blocking(
     let topic_id = read_topic_id(&dir)?;
     let producers = recover_producers(&dir, &list, log_end)?;
     let epochs = EpochCache::load(&dir, &list, log_end)?;
+    // A replicated partition's high watermark as last recorded: records past it may not be
+    // on the other replicas, so they stay hidden until replication says otherwise.
+    let checkpoint = read_high_watermark(&dir)?;
+    // Snapshots past the log end describe batches a truncation cut (and a crash kept).
+    producers::delete_snapshots_from(&dir, log_end + 1)?;
     metrics.segments.inc_by(list.len() as i64);
     let shared = Shared {
         dir,
@@ -1120,8 +1216,10 @@ fn open_blocking(
         segments: RwLock::new(Segments { list, log_start }),
         log_end: AtomicU64::new(log_end),
         appended: watch::Sender::new(log_end),
-        high_watermark: watch::Sender::new(log_end),
-        replica_floor: AtomicU64::new(u64::MAX),
+        high_watermark: watch::Sender::new(checkpoint.map_or(log_end, |hw| hw.min(log_end))),
+        replica_floor: AtomicU64::new(if checkpoint.is_some() { 0 } else { u64::MAX }),
+        role: std::sync::atomic::AtomicU8::new(Role::Unknown as u8),
+        checkpointed_high_watermark: AtomicU64::new(checkpoint.unwrap_or(u64::MAX)),
         durable_end: watch::Sender::new(log_end),
         leader_epoch: AtomicI32::new(0),
         epochs: Mutex::new(epochs),
@@ -1158,6 +1256,24 @@ fn recover_producers(
     Ok(states)
 }
 
+/// The high watermark replication recorded, if any.
+fn read_high_watermark(dir: &Path) -> Result<Option<u64>, LogError> {
+    let path = dir.join(HIGH_WATERMARK_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| LogError::CorruptSegment {
+                path,
+                position: 0,
+                reason: "the high watermark checkpoint does not hold a number".to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(LogError::io(format!("read {}", path.display()), source)),
+    }
+}
+
 /// The log start offset DeleteRecords recorded, if any.
 fn read_log_start(dir: &Path) -> Result<Option<u64>, LogError> {
     let path = dir.join(LOG_START_FILE);
@@ -1185,8 +1301,9 @@ fn enforce_retention_blocking(shared: &Shared, now_ms: i64) -> Result<RetentionO
     }
     let (list, _) = shared.snapshot();
     let high_watermark = shared.high_watermark();
-    // A tiered partition deletes locally only what the remote holds, by the local limits.
-    let tiered = shared.tiered(&config);
+    // A tiered partition deletes locally only what the remote holds, by the local limits;
+    // a follower's copy is tiered by its leader, and kept by the whole limits.
+    let tiered = shared.tiered(&config) && shared.role() != Role::Follower;
     let (retention_ms, retention_bytes) = if tiered {
         remote::local_limits(&config)
     } else {
@@ -1496,9 +1613,10 @@ impl Writer {
                 Command::Append {
                     batch,
                     durable,
+                    epoch,
                     reply,
                 } => {
-                    let result = self.append(batch, &config, now);
+                    let result = self.append(batch, epoch, &config, now);
                     durable_appends |= durable && result.is_ok();
                     replies.push(Reply::Append(reply, result, durable));
                 }
@@ -1612,6 +1730,17 @@ impl Writer {
         Ok(())
     }
 
+    /// Replicated batches and truncation are for a follower only: a fetch still under way
+    /// when this node began to lead must not touch its log.
+    fn check_following(&self) -> Result<(), LogError> {
+        match self.shared.role() {
+            Role::Follower => Ok(()),
+            role => Err(LogError::RoleChanged(format!(
+                "a replica's write, but this replica is {role:?}"
+            ))),
+        }
+    }
+
     /// Records `epoch` as starting at `start` if it is new, before its first batch lands.
     fn note_epoch(&self, epoch: i32, start: u64) -> Result<(), LogError> {
         self.shared
@@ -1628,6 +1757,7 @@ impl Writer {
         now: i64,
     ) -> Result<Appended, LogError> {
         self.shared.check_online()?;
+        self.check_following()?;
         let first = self.shared.log_end.load(Ordering::Acquire);
         let mut covered = 0;
         for (position, header) in batch::batch_positions(records) {
@@ -1680,6 +1810,7 @@ impl Writer {
     /// Cuts the log back to end at `offset` (see [`PartitionLog::truncate_to`]).
     fn truncate_to(&mut self, offset: u64, config: &TopicConfig) -> Result<u64, LogError> {
         self.shared.check_online()?;
+        self.check_following()?;
         let log_end = self.shared.log_end.load(Ordering::Acquire);
         if offset >= log_end {
             return Ok(log_end);
@@ -1693,7 +1824,7 @@ impl Writer {
         let result = (|| -> Result<u64, LogError> {
             if keep == 0 || offset <= local_start {
                 // Nothing local stays: start over, empty, at `offset`.
-                for segment in &list {
+                for segment in list.iter().rev() {
                     segment.delete_files()?;
                 }
                 let next = Arc::new(Segment::create(&dir, offset)?);
@@ -1711,7 +1842,8 @@ impl Writer {
                 }
                 Ok(true)
             })?;
-            for segment in &list[keep..] {
+            // Newest first: a crash part-way leaves a shorter log, never one with a gap.
+            for segment in list[keep..].iter().rev() {
                 segment.delete_files()?;
             }
             if let Some(position) = cut {
@@ -1728,11 +1860,17 @@ impl Writer {
             self.replace_segments(kept, list.len() - keep + 1, local_start);
             Ok(end)
         })();
-        let end = result.map_err(|e| self.shared.go_offline(e))?;
-        producers::delete_snapshots_from(&dir, end + 1)?;
-        let segments = self.shared.snapshot().0;
-        self.producers = recover_producers(&dir, &segments, end)?;
-        self.shared.epochs().truncate_from(&dir, end)?;
+        // Past the cut, any failure leaves state that does not match the disk: offline, so
+        // that reopening recovers it.
+        let end = result
+            .and_then(|end| {
+                producers::delete_snapshots_from(&dir, end + 1)?;
+                let segments = self.shared.snapshot().0;
+                self.producers = recover_producers(&dir, &segments, end)?;
+                self.shared.epochs().truncate_from(&dir, end)?;
+                Ok(end)
+            })
+            .map_err(|e| self.shared.go_offline(e))?;
         self.unflushed_records = 0;
         self.oldest_unflushed = None;
         self.shared.log_end.store(end, Ordering::SeqCst);
@@ -1768,10 +1906,20 @@ impl Writer {
     fn append(
         &mut self,
         mut batch: BytesMut,
+        epoch: Option<i32>,
         config: &TopicConfig,
         now: i64,
     ) -> Result<Appended, LogError> {
         self.shared.check_online()?;
+        let current = self.shared.leader_epoch.load(Ordering::SeqCst);
+        if let Some(epoch) = epoch
+            && (self.shared.role() != Role::Leader || current != epoch)
+        {
+            return Err(LogError::RoleChanged(format!(
+                "a write for leader epoch {epoch}, but this replica is {:?} in epoch {current}",
+                self.shared.role()
+            )));
+        }
         let header = check_produced(&batch, config)?;
         if let SequenceCheck::Duplicate {
             base_offset,
@@ -1792,11 +1940,7 @@ impl Writer {
         if BatchHeader::parse(&batch)?.max_timestamp != header.max_timestamp {
             batch::set_max_timestamp(&mut batch, header.max_timestamp);
         }
-        batch::stamp_offsets(
-            &mut batch,
-            base_offset as i64,
-            self.shared.leader_epoch.load(Ordering::Acquire),
-        );
+        batch::stamp_offsets(&mut batch, base_offset as i64, epoch.unwrap_or(current));
         let log_append_time =
             (config.message_timestamp_type == TimestampType::LogAppendTime).then(|| {
                 batch::stamp_log_append_time(&mut batch, now);

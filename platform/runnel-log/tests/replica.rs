@@ -7,7 +7,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use runnel_config::TopicConfig;
-use runnel_log::{LogError, PartitionLog};
+use runnel_log::{LogError, PartitionLog, Role};
 
 fn small_segments() -> TopicConfig {
     TopicConfig {
@@ -63,6 +63,7 @@ async fn a_follower_copies_batches_byte_for_byte_and_its_high_watermark_follows_
     // One follower in sync that has nothing yet: the leader's high watermark stays at 0.
     leader.set_replica_floor(0);
     follower.set_replica_floor(0);
+    follower.set_role(Role::Follower);
     for i in 0..10 {
         leader.append(simple_batch(3, 20, 1_000 + i)).await.unwrap();
     }
@@ -102,6 +103,7 @@ async fn replicated_batches_must_start_at_the_log_end_and_be_whole() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let leader = open(a.path(), TopicConfig::default()).await;
     let follower = open(b.path(), TopicConfig::default()).await;
+    follower.set_role(Role::Follower);
     for i in 0..3 {
         leader.append(simple_batch(2, 10, 1_000 + i)).await.unwrap();
     }
@@ -137,6 +139,7 @@ async fn a_diverged_follower_is_cut_back_to_its_new_leader_and_converges() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let old_leader = open(a.path(), small_segments()).await;
     let new_leader = open(b.path(), small_segments()).await;
+    new_leader.set_role(Role::Follower);
     // Epoch 0: both get offsets 0..12, then the old leader alone writes 12..24.
     for i in 0..4 {
         old_leader
@@ -163,6 +166,7 @@ async fn a_diverged_follower_is_cut_back_to_its_new_leader_and_converges() {
     assert_eq!(new_leader.end_offset_for_epoch(2), (0, 12));
 
     // The old leader follows: its last epoch is 0, which ended at 12 on the new leader.
+    old_leader.set_role(Role::Follower);
     let epoch = old_leader.latest_epoch().unwrap();
     let (_, end) = new_leader.end_offset_for_epoch(epoch);
     let segments_before = old_leader.segments().len();
@@ -196,6 +200,11 @@ async fn cutting_inside_a_batch_cuts_the_whole_batch_and_cutting_everything_keep
     for i in 0..3 {
         log.append(simple_batch(5, 10, 1_000 + i)).await.unwrap();
     }
+    assert!(
+        matches!(log.truncate_to(12).await, Err(LogError::RoleChanged(_))),
+        "only a follower is cut back"
+    );
+    log.set_role(Role::Follower);
     assert_eq!(log.truncate_to(12).await.unwrap(), 10);
     assert_eq!(
         log.truncate_to(40).await.unwrap(),
@@ -208,4 +217,121 @@ async fn cutting_inside_a_batch_cuts_the_whole_batch_and_cutting_everything_keep
     assert_eq!(log.latest_epoch(), None);
     log.append(simple_batch(2, 10, 5_000)).await.unwrap();
     assert_eq!(read_all(&log, 0, 1 << 20).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_follower_of_a_tiered_topic_deletes_by_the_whole_retention_not_by_uploads() {
+    let tiered = TopicConfig {
+        segment_bytes: 300,
+        remote_storage_enable: true,
+        local_retention_bytes: Some(0),
+        retention_bytes: Some(700),
+        ..TopicConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let leader = open(&dir.path().join("leader"), small_segments()).await;
+    let log = open(&dir.path().join("events-0"), tiered).await;
+    log.set_replica_floor(0);
+    log.set_role(Role::Follower);
+    for i in 0..20 {
+        leader
+            .append(simple_batch(1, 100, 1_000 + i))
+            .await
+            .unwrap();
+    }
+    // Opened empty, the tiered copy still takes the leader's batches at once.
+    catch_up(&log, &leader).await;
+    log.advance_high_watermark(log.log_end());
+    // Nothing was uploaded from here (the leader uploads): a leader's copy would keep
+    // every segment; the follower's keeps what retention.bytes allows.
+    log.enforce_retention(i64::MAX).await.unwrap();
+    let kept: u64 = log.segments().iter().map(|s| s.size).sum();
+    assert!(log.local_log_start() > 0);
+    assert!(kept <= 700 + 300, "{kept} bytes kept");
+
+    // Leading again, it keeps what it has not uploaded.
+    log.set_role(Role::Leader);
+    let start = log.local_log_start();
+    for i in 0..10 {
+        log.append(simple_batch(1, 100, 2_000 + i)).await.unwrap();
+    }
+    log.enforce_retention(i64::MAX).await.unwrap();
+    assert_eq!(log.local_log_start(), start);
+}
+
+#[tokio::test]
+async fn a_leaders_append_lands_only_in_its_epoch_and_a_replicas_only_while_following() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), TopicConfig::default()).await;
+    log.set_leader_epoch(2);
+    log.set_role(Role::Leader);
+    let pending = log
+        .submit_leader_append(simple_batch(1, 10, 1_000), true, 2)
+        .await
+        .unwrap();
+    pending.wait().await.unwrap();
+    // Queued for epoch 2, but by the time the writer gets to it this replica follows:
+    // refused, and nothing is written in the new leader's epoch.
+    log.set_role(Role::Follower);
+    log.set_leader_epoch(3);
+    let refused = log
+        .submit_leader_append(simple_batch(1, 10, 1_000), true, 2)
+        .await
+        .unwrap()
+        .wait()
+        .await;
+    assert!(
+        matches!(refused, Err(LogError::RoleChanged(_))),
+        "{refused:?}"
+    );
+    assert_eq!(log.log_end(), 1);
+    assert_eq!(log.latest_epoch(), Some(2));
+    // Leading again in epoch 3: a write for epoch 2 is stale, one for 3 goes in.
+    log.set_role(Role::Leader);
+    let stale = log
+        .submit_leader_append(simple_batch(1, 10, 1_000), true, 2)
+        .await
+        .unwrap()
+        .wait()
+        .await;
+    assert!(matches!(stale, Err(LogError::RoleChanged(_))));
+    log.submit_leader_append(simple_batch(1, 10, 1_000), true, 3)
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(log.end_offset_for_epoch(2), (2, 1));
+    assert_eq!(log.latest_epoch(), Some(3));
+    // A leader takes no replicated batches.
+    let copied = log.read_replica(0, 1 << 20).await.unwrap();
+    assert!(matches!(
+        log.append_replica(copied.records).await,
+        Err(LogError::RoleChanged(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_reopened_replica_shows_records_only_up_to_its_recorded_high_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), TopicConfig::default()).await;
+    log.set_replica_floor(0);
+    for i in 0..5 {
+        log.append(simple_batch(2, 10, 1_000 + i)).await.unwrap();
+    }
+    log.set_replica_floor(4);
+    log.checkpoint_high_watermark().await.unwrap();
+    log.set_replica_floor(6);
+    assert_eq!(log.high_watermark(), 6);
+    log.close().await.unwrap();
+    drop(log);
+    // A crash after 6 was shown but before it was recorded: 4 again, and held there until
+    // replication moves it (appends alone do not).
+    let log = open(dir.path(), TopicConfig::default()).await;
+    assert_eq!(log.high_watermark(), 4);
+    log.append(simple_batch(1, 10, 2_000)).await.unwrap();
+    assert_eq!(log.high_watermark(), 4);
+    assert_eq!(read_all(&log, 0, 1 << 20).await.unwrap().len(), 4);
+    log.set_replica_floor(u64::MAX);
+    assert_eq!(log.high_watermark(), 11);
 }

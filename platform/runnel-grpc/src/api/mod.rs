@@ -180,7 +180,8 @@ pub fn broker_status(broker: &Broker, error: BrokerError) -> Status {
             | LogError::Offline { .. }
             | LogError::Remote(_)
             | LogError::DiskFull { .. }
-            | LogError::Closed => Code::Unavailable,
+            | LogError::Closed
+            | LogError::RoleChanged(_) => Code::Unavailable,
         },
         BrokerError::Controller(controller) => match controller {
             ControllerError::Rejected(rejected) => match rejected {
