@@ -121,21 +121,13 @@ impl Leaderships {
         self.led.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Notes `isr` as proposed for `tp` (the high watermark waits for its members too);
-    /// false if a proposal is already on its way.
-    fn start_proposal(&self, tp: &TopicPartition, isr: &[NodeId]) -> bool {
-        match self.lock().get_mut(tp) {
-            Some(led) if led.proposed_isr.is_none() => {
-                led.proposed_isr = Some(isr.to_vec());
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// The proposal for `tp` was applied (the metadata now has it) or refused.
-    fn finish_proposal(&self, tp: &TopicPartition) {
-        if let Some(led) = self.lock().get_mut(tp) {
+    /// The proposal for `tp` in leader epoch `epoch` was applied (this node's metadata has
+    /// it: a proposal returns once applied here) or refused. The floor keeps counting the
+    /// proposed members until it is next computed, from the metadata.
+    fn finish_proposal(&self, tp: &TopicPartition, epoch: i32) {
+        if let Some(led) = self.lock().get_mut(tp)
+            && led.epoch == epoch
+        {
             led.proposed_isr = None;
         }
     }
@@ -150,6 +142,15 @@ fn replica_floor(led: &Led, isr: &[NodeId], leader: NodeId) -> u64 {
         .map(|r| led.followers.get(r).map_or(0, |f| f.log_end))
         .min()
         .unwrap_or(u64::MAX)
+}
+
+/// Holds `log`'s high watermark at the floor of `state` over the ISR as this node's
+/// metadata has it now. Called with the leaderships' lock held, and the metadata read under
+/// it: a proposal cleared from `state` is in the metadata read after it.
+fn update_floor(broker: &Broker, tp: &TopicPartition, state: &Led, log: &PartitionLog) {
+    let metadata = broker.metadata();
+    let isr = partition_meta(&metadata, tp).map_or(&[][..], |p| p.isr.as_slice());
+    log.set_replica_floor(replica_floor(state, isr, broker.node_id()));
 }
 
 fn partition_meta<'m>(metadata: &'m Metadata, tp: &TopicPartition) -> Option<&'m PartitionMeta> {
@@ -278,7 +279,7 @@ impl Broker {
         follower.log_end = log_end;
         follower.fetched_at = now;
         follower.leader_end_at_fetch = leader_end;
-        log.set_replica_floor(replica_floor(state, &meta.isr, self.node_id()));
+        update_floor(self, tp, state, log);
     }
 
     /// The local log of a partition this node hosts, whatever its role.
@@ -367,6 +368,8 @@ impl ReplicaWait {
 struct Fetcher {
     leader: NodeId,
     epoch: i32,
+    /// The log it writes to: a partition deleted and created again has a new one.
+    log: Arc<PartitionLog>,
     stop: CancellationToken,
 }
 
@@ -376,13 +379,18 @@ pub async fn run(broker: Arc<Broker>, stop: CancellationToken) {
     let mut metadata = broker.controller().subscribe();
     let mut fetchers: HashMap<TopicPartition, Fetcher> = HashMap::new();
     let mut last_isr_check = Instant::now();
+    let mut recording: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let current = broker.metadata();
         let check_isr = last_isr_check.elapsed() >= Duration::from_secs(1);
         if check_isr {
             last_isr_check = Instant::now();
         }
-        step(&broker, &current, &mut fetchers, check_isr).await;
+        let due = step(&broker, &current, &mut fetchers, check_isr);
+        // High watermarks are recorded (fsyncs) by a task of their own, one pass at a time.
+        if !due.is_empty() && recording.as_ref().is_none_or(|task| task.is_finished()) {
+            recording = Some(tokio::spawn(record_high_watermarks(due)));
+        }
         tokio::select! {
             changed = metadata.changed() => if changed.is_err() { break },
             _ = tokio::time::sleep(TICK) => {}
@@ -394,15 +402,18 @@ pub async fn run(broker: Arc<Broker>, stop: CancellationToken) {
     }
 }
 
-async fn step(
+/// One pass over the partitions hosted here. Never waits: role changes must not wait on
+/// anything. Returns the replicated logs whose high watermark is due to be recorded.
+fn step(
     broker: &Arc<Broker>,
     metadata: &Metadata,
     fetchers: &mut HashMap<TopicPartition, Fetcher>,
     check_isr: bool,
-) {
+) -> Vec<(TopicPartition, Arc<PartitionLog>)> {
     let me = broker.node_id();
     let mut following = Vec::new();
     let mut alterations = Vec::new();
+    let mut checkpoints = Vec::new();
     for topic in metadata.topics.values() {
         for (index, meta) in topic.partitions.iter().enumerate() {
             if !meta.replicas.contains(&me) {
@@ -431,11 +442,8 @@ async fn step(
                 }
                 None => {}
             }
-            if check_isr
-                && meta.replicas.len() > 1
-                && let Err(error) = log.checkpoint_high_watermark().await
-            {
-                tracing::warn!(topic = %tp.topic, partition = tp.partition, %error, "recording the high watermark failed");
+            if check_isr && meta.replicas.len() > 1 {
+                checkpoints.push((tp, log));
             }
         }
     }
@@ -451,11 +459,9 @@ async fn step(
         .lock()
         .retain(|tp, _| partition_meta(metadata, tp).is_some_and(|meta| meta.leader == Some(me)));
     for (tp, epoch, current, isr) in alterations {
-        // One proposal per partition at a time, off this loop: a proposal may wait seconds
-        // for a controller quorum, and role changes must not wait for it.
-        if !broker.leaderships.start_proposal(&tp, &isr) {
-            continue;
-        }
+        // One proposal per partition at a time (`lead` proposes none while one is on its
+        // way), off this loop: a proposal may wait seconds for a controller quorum, and
+        // role changes must not wait for it.
         let broker = broker.clone();
         tokio::spawn(async move {
             let command = Command::AlterIsr {
@@ -474,8 +480,17 @@ async fn step(
                     tracing::warn!(topic = %tp.topic, partition = tp.partition, %error, "ISR change refused")
                 }
             }
-            broker.leaderships.finish_proposal(&tp);
+            broker.leaderships.finish_proposal(&tp, epoch);
         });
+    }
+    checkpoints
+}
+
+async fn record_high_watermarks(logs: Vec<(TopicPartition, Arc<PartitionLog>)>) {
+    for (tp, log) in logs {
+        if let Err(error) = log.checkpoint_high_watermark().await {
+            tracing::warn!(topic = %tp.topic, partition = tp.partition, %error, "recording the high watermark failed");
+        }
     }
 }
 
@@ -506,12 +521,12 @@ fn lead(
             proposed_isr: None,
         };
         // The floor first: nothing appended from here on is shown before the ISR has it.
-        log.set_replica_floor(replica_floor(state, &meta.isr, me));
+        update_floor(broker, tp, state, log);
         log.set_leader_epoch(meta.leader_epoch);
         log.set_role(Role::Leader);
         tracing::info!(topic = %tp.topic, partition = tp.partition, epoch = meta.leader_epoch, log_end = log.log_end(), "leading");
     }
-    log.set_replica_floor(replica_floor(state, &meta.isr, me));
+    update_floor(broker, tp, state, log);
     if !check_isr || meta.replicas.len() < 2 || state.proposed_isr.is_some() {
         return None;
     }
@@ -538,7 +553,14 @@ fn lead(
             isr.push(*replica);
         }
     }
-    (isr != meta.isr).then_some(isr)
+    if isr == meta.isr {
+        return None;
+    }
+    // From now until the controller answers, the high watermark waits for the members
+    // of both ISRs.
+    state.proposed_isr = Some(isr.clone());
+    update_floor(broker, tp, state, log);
+    Some(isr)
 }
 
 /// Makes this node follow `leader` for `tp` in `epoch`, starting a fetcher if the one
@@ -552,7 +574,11 @@ fn follow(
     fetchers: &mut HashMap<TopicPartition, Fetcher>,
 ) {
     if let Some(running) = fetchers.get(&tp) {
-        if running.leader == leader && running.epoch == epoch {
+        let same = running.leader == leader
+            && running.epoch == epoch
+            && Arc::ptr_eq(&running.log, &log)
+            && log.role() == Role::Follower;
+        if same {
             return;
         }
         running.stop.cancel();
@@ -568,7 +594,7 @@ fn follow(
     tokio::spawn(fetch_loop(
         broker.clone(),
         tp.clone(),
-        log,
+        log.clone(),
         leader,
         epoch,
         stop.clone(),
@@ -578,6 +604,7 @@ fn follow(
         Fetcher {
             leader,
             epoch,
+            log,
             stop,
         },
     );
@@ -608,7 +635,7 @@ async fn fetch_loop(
             _ = stop.cancelled() => return,
         };
         let outcome = match fetched {
-            Ok(fetched) => apply_fetched(leader, &log, &fetch, fetched).await,
+            Ok(fetched) => apply_fetched(leader, epoch, &log, &fetch, fetched).await,
             Err(error) => Err(error),
         };
         match outcome {
@@ -637,25 +664,26 @@ async fn fetch_loop(
 /// Applies a leader's answer to this follower's log.
 async fn apply_fetched(
     leader: NodeId,
+    epoch: i32,
     log: &PartitionLog,
     fetch: &ReplicaFetch,
     fetched: ReplicaFetched,
 ) -> Result<(), BrokerError> {
-    if let Some((epoch, end)) = fetched.diverging {
+    if let Some((diverging, end)) = fetched.diverging {
         // Keep what both logs agree on: up to where the epoch ends in each.
-        let own = if epoch >= 0 {
-            log.end_offset_for_epoch(epoch).1
+        let own = if diverging >= 0 {
+            log.end_offset_for_epoch(diverging).1
         } else {
             end
         };
         let before = log.log_end();
-        let after = log.truncate_to(end.min(own)).await?;
+        let after = log.truncate_to(end.min(own), epoch).await?;
         if after >= before {
             // Nothing to cut, yet the leader says the logs diverge: do not spin on it.
             return Err(BrokerError::Peer {
                 node: leader,
                 message: format!(
-                    "the leader reports a divergence at epoch {epoch}, offset {end}, that this log (end {before}) does not show"
+                    "the leader reports a divergence at epoch {diverging}, offset {end}, that this log (end {before}) does not show"
                 ),
                 retriable: true,
             });
@@ -665,19 +693,19 @@ async fn apply_fetched(
     if fetch.fetch_offset < fetched.log_start {
         // The leader no longer holds what this log lacks locally (tiered, or deleted):
         // start over at its local log start (past this log's end).
-        log.start_at(fetched.log_start).await?;
+        log.start_replica_at(fetched.log_start, epoch).await?;
         return Ok(());
     }
     let first = runnel_log::batch::batch_positions(&fetched.records)
         .next()
         .map(|(_, header)| u64::try_from(header.base_offset).unwrap_or(0));
     if let Some(base) = first {
-        if base < fetch.fetch_offset && log.log_start() == log.log_end() {
+        if base < fetch.fetch_offset && log.local_log_start() == log.log_end() {
             // An empty log started inside a batch (the leader's start was moved there by
             // DeleteRecords): start it at the batch instead.
-            log.truncate_to(base).await?;
+            log.truncate_to(base, epoch).await?;
         }
-        log.append_replica(fetched.records).await?;
+        log.append_replica(fetched.records, epoch).await?;
     }
     log.advance_high_watermark(fetched.high_watermark);
     Ok(())

@@ -311,11 +311,14 @@ enum Command {
     /// fsynced.
     AppendReplica {
         records: Bytes,
+        /// The leadership the batches come from; refused unless the log follows in it.
+        epoch: i32,
         reply: oneshot::Sender<Result<Appended, LogError>>,
     },
     /// Cuts the log back to `offset` (a follower dropping what its leader does not have).
     TruncateTo {
         offset: u64,
+        epoch: i32,
         reply: oneshot::Sender<Result<u64, LogError>>,
     },
     Sync {
@@ -334,9 +337,10 @@ enum Command {
     Close {
         reply: oneshot::Sender<Result<(), LogError>>,
     },
-    /// Empty the log and start it at `offset`.
+    /// Empty the log and start it at `offset`; with `epoch`, only while following in it.
     StartAt {
         offset: u64,
+        epoch: Option<i32>,
         reply: oneshot::Sender<Result<(), LogError>>,
     },
 }
@@ -599,7 +603,23 @@ impl PartitionLog {
     /// gets `offset`. For a partition whose local data is gone while tiered storage still
     /// holds offsets below `offset`.
     pub async fn start_at(&self, offset: u64) -> Result<(), LogError> {
-        self.call(|reply| Command::StartAt { offset, reply }).await
+        self.call(|reply| Command::StartAt {
+            offset,
+            epoch: None,
+            reply,
+        })
+        .await
+    }
+
+    /// [`PartitionLog::start_at`] for a follower of leader epoch `epoch`: refused unless
+    /// the log still follows in it.
+    pub async fn start_replica_at(&self, offset: u64, epoch: i32) -> Result<(), LogError> {
+        self.call(|reply| Command::StartAt {
+            offset,
+            epoch: Some(epoch),
+            reply,
+        })
+        .await
     }
 
     pub fn log_end(&self) -> u64 {
@@ -699,26 +719,32 @@ impl PartitionLog {
         epochs.end_offset_for(epoch, self.log_end())
     }
 
-    /// Appends batches copied from the leader: whole, valid, starting at this log's end,
-    /// their offsets and epochs kept. Returns once they are fsynced.
-    pub async fn append_replica(&self, records: Bytes) -> Result<Appended, LogError> {
+    /// Appends batches copied from the leader of epoch `epoch`: whole, valid, starting at
+    /// this log's end, their offsets and epochs kept. Refused unless the log follows in
+    /// that epoch (a fetch from an earlier leadership must not land). Returns once they
+    /// are fsynced.
+    pub async fn append_replica(&self, records: Bytes, epoch: i32) -> Result<Appended, LogError> {
         if let Some(space) = self.shared.space.get() {
             space.reserve(records.len() as u64)?;
         }
-        // A tiered partition opened empty waits for its manifest before it takes appends,
-        // lest it reuse offsets the tier holds. A copy of the leader's log continues the
-        // leader's offsets instead: no wait, and no moving the start when the manifest
-        // comes (once this node leads).
-        self.shared.awaiting_remote.send_replace(false);
-        self.call(|reply| Command::AppendReplica { records, reply })
-            .await
+        self.call(|reply| Command::AppendReplica {
+            records,
+            epoch,
+            reply,
+        })
+        .await
     }
 
-    /// Cuts the log back so it ends at `offset`, or at the start of the batch holding it.
-    /// Returns the new log end (unchanged if it was at or below `offset`).
-    pub async fn truncate_to(&self, offset: u64) -> Result<u64, LogError> {
-        self.call(|reply| Command::TruncateTo { offset, reply })
-            .await
+    /// Cuts the log back so it ends at `offset`, or at the start of the batch holding it,
+    /// for a follower of leader epoch `epoch` (refused unless it follows in it). Returns the
+    /// new log end (unchanged if it was at or below `offset`).
+    pub async fn truncate_to(&self, offset: u64, epoch: i32) -> Result<u64, LogError> {
+        self.call(|reply| Command::TruncateTo {
+            offset,
+            epoch,
+            reply,
+        })
+        .await
     }
 
     /// Reads whole batches from `offset` up to the log end, past the high watermark: what
@@ -1620,13 +1646,21 @@ impl Writer {
                     durable_appends |= durable && result.is_ok();
                     replies.push(Reply::Append(reply, result, durable));
                 }
-                Command::AppendReplica { records, reply } => {
-                    let result = self.append_replica(&records, &config, now);
+                Command::AppendReplica {
+                    records,
+                    epoch,
+                    reply,
+                } => {
+                    let result = self.append_replica(&records, epoch, &config, now);
                     durable_appends |= result.is_ok();
                     replies.push(Reply::Append(reply, result, true));
                 }
-                Command::TruncateTo { offset, reply } => {
-                    let result = self.truncate_to(offset, &config);
+                Command::TruncateTo {
+                    offset,
+                    epoch,
+                    reply,
+                } => {
+                    let result = self.truncate_to(offset, epoch, &config);
                     replies.push(Reply::Truncated(reply, result));
                 }
                 Command::Sync { reply } => {
@@ -1648,8 +1682,16 @@ impl Writer {
                     closing = true;
                     replies.push(Reply::Done(reply, Ok(())));
                 }
-                Command::StartAt { offset, reply } => {
-                    let result = self.start_at(offset);
+                Command::StartAt {
+                    offset,
+                    epoch,
+                    reply,
+                } => {
+                    let result = match epoch {
+                        Some(epoch) => self.check_following(epoch),
+                        None => Ok(()),
+                    }
+                    .and_then(|()| self.start_at(offset));
                     replies.push(Reply::Done(reply, result));
                 }
             }
@@ -1730,15 +1772,18 @@ impl Writer {
         Ok(())
     }
 
-    /// Replicated batches and truncation are for a follower only: a fetch still under way
-    /// when this node began to lead must not touch its log.
-    fn check_following(&self) -> Result<(), LogError> {
-        match self.shared.role() {
-            Role::Follower => Ok(()),
-            role => Err(LogError::RoleChanged(format!(
-                "a replica's write, but this replica is {role:?}"
-            ))),
+    /// Replicated batches and truncation are for a follower of the fetch's leadership
+    /// only: a fetch still under way when this node began to lead, or to follow another
+    /// leader, must not touch its log.
+    fn check_following(&self, epoch: i32) -> Result<(), LogError> {
+        let role = self.shared.role();
+        let current = self.shared.leader_epoch.load(Ordering::SeqCst);
+        if role == Role::Follower && current == epoch {
+            return Ok(());
         }
+        Err(LogError::RoleChanged(format!(
+            "a replica's write from leader epoch {epoch}, but this replica is {role:?} in epoch {current}"
+        )))
     }
 
     /// Records `epoch` as starting at `start` if it is new, before its first batch lands.
@@ -1753,11 +1798,17 @@ impl Writer {
     fn append_replica(
         &mut self,
         records: &Bytes,
+        epoch: i32,
         config: &TopicConfig,
         now: i64,
     ) -> Result<Appended, LogError> {
         self.shared.check_online()?;
-        self.check_following()?;
+        self.check_following(epoch)?;
+        // A tiered partition opened empty waits for its manifest before it takes appends,
+        // lest it reuse offsets the tier holds. A copy of the leader's log continues the
+        // leader's offsets instead: no wait, and no moving the start when the manifest
+        // comes (once this node leads).
+        self.shared.awaiting_remote.send_replace(false);
         let first = self.shared.log_end.load(Ordering::Acquire);
         let mut covered = 0;
         for (position, header) in batch::batch_positions(records) {
@@ -1808,9 +1859,14 @@ impl Writer {
     }
 
     /// Cuts the log back to end at `offset` (see [`PartitionLog::truncate_to`]).
-    fn truncate_to(&mut self, offset: u64, config: &TopicConfig) -> Result<u64, LogError> {
+    fn truncate_to(
+        &mut self,
+        offset: u64,
+        epoch: i32,
+        config: &TopicConfig,
+    ) -> Result<u64, LogError> {
         self.shared.check_online()?;
-        self.check_following()?;
+        self.check_following(epoch)?;
         let log_end = self.shared.log_end.load(Ordering::Acquire);
         if offset >= log_end {
             return Ok(log_end);

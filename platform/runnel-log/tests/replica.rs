@@ -34,7 +34,10 @@ async fn catch_up(follower: &PartitionLog, leader: &PartitionLog) {
             .read_replica(follower.log_end(), 1 << 20)
             .await
             .unwrap();
-        follower.append_replica(read.records).await.unwrap();
+        follower
+            .append_replica(read.records, follower.leader_epoch())
+            .await
+            .unwrap();
     }
 }
 
@@ -108,7 +111,9 @@ async fn replicated_batches_must_start_at_the_log_end_and_be_whole() {
         leader.append(simple_batch(2, 10, 1_000 + i)).await.unwrap();
     }
     let read = leader.read_replica(2, 1 << 20).await.unwrap();
-    let error = follower.append_replica(read.records.clone()).await;
+    let error = follower
+        .append_replica(read.records.clone(), follower.leader_epoch())
+        .await;
     assert!(
         matches!(error, Err(LogError::InvalidBatch(_))),
         "a gap: {error:?}"
@@ -117,14 +122,19 @@ async fn replicated_batches_must_start_at_the_log_end_and_be_whole() {
     let mut damaged = read.records.to_vec();
     let last = damaged.len() - 1;
     damaged[last] ^= 0xff;
-    let error = follower.append_replica(Bytes::from(damaged)).await;
+    let error = follower
+        .append_replica(Bytes::from(damaged), follower.leader_epoch())
+        .await;
     assert!(matches!(error, Err(LogError::InvalidBatch(_))), "{error:?}");
     let cut = read.records.slice(..read.records.len() - 5);
-    let error = follower.append_replica(cut).await;
+    let error = follower.append_replica(cut, follower.leader_epoch()).await;
     assert!(matches!(error, Err(LogError::InvalidBatch(_))), "{error:?}");
     // The whole batches before a refused one are in; nothing after.
     assert_eq!(follower.log_end(), 4);
-    follower.truncate_to(0).await.unwrap();
+    follower
+        .truncate_to(0, follower.leader_epoch())
+        .await
+        .unwrap();
     catch_up(&follower, &leader).await;
     assert_eq!(all_bytes(&follower).await, all_bytes(&leader).await);
     // A read below the local log is out of range, with the local start.
@@ -170,7 +180,13 @@ async fn a_diverged_follower_is_cut_back_to_its_new_leader_and_converges() {
     let epoch = old_leader.latest_epoch().unwrap();
     let (_, end) = new_leader.end_offset_for_epoch(epoch);
     let segments_before = old_leader.segments().len();
-    assert_eq!(old_leader.truncate_to(end).await.unwrap(), 12);
+    assert_eq!(
+        old_leader
+            .truncate_to(end, old_leader.leader_epoch())
+            .await
+            .unwrap(),
+        12
+    );
     assert!(old_leader.segments().len() < segments_before);
     assert!(old_leader.high_watermark() <= 12);
     catch_up(&old_leader, &new_leader).await;
@@ -201,18 +217,21 @@ async fn cutting_inside_a_batch_cuts_the_whole_batch_and_cutting_everything_keep
         log.append(simple_batch(5, 10, 1_000 + i)).await.unwrap();
     }
     assert!(
-        matches!(log.truncate_to(12).await, Err(LogError::RoleChanged(_))),
+        matches!(
+            log.truncate_to(12, log.leader_epoch()).await,
+            Err(LogError::RoleChanged(_))
+        ),
         "only a follower is cut back"
     );
     log.set_role(Role::Follower);
-    assert_eq!(log.truncate_to(12).await.unwrap(), 10);
+    assert_eq!(log.truncate_to(12, log.leader_epoch()).await.unwrap(), 10);
     assert_eq!(
-        log.truncate_to(40).await.unwrap(),
+        log.truncate_to(40, log.leader_epoch()).await.unwrap(),
         10,
         "past the end: nothing"
     );
     assert_eq!(read_all(&log, 0, 1 << 20).await.unwrap().len(), 10);
-    assert_eq!(log.truncate_to(0).await.unwrap(), 0);
+    assert_eq!(log.truncate_to(0, log.leader_epoch()).await.unwrap(), 0);
     assert_eq!(log.log_end(), 0);
     assert_eq!(log.latest_epoch(), None);
     log.append(simple_batch(2, 10, 5_000)).await.unwrap();
@@ -306,9 +325,27 @@ async fn a_leaders_append_lands_only_in_its_epoch_and_a_replicas_only_while_foll
     // A leader takes no replicated batches.
     let copied = log.read_replica(0, 1 << 20).await.unwrap();
     assert!(matches!(
-        log.append_replica(copied.records).await,
+        log.append_replica(copied.records, log.leader_epoch()).await,
         Err(LogError::RoleChanged(_))
     ));
+    // Following in epoch 4: what a fetch of the leadership of epoch 3 brings is refused.
+    log.set_role(Role::Follower);
+    log.set_leader_epoch(4);
+    let stale = log.read_replica(0, 1 << 20).await.unwrap().records;
+    assert!(matches!(
+        log.append_replica(stale, 3).await,
+        Err(LogError::RoleChanged(_))
+    ));
+    assert!(matches!(
+        log.truncate_to(0, 3).await,
+        Err(LogError::RoleChanged(_))
+    ));
+    assert!(matches!(
+        log.start_replica_at(100, 3).await,
+        Err(LogError::RoleChanged(_))
+    ));
+    assert_eq!(log.log_end(), 2);
+    assert_eq!(log.truncate_to(1, 4).await.unwrap(), 1);
 }
 
 #[tokio::test]

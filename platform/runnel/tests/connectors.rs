@@ -542,6 +542,7 @@ fn a_source_moves_to_another_broker_when_its_broker_is_lost_and_writes_each_item
     // moves to a node holding a replica, and the source with it: it resumes from the
     // stored cursor, items added meanwhile included.
     cluster.kill(first);
+    let killed = Instant::now();
     target.add_items(41..=80);
     let survivor = (1..=3).find(|id| *id != first).unwrap();
     let kafka = cluster.node(survivor).kafka.unwrap();
@@ -552,6 +553,10 @@ fn a_source_moves_to_another_broker_when_its_broker_is_lost_and_writes_each_item
     wait_for(CATCH_UP, "80 items in the topic", || {
         item_ids(kafka, "items").len() >= 80
     });
+    eprintln!(
+        "source node {first} killed; on node {second}, all 80 items written {:?} later",
+        killed.elapsed()
+    );
     wait_for(CATCH_UP, "the source to reach item 80", || {
         describe(cluster.node(second), dir.path(), "feed")["cursor"] == "80"
     });

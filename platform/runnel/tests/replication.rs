@@ -89,6 +89,7 @@ fn acknowledged_records_survive_the_loss_of_their_leader_and_the_old_leader_catc
     // The leader dies: a follower in the ISR takes over in a new epoch, with every
     // acknowledged record.
     cluster.kill(leader);
+    let killed = std::time::Instant::now();
     wait_for(FAILOVER, "a new leader", || {
         let now = partition(&cluster, other, "r", 0);
         leader_of(&now).is_some_and(|l| l != leader)
@@ -96,15 +97,24 @@ fn acknowledged_records_survive_the_loss_of_their_leader_and_the_old_leader_catc
             && !isr_of(&now).contains(&(leader as u64))
     });
     let second = leader_of(&partition(&cluster, other, "r", 0)).unwrap();
+    eprintln!(
+        "leader {leader} killed; node {second} leads in epoch 1 after {:?}",
+        killed.elapsed()
+    );
     assert_eq!(values(&cluster, other, "r"), expected(0..300));
 
     // It takes writes with two replicas in sync.
+    let started = std::time::Instant::now();
     finish(produce_keyed(
         cluster.node(other).kafka.unwrap(),
         "r",
         300,
         400,
     ));
+    eprintln!(
+        "100 acks=all records with two in sync in {:?}",
+        started.elapsed()
+    );
 
     // The old leader comes back as a follower, copies what it missed and rejoins the ISR.
     cluster.spawn(leader);
