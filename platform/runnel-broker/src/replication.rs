@@ -108,6 +108,14 @@ struct Led {
     /// added may be elected as soon as the change commits, so it must have every record
     /// acknowledged from then on.
     proposed_isr: Option<Vec<NodeId>>,
+    /// The ISR that proposal was decided from: once the metadata's differs, the proposal
+    /// was applied or superseded (the controller refuses it against any other).
+    proposed_from: Vec<NodeId>,
+    /// Which proposal is the current one, and whether it is on its way. A proposal that
+    /// failed without an answer (no quorum, a timeout) may still commit: it stays proposed
+    /// and is sent again.
+    proposal: u64,
+    in_flight: bool,
 }
 
 /// The leader side of replication: the followers' progress per partition led here.
@@ -121,14 +129,18 @@ impl Leaderships {
         self.led.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The proposal for `tp` in leader epoch `epoch` was applied (this node's metadata has
-    /// it: a proposal returns once applied here) or refused. The floor keeps counting the
-    /// proposed members until it is next computed, from the metadata.
-    fn finish_proposal(&self, tp: &TopicPartition, epoch: i32) {
+    /// Proposal `proposal` for `tp` got an answer: `settled` if it was applied (this node's
+    /// metadata has it: a proposal returns once applied here) or refused, so it is no
+    /// longer proposed. The floor keeps counting the proposed members until it is next
+    /// computed, from the metadata.
+    fn finish_proposal(&self, tp: &TopicPartition, proposal: u64, settled: bool) {
         if let Some(led) = self.lock().get_mut(tp)
-            && led.epoch == epoch
+            && led.proposal == proposal
         {
-            led.proposed_isr = None;
+            led.in_flight = false;
+            if settled {
+                led.proposed_isr = None;
+            }
         }
     }
 }
@@ -149,9 +161,15 @@ fn replica_floor(led: &Led, isr: &[NodeId], leader: NodeId) -> u64 {
 /// it: a proposal cleared from `state` is in the metadata read after it.
 fn update_floor(broker: &Broker, tp: &TopicPartition, state: &Led, log: &PartitionLog) {
     let metadata = broker.metadata();
-    let isr = partition_meta(&metadata, tp).map_or(&[][..], |p| p.isr.as_slice());
-    log.set_replica_floor(replica_floor(state, isr, broker.node_id()));
+    // Gone, or led in another epoch: not this leadership's to move.
+    let Some(meta) = partition_meta(&metadata, tp).filter(|p| p.leader_epoch == state.epoch) else {
+        return;
+    };
+    log.set_replica_floor(replica_floor(state, &meta.isr, broker.node_id()));
 }
+
+/// Proposal ids, unique in the process.
+static PROPOSALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 fn partition_meta<'m>(metadata: &'m Metadata, tp: &TopicPartition) -> Option<&'m PartitionMeta> {
     metadata
@@ -425,8 +443,8 @@ fn step(
             };
             match meta.leader {
                 Some(leader) if leader == me => {
-                    if let Some(isr) = lead(broker, &tp, &log, meta, check_isr) {
-                        alterations.push((tp.clone(), meta.leader_epoch, meta.isr.clone(), isr));
+                    if let Some(proposal) = lead(broker, &tp, &log, meta, check_isr) {
+                        alterations.push((tp.clone(), meta.leader_epoch, proposal));
                     }
                 }
                 Some(leader) => {
@@ -458,7 +476,7 @@ fn step(
         .leaderships
         .lock()
         .retain(|tp, _| partition_meta(metadata, tp).is_some_and(|meta| meta.leader == Some(me)));
-    for (tp, epoch, current, isr) in alterations {
+    for (tp, epoch, (proposal, current, isr)) in alterations {
         // One proposal per partition at a time (`lead` proposes none while one is on its
         // way), off this loop: a proposal may wait seconds for a controller quorum, and
         // role changes must not wait for it.
@@ -472,15 +490,21 @@ fn step(
                 current,
                 isr: isr.clone(),
             };
-            match broker.controller().propose(command).await {
+            let settled = match broker.controller().propose(command).await {
                 Ok(_) => {
-                    tracing::info!(topic = %tp.topic, partition = tp.partition, ?isr, "ISR changed")
+                    tracing::info!(topic = %tp.topic, partition = tp.partition, ?isr, "ISR changed");
+                    true
+                }
+                Err(runnel_controller::ControllerError::Rejected(error)) => {
+                    tracing::warn!(topic = %tp.topic, partition = tp.partition, %error, "ISR change refused");
+                    true
                 }
                 Err(error) => {
-                    tracing::warn!(topic = %tp.topic, partition = tp.partition, %error, "ISR change refused")
+                    tracing::warn!(topic = %tp.topic, partition = tp.partition, %error, "ISR change not answered; sending it again");
+                    false
                 }
-            }
-            broker.leaderships.finish_proposal(&tp, epoch);
+            };
+            broker.leaderships.finish_proposal(&tp, proposal, settled);
         });
     }
     checkpoints
@@ -494,15 +518,18 @@ async fn record_high_watermarks(logs: Vec<(TopicPartition, Arc<PartitionLog>)>) 
     }
 }
 
+/// An ISR change to send: the proposal's id, the ISR it was decided from, the new ISR.
+type Proposal = (u64, Vec<NodeId>, Vec<NodeId>);
+
 /// Makes this node the leader of `tp` in the metadata's epoch, if it is not yet; returns an
-/// ISR to propose when followers left or joined it.
+/// ISR change to propose when followers left or joined it (or one to send again).
 fn lead(
     broker: &Broker,
     tp: &TopicPartition,
     log: &PartitionLog,
     meta: &PartitionMeta,
     check_isr: bool,
-) -> Option<Vec<NodeId>> {
+) -> Option<Proposal> {
     let me = broker.node_id();
     let mut led = broker.leaderships.lock();
     let state = led.entry(tp.clone()).or_insert_with(|| Led {
@@ -511,6 +538,9 @@ fn lead(
         epoch_start: 0,
         followers: BTreeMap::new(),
         proposed_isr: None,
+        proposed_from: Vec::new(),
+        proposal: 0,
+        in_flight: false,
     });
     if state.epoch != meta.leader_epoch || log.role() != Role::Leader {
         *state = Led {
@@ -519,6 +549,9 @@ fn lead(
             epoch_start: log.log_end(),
             followers: BTreeMap::new(),
             proposed_isr: None,
+            proposed_from: Vec::new(),
+            proposal: 0,
+            in_flight: false,
         };
         // The floor first: nothing appended from here on is shown before the ISR has it.
         update_floor(broker, tp, state, log);
@@ -527,7 +560,23 @@ fn lead(
         tracing::info!(topic = %tp.topic, partition = tp.partition, epoch = meta.leader_epoch, log_end = log.log_end(), "leading");
     }
     update_floor(broker, tp, state, log);
-    if !check_isr || meta.replicas.len() < 2 || state.proposed_isr.is_some() {
+    if let Some(proposed) = state.proposed_isr.clone() {
+        let metadata = broker.metadata();
+        let now = partition_meta(&metadata, tp).map(|p| p.isr.clone());
+        if now.as_ref() != Some(&state.proposed_from) {
+            // Applied, or superseded (the controller refuses it now): no longer proposed.
+            state.proposed_isr = None;
+            update_floor(broker, tp, state, log);
+        } else if !state.in_flight && check_isr {
+            // Unanswered: it may have committed or not. Send it again; meanwhile the
+            // floor still counts its members.
+            state.in_flight = true;
+            return Some((state.proposal, state.proposed_from.clone(), proposed));
+        } else {
+            return None;
+        }
+    }
+    if !check_isr || meta.replicas.len() < 2 {
         return None;
     }
     let now = Instant::now();
@@ -559,8 +608,11 @@ fn lead(
     // From now until the controller answers, the high watermark waits for the members
     // of both ISRs.
     state.proposed_isr = Some(isr.clone());
+    state.proposed_from = meta.isr.clone();
+    state.proposal = PROPOSALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    state.in_flight = true;
     update_floor(broker, tp, state, log);
-    Some(isr)
+    Some((state.proposal, meta.isr.clone(), isr))
 }
 
 /// Makes this node follow `leader` for `tp` in `epoch`, starting a fetcher if the one
