@@ -207,3 +207,101 @@ fn acks_all_is_refused_below_min_insync_replicas() {
     assert_eq!(values(&cluster, leader, "m"), expected(0..60));
     cluster.stop_all();
 }
+
+/// Whether any segment of `topic-0` on node `id` holds `needle`.
+fn on_disk(cluster: &Cluster, id: usize, topic: &str, needle: &[u8]) -> bool {
+    let dir = cluster.dir(id).join(format!("data/partitions/{topic}-0"));
+    std::fs::read_dir(&dir).unwrap().any(|entry| {
+        let path = entry.unwrap().path();
+        path.extension().is_some_and(|e| e == "log")
+            && std::fs::read(&path)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle)
+    })
+}
+
+#[test]
+fn a_leader_that_comes_back_drops_what_only_it_had_and_follows_the_new_leader() {
+    let mut cluster = Cluster::new(3, 3);
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    cluster.read_banners(&[1, 2, 3]);
+    cluster.create_and_see_everywhere(
+        1,
+        r#"{"name": "d", "partitions": 1, "replication_factor": 3}"#,
+        "d-0",
+    );
+    let leader = leader_of(&partition(&cluster, 1, "d", 0)).unwrap();
+    let followers: Vec<usize> = (1..=3).filter(|id| *id != leader).collect();
+    finish(produce_keyed(
+        cluster.node(leader).kafka.unwrap(),
+        "d",
+        0,
+        50,
+    ));
+
+    // The followers stop fetching (SIGSTOP, well within the 6 s session), and the leader
+    // takes ten records with acks=1 that no one else gets; then it dies.
+    for id in &followers {
+        cluster.node(*id).signal(libc::SIGSTOP);
+    }
+    // A fetch sent just before the stop is held by the leader for up to 500 ms and then
+    // answered, empty, into the stopped follower's socket: wait that out, so that no
+    // fetch is pending when the records come.
+    std::thread::sleep(Duration::from_millis(1500));
+    let acks_one = python_client("produce_keyed.py")
+        .args(["1000", "1010"])
+        .env(
+            "RUNNEL_BOOTSTRAP",
+            cluster.node(leader).kafka.unwrap().to_string(),
+        )
+        .env("RUNNEL_TOPIC", "d")
+        .env("RUNNEL_ACKS", "1")
+        .output()
+        .unwrap();
+    assert!(
+        acks_one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&acks_one.stderr)
+    );
+    assert!(on_disk(&cluster, leader, "d", b"record-1009"));
+    cluster.kill(leader);
+    for id in &followers {
+        cluster.node(*id).signal(libc::SIGCONT);
+    }
+
+    // A follower takes over in epoch 1 without them, and takes new writes.
+    let survivor = followers[0];
+    wait_for(FAILOVER, "a new leader", || {
+        let now = partition(&cluster, survivor, "d", 0);
+        leader_of(&now).is_some_and(|l| l != leader) && now["leader_epoch"] == 1
+    });
+    finish(produce_keyed(
+        cluster.node(survivor).kafka.unwrap(),
+        "d",
+        50,
+        60,
+    ));
+
+    // The old leader comes back: its log diverges from the new leader's at offset 50. It
+    // is cut back there, copies 50..60 and rejoins the ISR; the ten records only it had
+    // are gone from its disk, and no reader ever sees them.
+    cluster.spawn(leader);
+    cluster.read_banners(&[leader]);
+    wait_for(FAILOVER, "the old leader back in the ISR", || {
+        isr_of(&partition(&cluster, survivor, "d", 0)) == [1, 2, 3]
+    });
+    assert!(!on_disk(&cluster, leader, "d", b"record-1000"));
+    assert!(on_disk(&cluster, leader, "d", b"record-59"));
+    assert_eq!(values(&cluster, survivor, "d"), expected(0..60));
+    assert!(
+        cluster
+            .node(leader)
+            .stderr()
+            .contains("log truncated to the leader's"),
+        "the cut is logged"
+    );
+    cluster.stop_all();
+}

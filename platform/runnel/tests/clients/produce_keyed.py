@@ -4,7 +4,8 @@ to RUNNEL_TOPIC on RUNNEL_BOOTSTRAP with confluent-kafka, one at a time with a s
 linger, and waits for every delivery. Exit 0 when all were acknowledged; otherwise one
 line on stderr and exit 1.
 
-Usage: produce_keyed.py FIRST LAST  (RUNNEL_RETRIES: the producer's `retries`)
+Usage: produce_keyed.py FIRST LAST  (RUNNEL_RETRIES: the producer's `retries`;
+RUNNEL_ACKS: its `acks`, `all` by default)
 """
 
 import os
@@ -16,7 +17,7 @@ first, last = int(sys.argv[1]), int(sys.argv[2])
 config = {
     "bootstrap.servers": os.environ["RUNNEL_BOOTSTRAP"],
     "linger.ms": 5,
-    "acks": "all",
+    "acks": os.environ.get("RUNNEL_ACKS", "all"),
 }
 # RUNNEL_RETRIES=0 reports a broker's refusal as it is, instead of retrying it until the
 # delivery timeout.
