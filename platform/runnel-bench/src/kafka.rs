@@ -245,7 +245,7 @@ fn run_in(options: &KafkaOptions, protocols: &[Protocol], work: &Path) -> Result
     Ok(())
 }
 
-fn ms(micros: u64) -> f64 {
+pub(crate) fn ms(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
 
@@ -379,9 +379,29 @@ pub(crate) struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts `runnel` (by default the one beside this program) with its data in `work`.
+    /// Starts `runnel dev` (by default the binary beside this program) with its data in
+    /// `work`, and waits until it is ready.
     pub(crate) fn start(runnel: Option<&Path>, work: &Path) -> Result<NodeProcess> {
-        use std::io::BufRead;
+        let data = work.join("data");
+        let mut args: Vec<std::ffi::OsString> = vec!["dev".into(), "--data-dir".into()];
+        args.push(data.into());
+        for set in [
+            "kafka.listen=127.0.0.1:0",
+            "grpc.listen=127.0.0.1:0",
+            "http.listen=127.0.0.1:0",
+        ] {
+            args.extend(["--set".into(), set.into()]);
+        }
+        Self::spawn(runnel, &args, Stdio::inherit())?.ready()
+    }
+
+    /// Starts `runnel` with `args`, its stderr to `stderr`, without waiting for it: see
+    /// [`Starting::ready`].
+    pub(crate) fn spawn(
+        runnel: Option<&Path>,
+        args: &[std::ffi::OsString],
+        stderr: Stdio,
+    ) -> Result<Starting> {
         let binary = match runnel {
             Some(path) => path.to_path_buf(),
             None => std::env::current_exe()?
@@ -389,21 +409,12 @@ impl NodeProcess {
                 .context("the benchmark's directory")?
                 .join("runnel"),
         };
-        let mut child = Command::new(&binary)
-            .args(["dev", "--data-dir"])
-            .arg(work.join("data"))
-            .args([
-                "--set",
-                "kafka.listen=127.0.0.1:0",
-                "--set",
-                "grpc.listen=127.0.0.1:0",
-                "--set",
-                "http.listen=127.0.0.1:0",
-            ])
+        let child = Command::new(&binary)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .with_context(|| {
                 format!(
@@ -411,6 +422,18 @@ impl NodeProcess {
                     binary.display()
                 )
             })?;
+        Ok(Starting(child))
+    }
+}
+
+/// A node started and not known to be ready yet (a cluster's nodes are ready together).
+pub(crate) struct Starting(Child);
+
+impl Starting {
+    /// Reads the node's banner up to `ready in`; its addresses.
+    pub(crate) fn ready(self) -> Result<NodeProcess> {
+        use std::io::BufRead;
+        let mut child = self.0;
         let stdout = child.stdout.take().context("piped stdout")?;
         let (mut kafka, mut grpc) = (None, None);
         for line in std::io::BufReader::new(stdout).lines() {
@@ -445,12 +468,25 @@ impl Drop for NodeProcess {
 }
 
 pub(crate) async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
+    create_replicated_topic(bootstrap, topic, partitions, 1).await
+}
+
+pub(crate) async fn create_replicated_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    replicas: i32,
+) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
     let results = admin
         .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &[NewTopic::new(
+                topic,
+                partitions,
+                TopicReplication::Fixed(replicas),
+            )],
             &AdminOptions::new(),
         )
         .await?;
@@ -545,7 +581,12 @@ pub(crate) fn producer_config(bootstrap: &str) -> ClientConfig {
 /// Produces `case` from `producers` threads, each with its own librdkafka producer (and so
 /// its own connection) taking every `producers`-th record: one librdkafka producer thread
 /// tops out below what the broker takes when records are small.
-fn produce(bootstrap: &str, case: &Case, partitions: i32, producers: u64) -> Result<Produced> {
+pub(crate) fn produce(
+    bootstrap: &str,
+    case: &Case,
+    partitions: i32,
+    producers: u64,
+) -> Result<Produced> {
     let epoch = Instant::now();
     let started = Instant::now();
     let threads: Vec<_> = (0..producers)

@@ -27,6 +27,7 @@ use runnel_log::{BatchBuilder, LogMetrics, NewRecord, PartitionLog};
 mod functions;
 mod grpc;
 mod kafka;
+mod replication;
 mod tier;
 
 #[derive(Parser)]
@@ -80,6 +81,9 @@ enum Benchmark {
     /// fetched and rebuilt) and cached reads against hot reads of the local log, and the
     /// Parquet size against the segments'.
     Tier(tier::TierOptions),
+    /// What replication costs a producer: acks=all to a topic with one replica and to one
+    /// with three, on a cluster of three nodes started on this machine, in one run.
+    Replication(replication::ReplicationOptions),
 }
 
 const RECORD_BYTES: usize = 1024;
@@ -125,6 +129,7 @@ fn main() -> Result<()> {
         Benchmark::Kafka(options) => kafka::run(&options, &[kafka::Protocol::Kafka]),
         Benchmark::Functions(options) => functions::run(&options),
         Benchmark::Tier(options) => tier::run(&options),
+        Benchmark::Replication(options) => replication::run(&options),
         Benchmark::Grpc(options) => {
             kafka::run(&options, &[kafka::Protocol::Kafka, kafka::Protocol::Grpc])
         }

@@ -613,15 +613,16 @@ fn outgoing_http_off_the_allow_list_is_refused_and_reported() {
         0,
         "nothing reached it"
     );
-    let logs = cli(&node, dir.path(), &["fn", "logs", "leak"]);
-    assert!(
-        logs.contains(&format!(
-            "refused outgoing HTTP to {}:{}",
-            address.ip(),
-            address.port()
-        )),
-        "{logs}"
+    // Log lines reach the log topic a little after the error shows in describe (they are
+    // gathered for 100 ms, and the topic is created on the first line).
+    let refusal = format!(
+        "refused outgoing HTTP to {}:{}",
+        address.ip(),
+        address.port()
     );
+    wait_for(CATCH_UP, "the refusal in the log stream", || {
+        cli(&node, dir.path(), &["fn", "logs", "leak"]).contains(&refusal)
+    });
 
     // A transform cannot make requests at all: its world has no wasi:http.
     let refused = runnel_cli_output(
