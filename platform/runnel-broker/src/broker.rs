@@ -127,6 +127,8 @@ pub struct Broker {
     peers: std::sync::OnceLock<Arc<dyn Peers>>,
     /// The followers' progress on the partitions led here (see [`crate::replication`]).
     pub(crate) leaderships: crate::replication::Leaderships,
+    /// Cancelled when the node begins to stop: writes waiting for their replicas give up.
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 impl Broker {
@@ -144,6 +146,7 @@ impl Broker {
             producer_ids: tokio::sync::Mutex::new(0..0),
             peers: std::sync::OnceLock::new(),
             leaderships: Default::default(),
+            stopping: tokio_util::sync::CancellationToken::new(),
         }
     }
 
@@ -299,6 +302,13 @@ impl Broker {
         self.node_id
     }
 
+    /// The node is stopping: `acks=all` writes still waiting for their replicas fail at
+    /// once (retriable) instead of holding the shutdown up. The replicas a write waits for
+    /// may be stopping too, and without a controller quorum no one leaves the ISR.
+    pub fn begin_shutdown(&self) {
+        self.stopping.cancel();
+    }
+
     pub fn settings(&self) -> &BrokerSettings {
         &self.settings
     }
@@ -388,6 +398,7 @@ impl Broker {
                     topic: topic.to_string(),
                     partition,
                     metadata: self.controller.subscribe(),
+                    stopping: self.stopping.clone(),
                 })
             }
             _ => None,

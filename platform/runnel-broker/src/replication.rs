@@ -338,6 +338,8 @@ pub(crate) struct ReplicaWait {
     pub topic: String,
     pub partition: i32,
     pub metadata: watch::Receiver<Arc<Metadata>>,
+    /// The node's shutdown: the wait ends with an error.
+    pub stopping: CancellationToken,
 }
 
 impl ReplicaWait {
@@ -369,7 +371,7 @@ impl ReplicaWait {
                 }
                 return Ok(());
             }
-            if tokio::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= deadline || self.stopping.is_cancelled() {
                 return Err(BrokerError::NotEnoughReplicasAfterAppend {
                     topic: self.topic.clone(),
                     partition: self.partition,
@@ -377,7 +379,10 @@ impl ReplicaWait {
             }
             // Woken by the high watermark; the leadership is checked at least this often.
             let wait = Duration::from_millis(200);
-            self.log.wait_for_data(last_offset, wait).await;
+            tokio::select! {
+                _ = self.log.wait_for_data(last_offset, wait) => {}
+                () = self.stopping.cancelled() => {}
+            }
         }
     }
 }

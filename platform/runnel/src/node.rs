@@ -206,9 +206,12 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     // Set once, right here; nothing else sets it.
     let _ = groups_slot.set(groups.clone());
     broker.set_peers(runnel_grpc::cluster::ClusterPeers::new());
+    // Replication stops last of the tasks: this node's followers keep the ISR moving for
+    // the other nodes' writes while its own executors finish.
+    let stop_replication = CancellationToken::new();
     let replication = tokio::spawn(runnel_broker::replication::run(
         broker.clone(),
-        stop_maintenance.clone(),
+        stop_replication.clone(),
     ));
     let _ = local.set(runnel_grpc::cluster::LocalPartitions {
         broker: broker.clone(),
@@ -254,7 +257,10 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     tracing::info!(address = %api.address, "grpc listening");
     let kafka = KafkaServer::start(
         kafka_listener,
-        Arc::new(Backends { broker, groups }),
+        Arc::new(Backends {
+            broker: broker.clone(),
+            groups,
+        }),
         KafkaSettings {
             max_request_bytes: config.broker.socket_request_max_bytes as usize,
         },
@@ -305,6 +311,7 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     shutdown.cancelled().await;
 
     readiness.set(false);
+    broker.begin_shutdown();
     kafka.stop().await;
     api.stop().await;
     stop_maintenance.cancel();
@@ -321,6 +328,7 @@ async fn run_node(config: NodeConfig, started: Instant) -> anyhow::Result<()> {
     if let Err(error) = reconcile.await {
         tracing::error!(%error, "the partition reconciliation task failed");
     }
+    stop_replication.cancel();
     if let Err(error) = replication.await {
         tracing::error!(%error, "the replication task failed");
     }

@@ -569,7 +569,11 @@ fn a_source_moves_to_another_broker_when_its_broker_is_lost_and_writes_each_item
     );
     let described = describe(cluster.node(second), dir.path(), "feed");
     assert_eq!(described["state"], "running", "{described}");
-    cluster.stop_all();
+    // The other survivor stops first: it leaves the ISR of the topics without a quorum to
+    // say so, and the source's node still stops promptly.
+    let other = (1..=3).find(|id| *id != first && *id != second).unwrap();
+    cluster.stop(other);
+    cluster.stop(second);
 }
 
 #[test]

@@ -590,6 +590,14 @@ impl Cluster {
         }
     }
 
+    /// Stops node `id` with SIGTERM; it must exit 0 (within the 5 s `wait_for_exit` allows).
+    pub fn stop(&mut self, id: usize) {
+        let mut node = self.nodes[id - 1].take().expect("node running");
+        node.signal(libc::SIGTERM);
+        let status = node.wait_for_exit();
+        assert_eq!(status.code(), Some(0), "node {id}: {}", node.stderr());
+    }
+
     /// Stops every running node with SIGTERM; each must exit 0.
     pub fn stop_all(&mut self) {
         for (index, slot) in self.nodes.iter_mut().enumerate() {
