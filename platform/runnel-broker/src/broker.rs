@@ -382,16 +382,24 @@ impl Broker {
         let mut batches = split_batches(&records, &log)?;
         // The leader epoch of a replicated partition (which `leader_log` checked the log
         // has): its appends are refused if the log stops leading in it before they land.
-        let epoch = self
-            .metadata()
-            .topics
-            .get(topic)
-            .and_then(|t| t.partitions.get(partition as usize))
+        let metadata = self.metadata();
+        let meta = crate::replication::partition_meta(
+            &metadata,
+            &TopicPartition::new(topic, partition as u32),
+        );
+        let epoch = meta
             .filter(|p| p.replicas.len() > 1)
             .map(|p| p.leader_epoch);
         let replicas = match epoch {
             Some(epoch) if durable => {
-                self.check_in_sync(topic, partition, &log)?;
+                crate::replication::check_in_sync(meta, &log).map_err(|(isr, required)| {
+                    BrokerError::NotEnoughReplicas {
+                        topic: topic.to_string(),
+                        partition,
+                        isr,
+                        required,
+                    }
+                })?;
                 Some(ReplicaWait {
                     log: log.clone(),
                     epoch,

@@ -171,7 +171,10 @@ fn update_floor(broker: &Broker, tp: &TopicPartition, state: &Led, log: &Partiti
 /// Proposal ids, unique in the process.
 static PROPOSALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-fn partition_meta<'m>(metadata: &'m Metadata, tp: &TopicPartition) -> Option<&'m PartitionMeta> {
+pub(crate) fn partition_meta<'m>(
+    metadata: &'m Metadata,
+    tp: &TopicPartition,
+) -> Option<&'m PartitionMeta> {
     metadata
         .topics
         .get(&tp.topic)?
@@ -210,14 +213,19 @@ impl Broker {
                 current: meta.leader_epoch,
             });
         }
+        // An answer without records: where the follower should start over, or diverges.
+        let no_records = |log_start: u64, diverging: Option<(i32, u64)>| {
+            Ok(ReplicaFetched {
+                records: Bytes::new(),
+                high_watermark: log.high_watermark(),
+                log_start,
+                diverging,
+            })
+        };
         let local_start = log.local_log_start();
         if fetch.fetch_offset < local_start {
             // What the follower lacks is no longer here: it starts over at the local start.
-            return Ok(ReplicaFetched {
-                high_watermark: log.high_watermark(),
-                log_start: local_start,
-                ..ReplicaFetched::default()
-            });
+            return no_records(local_start, None);
         }
         if fetch.last_fetched_epoch >= 0 {
             let (epoch, end) = log.end_offset_for_epoch(fetch.last_fetched_epoch);
@@ -225,22 +233,12 @@ impl Broker {
             if !unknown_but_consistent
                 && (epoch != fetch.last_fetched_epoch || end < fetch.fetch_offset)
             {
-                return Ok(ReplicaFetched {
-                    high_watermark: log.high_watermark(),
-                    log_start: log.local_log_start(),
-                    diverging: Some((epoch, end)),
-                    ..ReplicaFetched::default()
-                });
+                return no_records(local_start, Some((epoch, end)));
             }
         }
         if fetch.fetch_offset > log.log_end() {
             // Ahead of the leader with no epoch to tell where: cut back to the leader's end.
-            return Ok(ReplicaFetched {
-                high_watermark: log.high_watermark(),
-                log_start: log.local_log_start(),
-                diverging: Some((-1, log.log_end())),
-                ..ReplicaFetched::default()
-            });
+            return no_records(local_start, Some((-1, log.log_end())));
         }
         self.record_follower(&tp, &log, meta, fetch.replica, fetch.fetch_offset);
         if fetch.fetch_offset >= log.log_end() {
@@ -253,12 +251,9 @@ impl Broker {
                 log_start: read.log_start,
                 diverging: None,
             }),
+            // Retention moved the local start since the check above.
             Err(LogError::OffsetOutOfRange { log_start, .. }) if fetch.fetch_offset < log_start => {
-                Ok(ReplicaFetched {
-                    high_watermark: log.high_watermark(),
-                    log_start,
-                    ..ReplicaFetched::default()
-                })
+                no_records(log_start, None)
             }
             Err(error) => Err(error.into()),
         }
@@ -304,31 +299,21 @@ impl Broker {
     pub(crate) fn hosted_log(&self, tp: &TopicPartition) -> Option<Arc<PartitionLog>> {
         self.log.get(tp)
     }
+}
 
-    /// Checks an `acks=all` write against `min.insync.replicas` before it is appended.
-    pub(crate) fn check_in_sync(
-        &self,
-        topic: &str,
-        partition: i32,
-        log: &PartitionLog,
-    ) -> Result<(), BrokerError> {
-        let required = log.config().min_insync_replicas;
-        let metadata = self.metadata();
-        let isr = metadata
-            .topics
-            .get(topic)
-            .and_then(|t| t.partitions.get(partition as usize))
-            .map_or(0, |p| p.isr.len());
-        if (isr as u64) < u64::from(required) {
-            return Err(BrokerError::NotEnoughReplicas {
-                topic: topic.to_string(),
-                partition,
-                isr,
-                required,
-            });
-        }
-        Ok(())
+/// `Err((isr, required))` when `meta`'s ISR is smaller than `log`'s
+/// `min.insync.replicas`: before an `acks=all` write is appended, and again once its
+/// replicas have it.
+pub(crate) fn check_in_sync(
+    meta: Option<&PartitionMeta>,
+    log: &PartitionLog,
+) -> Result<(), (usize, u32)> {
+    let required = log.config().min_insync_replicas;
+    let isr = meta.map_or(0, |p| p.isr.len());
+    if (isr as u64) < u64::from(required) {
+        return Err((isr, required));
     }
+    Ok(())
 }
 
 /// An `acks=all` write waiting for its replicas.
@@ -358,18 +343,14 @@ impl ReplicaWait {
             if self.log.high_watermark() > last_offset {
                 // The ISR may have shrunk below min.insync.replicas while the write
                 // waited, and the high watermark passed it with fewer copies.
-                let isr = partition_meta(
-                    &self.metadata.borrow(),
-                    &TopicPartition::new(&self.topic, self.partition as u32),
-                )
-                .map_or(0, |p| p.isr.len());
-                if (isr as u64) < u64::from(self.log.config().min_insync_replicas) {
-                    return Err(BrokerError::NotEnoughReplicasAfterAppend {
+                let tp = TopicPartition::new(&self.topic, self.partition as u32);
+                let metadata = self.metadata.borrow().clone();
+                return check_in_sync(partition_meta(&metadata, &tp), &self.log).map_err(|_| {
+                    BrokerError::NotEnoughReplicasAfterAppend {
                         topic: self.topic.clone(),
                         partition: self.partition,
-                    });
-                }
-                return Ok(());
+                    }
+                });
             }
             if tokio::time::Instant::now() >= deadline || self.stopping.is_cancelled() {
                 return Err(BrokerError::NotEnoughReplicasAfterAppend {

@@ -1219,7 +1219,9 @@ fn open_blocking(
         active.mark_first_append(first.min(now_ms()));
     }
     let log_end = active.next_offset();
-    let deleted_below = read_log_start(&dir)?.unwrap_or(0).min(log_end);
+    let deleted_below = read_offset_file(&dir, LOG_START_FILE, "log start offset")?
+        .unwrap_or(0)
+        .min(log_end);
     let log_start = list.first().map_or(0, |s| s.base_offset).max(deleted_below);
     let awaiting_remote = log_end == 0
         && dir
@@ -1232,7 +1234,7 @@ fn open_blocking(
     let epochs = EpochCache::load(&dir, &list, log_end)?;
     // A replicated partition's high watermark as last recorded: records past it may not be
     // on the other replicas, so they stay hidden until replication says otherwise.
-    let checkpoint = read_high_watermark(&dir)?;
+    let checkpoint = read_offset_file(&dir, HIGH_WATERMARK_FILE, "high watermark checkpoint")?;
     // Snapshots past the log end describe batches a truncation cut (and a crash kept).
     producers::delete_snapshots_from(&dir, log_end + 1)?;
     metrics.segments.inc_by(list.len() as i64);
@@ -1282,9 +1284,10 @@ fn recover_producers(
     Ok(states)
 }
 
-/// The high watermark replication recorded, if any.
-fn read_high_watermark(dir: &Path) -> Result<Option<u64>, LogError> {
-    let path = dir.join(HIGH_WATERMARK_FILE);
+/// The offset recorded in the file `name` of `dir` (`what` it is, for the error), if
+/// there is one: the log start DeleteRecords recorded, or replication's high watermark.
+fn read_offset_file(dir: &Path, name: &str, what: &str) -> Result<Option<u64>, LogError> {
+    let path = dir.join(name);
     match std::fs::read_to_string(&path) {
         Ok(text) => text
             .trim()
@@ -1293,25 +1296,7 @@ fn read_high_watermark(dir: &Path) -> Result<Option<u64>, LogError> {
             .map_err(|_| LogError::CorruptSegment {
                 path,
                 position: 0,
-                reason: "the high watermark checkpoint does not hold a number".to_string(),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(LogError::io(format!("read {}", path.display()), source)),
-    }
-}
-
-/// The log start offset DeleteRecords recorded, if any.
-fn read_log_start(dir: &Path) -> Result<Option<u64>, LogError> {
-    let path = dir.join(LOG_START_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| LogError::CorruptSegment {
-                path,
-                position: 0,
-                reason: "the log start offset file does not hold a number".to_string(),
+                reason: format!("the {what} file does not hold a number"),
             }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(LogError::io(format!("read {}", path.display()), source)),

@@ -190,6 +190,46 @@ fn describe(node: &Node, dir: &Path, name: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
+/// Creates the `http-source` connector `feed`: items of `address`'s `/items` into `items`,
+/// resumed by their `id`, five per poll every 100 ms; `config` adds `--config` pairs. The
+/// CLI's output.
+fn create_feed(
+    node: &Node,
+    dir: &Path,
+    source: &Path,
+    address: SocketAddr,
+    config: &[&str],
+) -> String {
+    let wasm = source.display().to_string();
+    let url = format!("url=http://{address}/items");
+    let allow = address.ip().to_string();
+    let mut args = vec![
+        "connector",
+        "create",
+        "feed",
+        "--kind",
+        "source",
+        "--wasm",
+        &wasm,
+        "--config",
+        "topic=items",
+        "--config",
+        &url,
+        "--config",
+        "cursor.field=id",
+        "--allow-host",
+        &allow,
+        "--poll-interval-ms",
+        "100",
+        "--batch-records",
+        "5",
+    ];
+    for pair in config {
+        args.extend(["--config", pair]);
+    }
+    cli(node, dir, &args)
+}
+
 /// The records the sink delivered, as (key, value), sorted.
 fn delivered(target: &Target) -> Vec<(String, String)> {
     let mut records: Vec<(String, String)> = target
@@ -310,34 +350,7 @@ fn a_crash_after_a_poll_is_stored_and_before_its_records_are_written_loses_nothi
         &as_strs(&args),
         &[("RUNNEL_CRASH_AT", "source-progress-stored@3")],
     );
-    let wasm = source.display().to_string();
-    let url = format!("http://{address}/items");
-    let allow = address.ip().to_string();
-    cli(
-        &node,
-        dir.path(),
-        &[
-            "connector",
-            "create",
-            "feed",
-            "--kind",
-            "source",
-            "--wasm",
-            &wasm,
-            "--config",
-            "topic=items",
-            "--config",
-            &format!("url={url}"),
-            "--config",
-            "cursor.field=id",
-            "--allow-host",
-            &allow,
-            "--poll-interval-ms",
-            "100",
-            "--batch-records",
-            "5",
-        ],
-    );
+    create_feed(&node, dir.path(), &source, address, &[]);
     node.wait_for_crash(CATCH_UP);
     drop(node);
 
@@ -369,36 +382,7 @@ fn a_source_writes_each_item_once_across_a_crash_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut node = start_dev(dir.path());
-    let wasm = source.display().to_string();
-    let url = format!("http://{address}/items");
-    let allow = address.ip().to_string();
-    let created = cli(
-        &node,
-        dir.path(),
-        &[
-            "connector",
-            "create",
-            "feed",
-            "--kind",
-            "source",
-            "--wasm",
-            &wasm,
-            "--config",
-            "topic=items",
-            "--config",
-            &format!("url={url}"),
-            "--config",
-            "cursor.field=id",
-            "--config",
-            "key.field=name",
-            "--allow-host",
-            &allow,
-            "--poll-interval-ms",
-            "100",
-            "--batch-records",
-            "5",
-        ],
-    );
+    let created = create_feed(&node, dir.path(), &source, address, &["key.field=name"]);
     assert!(created.contains("created topic items"), "{created}");
     let kafka = node.kafka.unwrap();
     wait_for(CATCH_UP, "the first items in the topic", || {
@@ -472,10 +456,8 @@ fn a_source_moves_to_another_broker_when_its_broker_is_lost_and_writes_each_item
     // creates, its state topic included, has three replicas.
     let s3 = S3Server::start();
     let config = format!(
-        "[tier]\nurl = \"s3://runnel/functions\"\nendpoint = \"http://{}\"\n\
-         allow_http = true\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n\
-         region = \"us-east-1\"\n[broker]\ndefault_replication_factor = 3\n",
-        s3.address
+        "{}[broker]\ndefault_replication_factor = 3\n",
+        s3.tier_config()
     );
     let mut cluster = Cluster::new(3, 3).with_config(&config);
     for id in 1..=3 {
@@ -483,35 +465,12 @@ fn a_source_moves_to_another_broker_when_its_broker_is_lost_and_writes_each_item
     }
     cluster.read_banners(&[1, 2, 3]);
     let dir = tempfile::tempdir().unwrap();
-    let wasm = source.display().to_string();
-    let url = format!("http://{address}/items");
-    let allow = address.ip().to_string();
-    cli(
+    create_feed(
         cluster.node(1),
         dir.path(),
-        &[
-            "connector",
-            "create",
-            "feed",
-            "--kind",
-            "source",
-            "--wasm",
-            &wasm,
-            "--config",
-            "topic=items",
-            "--config",
-            &format!("url={url}"),
-            "--config",
-            "cursor.field=id",
-            "--config",
-            "key.field=name",
-            "--allow-host",
-            &allow,
-            "--poll-interval-ms",
-            "100",
-            "--batch-records",
-            "5",
-        ],
+        &source,
+        address,
+        &["key.field=name"],
     );
     let runner = |cluster: &Cluster, asking: usize| -> Option<usize> {
         let topics = cluster.topics(asking);

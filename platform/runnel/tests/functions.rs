@@ -525,12 +525,7 @@ fn functions_and_sources_on_two_nodes_forward_writes_state_and_commits_to_leader
     let uppercase = build_guest("examples/functions/uppercase", "uppercase");
     // The nodes share one component store: an S3 bucket.
     let s3 = S3Server::start();
-    let tier = format!(
-        "[tier]\nurl = \"s3://runnel/functions\"\nendpoint = \"http://{}\"\n\
-         allow_http = true\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n\
-         region = \"us-east-1\"\n",
-        s3.address
-    );
+    let tier = s3.tier_config();
     let mut cluster = Cluster::new(2, 1).with_config(&tier);
     cluster.spawn(1);
     cluster.spawn(2);

@@ -73,16 +73,8 @@ fn acknowledged_records_survive_the_loss_of_their_leader_and_the_old_leader_catc
     assert_eq!(values(&cluster, other, "r"), expected(0..300));
     // Every follower has them on disk (the log files hold the values as written).
     for id in (1..=3).filter(|id| *id != leader) {
-        let dir = cluster.dir(id).join("data/partitions/r-0");
         wait_for(FAILOVER, "the follower's copy", || {
-            std::fs::read_dir(&dir).unwrap().any(|entry| {
-                let path = entry.unwrap().path();
-                path.extension().is_some_and(|e| e == "log")
-                    && std::fs::read(&path)
-                        .unwrap()
-                        .windows(10)
-                        .any(|w| w == b"record-299")
-            })
+            on_disk(&cluster, id, "r", b"record-299")
         });
     }
 

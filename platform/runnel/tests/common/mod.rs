@@ -706,6 +706,17 @@ pub struct S3Server {
 }
 
 impl S3Server {
+    /// The `[tier]` section that makes a node keep its objects (components, tiered
+    /// segments) in this server's bucket `runnel`, under `functions/`.
+    pub fn tier_config(&self) -> String {
+        format!(
+            "[tier]\nurl = \"s3://runnel/functions\"\nendpoint = \"http://{}\"\n\
+             allow_http = true\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n\
+             region = \"us-east-1\"\n",
+            self.address
+        )
+    }
+
     pub fn start() -> S3Server {
         use std::io::BufRead as _;
         let mut child = python_client("s3_server.py")
