@@ -415,8 +415,18 @@ fn a_failed_acks_zero_produce_closes_its_connection() {
     };
     let frame = conn.frame(&fire_and_forget("quiet", batch(&["a", "b"])), 9);
     conn.send_raw(&frame);
-    // The next request's answer is the first frame back: the produce got none.
-    assert_eq!(list_offset(&mut conn, "quiet", 0, -1), (0, 2));
+    // The next request's answer is the first frame back: the produce got none. The
+    // produce is queued on the partition's writer before the next request is read, but
+    // it lands (a partition's first append records its leader epoch, durably, first) on
+    // the writer's thread: look until it shows.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while list_offset(&mut conn, "quiet", 0, -1) != (0, 2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the acks=0 batch never landed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let frame = conn.frame(&fire_and_forget("nowhere", batch(&["c"])), 9);
     conn.send_raw(&frame);
